@@ -1,0 +1,76 @@
+"""dllm_sampler: LLaDA/Dream models, loading, topology, masked-diffusion samplers and likelihood."""
+
+# --- models, loading and topology ---
+from dllm_sampler.adapter import DiffusionLM
+from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig, tiny_config
+from dllm_sampler.io import CheckpointError, load, save
+from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM
+from dllm_sampler.registry import available_models
+from dllm_sampler.topology import BlockTopology, Topology
+
+__all__ = [
+    "ArchSpec",
+    "BlockTopology",
+    "CheckpointError",
+    "ConfigError",
+    "DiffusionLM",
+    "DreamConfig",
+    "DreamModel",
+    "LLaDAConfig",
+    "LLaDAModelLM",
+    "Topology",
+    "available_models",
+    "load",
+    "save",
+    "tiny_config",
+]
+
+# --- samplers, forward noise and likelihood (step, noise, generate*, likelihood) ---
+from dllm_sampler.generate import GenerationConfig, default_generation_config, generate
+from dllm_sampler.generate_dream import (
+    DreamGenerationConfig,
+    dream_sample_tokens,
+    dream_transfer_count,
+    generate_dream,
+)
+from dllm_sampler.generate_llada import (
+    LLADA_EOT_TOKEN_ID,
+    LLaDAGenerationConfig,
+    add_gumbel_noise,
+    generate_llada,
+    linear_transfer_schedule,
+)
+from dllm_sampler.likelihood import (
+    dream_likelihood_noise,
+    elbo_nll_per_token,
+    llada_likelihood_noise,
+    llada_mask_counts,
+    log_likelihood,
+)
+from dllm_sampler.noise import forward_noise, llada_loss
+from dllm_sampler.step import MaskPredictor, StepHook, StepState
+
+__all__ += [
+    "LLADA_EOT_TOKEN_ID",
+    "DreamGenerationConfig",
+    "GenerationConfig",
+    "LLaDAGenerationConfig",
+    "MaskPredictor",
+    "StepHook",
+    "StepState",
+    "add_gumbel_noise",
+    "default_generation_config",
+    "dream_likelihood_noise",
+    "dream_sample_tokens",
+    "dream_transfer_count",
+    "elbo_nll_per_token",
+    "forward_noise",
+    "generate",
+    "generate_dream",
+    "generate_llada",
+    "linear_transfer_schedule",
+    "llada_likelihood_noise",
+    "llada_loss",
+    "llada_mask_counts",
+    "log_likelihood",
+]

@@ -1,0 +1,241 @@
+"""Dream's masked-diffusion sampler (``diffusion_generate`` / ``_sample`` of Dream's generation utils).
+
+The answer (``max_new_tokens`` masks after the prompt) is denoised along ``t = linspace(1, eps, steps + 1)``,
+one global schedule without blocks. From ``t`` to ``s`` each still-masked token is revealed with
+probability ``1 - s / t`` (``origin``), or the ``int(num_masked * (1 - s / t))`` masked positions with the
+best confidence are committed (``maskgit_plus``, ``topk_margin``, ``entropy``); the last step reveals all
+that is left. Tokens are drawn by `dream_sample_tokens` (temperature, then top-p, then top-k, then softmax).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from .step import (
+    MaskPredictor,
+    StepHook,
+    StepState,
+    check_prompt,
+    extend_attention_mask,
+    max_probability,
+    sample_without_replacement,
+    select_top_k,
+)
+
+__all__ = ["DreamGenerationConfig", "dream_sample_tokens", "dream_transfer_count", "generate_dream"]
+
+DreamAlg = Literal["origin", "maskgit_plus", "topk_margin", "entropy"]
+_ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+
+@dataclass(frozen=True)
+class DreamGenerationConfig:
+    """Settings of `generate_dream`.
+
+    The defaults are the deterministic ``entropy`` sampler of Dream's evaluation harness (temperature 0,
+    ``alg_temp`` 0); the harness additionally uses ``top_p=0.95``, which changes the entropy ranking, so set
+    it to reproduce those runs. Dream's README default is ``alg="origin"``.
+
+    Attributes:
+        max_new_tokens: number of generated tokens.
+        steps: denoising steps (a step may commit nothing when ``steps > max_new_tokens``).
+        eps: final time of ``linspace(1, eps, steps + 1)``.
+        alg: ``"origin"`` (random reveal), ``"maskgit_plus"`` (top probability), ``"topk_margin"``
+            (top-1 minus top-2 probability) or ``"entropy"`` (``sum p log p``, higher = more certain).
+        alg_temp: 0 commits the top-n confidences; > 0 draws the n positions from
+            ``softmax(confidence / alg_temp)`` without replacement.
+        temperature: token sampling temperature; 0 is argmax.
+        top_p: nucleus filter in (0, 1], or None.
+        top_k: top-k filter (>= 1), or None.
+    """
+
+    max_new_tokens: int = 128
+    steps: int = 128
+    eps: float = 1e-3
+    alg: DreamAlg = "entropy"
+    alg_temp: float = 0.0
+    temperature: float = 0.0
+    top_p: float | None = None
+    top_k: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_new_tokens", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not 0.0 < self.eps < 1.0:
+            raise ValueError(f"eps must be in (0, 1), got {self.eps}")
+        if self.alg not in _ALGS:
+            raise ValueError(f"alg must be one of {_ALGS}, got {self.alg!r}")
+        if self.alg_temp is None or self.alg_temp < 0:
+            raise ValueError(f"alg_temp must be >= 0 (0 = deterministic top-n), got {self.alg_temp!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_p is not None and not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
+
+
+def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the shortest prefix of the sorted vocabulary whose mass reaches ``top_p`` (at least one token)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    mass_before = torch.cat([torch.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], dim=-1)
+    drop = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, mass_before > top_p)
+    return logits.masked_fill(drop, torch.finfo(logits.dtype).min)
+
+
+def _top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Keep the tokens whose logit is at least the ``top_k``-th largest."""
+    kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+
+
+def dream_sample_tokens(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_p: float | None = None,
+    top_k: int | None = None,
+    alg: DreamAlg = "maskgit_plus",
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw a token per row and score it (Dream's ``sample_tokens``).
+
+    ``logits / temperature`` (if > 0) -> top-p -> top-k -> ``p = softmax``; the token is a categorical sample
+    of ``p`` if ``temperature > 0``, else ``argmax p``.
+
+    Args:
+        logits: ``[N, V]`` logits of N masked positions.
+        alg: which confidence to return: ``maskgit_plus``/``origin``: ``p[token]``;
+            ``topk_margin``: ``p_top1 - p_top2``; ``entropy``: ``sum_v p log(p + 1e-10)``.
+        generator: optional torch generator for the categorical sample.
+
+    Returns:
+        ``(confidence [N] float32, tokens [N] long)``.
+    """
+    logits = logits.float()
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = _top_p_filter(logits, top_p)
+    if top_k is not None:
+        logits = _top_k_filter(logits, top_k)
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+    else:
+        confidence, tokens = probs.max(dim=-1)
+    if alg == "topk_margin":
+        top2 = torch.topk(probs, 2, dim=-1).values
+        confidence = top2[:, 0] - top2[:, 1]
+    elif alg == "entropy":
+        confidence = (probs * torch.log(probs + 1e-10)).sum(dim=-1)
+    return confidence, tokens
+
+
+def dream_transfer_count(
+    num_masked: torch.Tensor, t: torch.Tensor, s: torch.Tensor, last: bool
+) -> torch.Tensor:
+    """Tokens to commit from time ``t`` to ``s``: ``int(num_masked * (1 - s / t))``, all at the last step.
+
+    Args:
+        num_masked: ``[B]`` int, masked tokens per row before the step.
+        t, s: 0-d float32 times (``s < t``), as taken from ``linspace(1, eps, steps + 1)``.
+        last: whether this is the final step.
+
+    Returns:
+        ``[B]`` int64 (computed in float32, like the reference).
+    """
+    if last:
+        return num_masked.long()
+    return (num_masked.float() * (1 - s / t)).floor().long()
+
+
+@torch.no_grad()
+def generate_dream(
+    model: MaskPredictor,
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    config: DreamGenerationConfig | None = None,
+    on_step: StepHook | None = None,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+    with_logits: bool = False,
+) -> torch.Tensor:
+    """Sample answers with Dream's masked-diffusion sampler.
+
+    Args:
+        model: a `MaskPredictor` whose logits are already shifted (Dream's adapter does it).
+        prompt: ``[B, Lp]`` token ids, left-padded when rows differ (must not contain the mask id).
+        attention_mask: ``[B, Lp]`` or None; extended with ones and passed to the model, which derives
+            positions from it.
+        config: sampler settings (default `DreamGenerationConfig()`).
+        on_step: called with a `StepState` after every step (``block`` is always 0).
+        generator: torch generator for the random draws (on the prompt's device).
+        progress: show a tqdm bar over the steps.
+        with_logits: include the step's ``[B, L, V]`` logits in `StepState`.
+
+    Returns:
+        ``[B, Lp + max_new_tokens]`` long.
+    """
+    cfg = config or DreamGenerationConfig()
+    mask_id = model.mask_token_id
+    check_prompt(prompt, attention_mask, mask_id)
+    b, lp = prompt.shape
+    x = torch.full((b, lp + cfg.max_new_tokens), mask_id, dtype=torch.long, device=prompt.device)
+    x[:, :lp] = prompt
+    attn = extend_attention_mask(attention_mask, cfg.max_new_tokens)
+    timesteps = torch.linspace(1, cfg.eps, cfg.steps + 1, device=x.device)
+    sample = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, "generator": generator}
+
+    for i in tqdm(range(cfg.steps), disable=not progress, desc="dream"):
+        mask_index = x == mask_id
+        logits = model.logits(x, attn)
+        t, s = timesteps[i], timesteps[i + 1]
+        last = i == cfg.steps - 1
+        confidence = torch.full(x.shape, float("-inf"), device=x.device)
+        proposal = x.clone()
+        if cfg.alg == "origin":
+            p_transfer = 1.0 if last else 1 - s / t
+            selected = mask_index & (torch.rand(x.shape, device=x.device, generator=generator) < p_transfer)
+            if bool(selected.any()):
+                proposal[selected] = dream_sample_tokens(logits[selected], alg="origin", **sample)[1]
+        else:
+            score, tokens = dream_sample_tokens(logits[mask_index], alg=cfg.alg, **sample)
+            proposal[mask_index] = tokens
+            confidence[mask_index] = score
+            n = dream_transfer_count(mask_index.sum(dim=1), t, s, last)
+            if cfg.alg_temp == 0:
+                selected = select_top_k(confidence, mask_index, n)
+            else:
+                selected = sample_without_replacement(confidence, mask_index, n, cfg.alg_temp, generator)
+
+        model_input = x
+        x = torch.where(selected, proposal, x)
+        if on_step is not None:
+            still_masked = x == mask_id
+            on_step(
+                StepState(
+                    step=i,
+                    num_steps=cfg.steps,
+                    block=0,
+                    num_blocks=1,
+                    prompt_length=lp,
+                    model_input=model_input,
+                    input_mask=mask_index,
+                    tokens=x.clone(),
+                    mask=still_masked,
+                    committed=mask_index & ~still_masked,
+                    confidence=confidence,
+                    token_confidence=max_probability(logits, mask_index),
+                    attention_mask=attn,
+                    logits=logits if with_logits else None,
+                )
+            )
+    return x

@@ -1,0 +1,15 @@
+"""LLaDA and Dream module trees implemented in this package (no remote code needed), and their specs."""
+
+from dllm_sampler.models.dream import DreamModel
+from dllm_sampler.models.llada import LLaDAModelLM
+from dllm_sampler.models.spec import ARCH_SPECS, ArchSpec, TopologyNames, spec_for_config, spec_for_model
+
+__all__ = [
+    "ARCH_SPECS",
+    "ArchSpec",
+    "DreamModel",
+    "LLaDAModelLM",
+    "TopologyNames",
+    "spec_for_config",
+    "spec_for_model",
+]

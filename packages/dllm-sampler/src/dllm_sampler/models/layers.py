@@ -1,0 +1,230 @@
+"""Building blocks shared by the LLaDA and Dream module trees.
+
+Both architectures are pre-norm llama-style transformers that differ only in parameter names, q/k/v bias
+and grouped-query attention. The math lives here once: RMSNorm, rotary position embedding (RoPE),
+bidirectional self-attention with GQA and a padding key mask, the SiLU-gated MLP, and the decoder body.
+
+Shapes: B batch, L sequence length, D hidden size, H query heads, K key/value heads, Dh head dim,
+V number of logits. Position-dependent math (RMSNorm statistics, RoPE) runs in at least float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dllm_sampler.config import ModelDims
+
+__all__ = [
+    "AttentionContext",
+    "BlockParts",
+    "RMSNorm",
+    "apply_rope",
+    "attention_context",
+    "block_forward",
+    "decoder_forward",
+    "embedding",
+    "gated_mlp",
+    "init_weights",
+    "position_ids",
+    "rope_cos_sin",
+    "self_attention",
+]
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half types, the dtype itself for float32/float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+class RMSNorm(nn.Module):
+    """y = weight * (x / sqrt(mean(x^2, last dim) + eps)); the statistic is computed in >= float32.
+
+    As in LLaDA and Qwen2, the normalised activations are cast back to the input dtype before the gain.
+    """
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., D] -> [..., D]."""
+        y = x.to(_compute_dtype(x.dtype))
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def position_ids(attention_mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
+    """Token positions [B, L] (int64): arange without a mask, cumsum(mask) - 1 with one (pads get 0).
+
+    attention_mask: [B, L], 1 for real tokens and 0 for padding, so left padding shifts the positions of
+    the real tokens back to 0, 1, 2, ...
+    """
+    if attention_mask is None:
+        return torch.arange(length, device=device).expand(batch, length)
+    mask = attention_mask.to(torch.long)
+    return (mask.cumsum(-1) - 1).clamp_min(0)
+
+
+def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """cos, sin [B, 1, L, Dh] for RoPE in ``dtype`` (use >= float32).
+
+    Frequencies inv_freq[j] = theta^(-2j/Dh), j < Dh/2, duplicated over the two halves (rotate_half layout).
+    """
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    exponent = torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim
+    inv_freq = 1.0 / (theta**exponent)
+    freqs = positions.to(dtype)[..., None] * inv_freq  # [B, L, Dh/2]
+    emb = torch.cat((freqs, freqs), dim=-1)[:, None]  # [B, 1, L, Dh]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x [B, heads, L, Dh] by position: x*cos + rotate_half(x)*sin, computed in cos's dtype."""
+    xc = x.to(cos.dtype)
+    x1, x2 = xc.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xc * cos + rotated * sin).to(x.dtype)
+
+
+@dataclass(frozen=True)
+class AttentionContext:
+    """Per-forward inputs shared by all blocks: RoPE tables [B,1,L,Dh] and the key mask [B,1,1,L] or None."""
+
+    cos: Tensor
+    sin: Tensor
+    key_mask: Tensor | None
+
+
+def attention_context(
+    input_ids: Tensor, attention_mask: Tensor | None, dims: ModelDims, dtype: torch.dtype
+) -> AttentionContext:
+    """Positions, RoPE tables and the boolean key mask (True = may be attended) for one forward.
+
+    A mask of all ones is treated as no mask (same math, faster attention kernel).
+    """
+    batch, length = input_ids.shape
+    if attention_mask is not None:
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} must equal input_ids shape "
+                f"{tuple(input_ids.shape)}"
+            )
+        if bool(attention_mask.all()):
+            attention_mask = None
+    pos = position_ids(attention_mask, batch, length, input_ids.device)
+    cos, sin = rope_cos_sin(pos, dims.head_dim, dims.rope_theta, _compute_dtype(dtype))
+    key_mask = None if attention_mask is None else attention_mask.to(torch.bool)[:, None, None, :]
+    return AttentionContext(cos=cos, sin=sin, key_mask=key_mask)
+
+
+def self_attention(
+    h: Tensor,
+    q_proj: nn.Linear,
+    k_proj: nn.Linear,
+    v_proj: nn.Linear,
+    o_proj: nn.Linear,
+    dims: ModelDims,
+    ctx: AttentionContext,
+) -> Tensor:
+    """Bidirectional multi-head attention with GQA: h [B, L, D] -> [B, L, D].
+
+    Key/value head j serves query heads j*G .. (j+1)*G - 1 (G = H / K), as in Qwen2's repeat_kv.
+    Padded keys (ctx.key_mask False) receive no attention; scores are scaled by 1/sqrt(Dh).
+    """
+    b, n, _ = h.shape
+    hd = dims.head_dim
+    q = q_proj(h).view(b, n, dims.num_heads, hd).transpose(1, 2)
+    k = k_proj(h).view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
+    v = v_proj(h).view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
+    q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+    if dims.gqa_groups > 1:
+        k = k.repeat_interleave(dims.gqa_groups, dim=1)
+        v = v.repeat_interleave(dims.gqa_groups, dim=1)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.key_mask, is_causal=False)
+    return o_proj(out.transpose(1, 2).reshape(b, n, dims.num_heads * hd))
+
+
+def gated_mlp(h: Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> Tensor:
+    """down(silu(gate(h)) * up(h)): [B, L, D] -> [B, L, D]."""
+    return down(F.silu(gate(h)) * up(h))
+
+
+@dataclass(frozen=True)
+class BlockParts:
+    """The modules of one pre-norm block, in the roles the shared forward needs."""
+
+    attn_norm: RMSNorm
+    q: nn.Linear
+    k: nn.Linear
+    v: nn.Linear
+    o: nn.Linear
+    mlp_norm: RMSNorm
+    gate: nn.Linear
+    up: nn.Linear
+    down: nn.Linear
+
+
+def block_forward(x: Tensor, parts: BlockParts, dims: ModelDims, ctx: AttentionContext) -> Tensor:
+    """x + attn(attn_norm(x)), then + mlp(mlp_norm(.)): [B, L, D] -> [B, L, D]."""
+    x = x + self_attention(parts.attn_norm(x), parts.q, parts.k, parts.v, parts.o, dims, ctx)
+    return x + gated_mlp(parts.mlp_norm(x), parts.gate, parts.up, parts.down)
+
+
+def decoder_forward(
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    embedding: nn.Embedding,
+    blocks: Sequence[BlockParts],
+    final_norm: RMSNorm,
+    head: nn.Linear | None,
+    dims: ModelDims,
+) -> Tensor:
+    """Embedding -> blocks -> final norm -> head: input_ids [B, L] -> logits [B, L, V] (>= float32).
+
+    ``head`` None means tied embeddings (logits = h @ embedding.weight^T).
+    """
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+    x = embedding(input_ids)
+    ctx = attention_context(input_ids, attention_mask, dims, x.dtype)
+    for parts in blocks:
+        x = block_forward(x, parts, dims, ctx)
+    x = final_norm(x)
+    logits = F.linear(x, embedding.weight) if head is None else head(x)
+    return logits.to(_compute_dtype(logits.dtype))
+
+
+def embedding(num_embeddings: int, dim: int) -> nn.Embedding:
+    """An uninitialised ``nn.Embedding`` [num_embeddings, dim] (``init_weights`` fills it).
+
+    Skipping nn.Embedding's own N(0, 1) init keeps construction on the meta device cheap.
+    """
+    return nn.Embedding(num_embeddings, dim, _weight=torch.empty(num_embeddings, dim))
+
+
+def init_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Random init for fresh models: N(0, std) linears and embeddings, zero biases, unit norm gains.
+
+    A model on the meta device is left alone: loading assigns its tensors.
+    """
+    if any(p.is_meta for p in module.parameters()):
+        return
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=std)
+        elif isinstance(m, RMSNorm):
+            nn.init.ones_(m.weight)

@@ -1,0 +1,81 @@
+"""`generate` dispatch and the shared per-step helpers."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from dllm_sampler import (
+    DreamGenerationConfig,
+    LLaDAGenerationConfig,
+    default_generation_config,
+    generate,
+    generate_dream,
+    generate_llada,
+)
+from dllm_sampler.step import sample_without_replacement, select_top_k
+
+
+def _prompt() -> torch.Tensor:
+    return torch.tensor([[1, 2, 3], [4, 5, 6]])
+
+
+def test_dispatch_on_config_type(fake_model):
+    llada = LLaDAGenerationConfig(steps=4, gen_length=8, block_length=4)
+    dream = DreamGenerationConfig(max_new_tokens=6, steps=3)
+    assert torch.equal(
+        generate(fake_model, _prompt(), config=llada), generate_llada(fake_model, _prompt(), None, llada)
+    )
+    assert torch.equal(
+        generate(fake_model, _prompt(), config=dream), generate_dream(fake_model, _prompt(), None, dream)
+    )
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_dispatch_on_arch_without_config(fake_model_cls, monkeypatch, arch):
+    dispatch_module = importlib.import_module("dllm_sampler.generate")  # the name is shadowed by the function
+    seen = []
+    for name in ("generate_llada", "generate_dream"):
+        monkeypatch.setattr(dispatch_module, name, lambda m, p, a, config, **kw: seen.append(config) or p)
+    generate(fake_model_cls(arch=arch), _prompt())
+    expected = LLaDAGenerationConfig() if arch == "llada" else DreamGenerationConfig()
+    assert seen == [expected] and default_generation_config(arch) == expected
+
+
+def test_dispatch_errors(fake_model_cls):
+    with pytest.raises(ValueError, match="unknown model arch"):
+        generate(fake_model_cls(arch="gpt"), _prompt())
+    with pytest.raises(TypeError, match="LLaDAGenerationConfig or DreamGenerationConfig"):
+        generate(fake_model_cls(), _prompt(), config={"steps": 4})
+
+
+def test_select_top_k_only_picks_candidates_even_at_minus_inf():
+    conf = torch.tensor([[0.9, float("-inf"), 0.1, float("-inf"), 0.5], [0.2, 0.3, 0.4, 0.5, 0.6]])
+    cand = torch.tensor([[False, True, True, True, False], [True, True, True, True, True]])
+    got = select_top_k(conf, cand, torch.tensor([2, 3]))
+    assert got[0].tolist() == [False, False, True, True, False] or got[0].tolist() == [
+        False,
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert got[1].tolist() == [False, False, True, True, True]
+    with pytest.raises(RuntimeError, match="only 3 are masked"):
+        select_top_k(conf, cand, torch.tensor([4, 0]))
+
+
+def test_sample_without_replacement_counts_and_distribution():
+    cand = torch.tensor([[True, False, True, True]])
+    scores = torch.tensor([[1.0, 9.0, 0.0, -1.0]])
+    g = torch.Generator().manual_seed(0)
+    hits = torch.zeros(4)
+    n = 4000
+    for _ in range(n):
+        sel = sample_without_replacement(scores, cand, torch.tensor([1]), 0.5, g)
+        assert int(sel.sum()) == 1 and not sel[0, 1]
+        hits += sel[0].float()
+    p = torch.softmax(torch.tensor([1.0, 0.0, -1.0]) / 0.5, dim=0)
+    freq = hits[[0, 2, 3]] / n
+    assert ((freq - p).abs() <= 5 * torch.sqrt(p * (1 - p) / n)).all()
