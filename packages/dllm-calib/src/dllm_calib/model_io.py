@@ -1,0 +1,108 @@
+"""What the builders need from a model: its tokenizer, its mask token and a name for provenance.
+
+The builders accept any object shaped like ``dllm_sampler.DiffusionLM``: ``encode(text)`` returning token
+ids, ``mask_token_id`` (None or missing for a model that cannot be masked), optional ``eos_token_id``,
+``arch`` and a name. These helpers turn what they find into clear errors.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from dllm_calib.sources import TextSource
+
+__all__ = ["describe_model", "draw_windows", "encode_text", "require_mask_token", "token_stream"]
+
+
+def require_mask_token(model: Any, builder: str) -> int:
+    """The model's mask token id.
+
+    Raises:
+        ValueError: if the model has no ``mask_token_id`` (the builder cannot mask anything).
+    """
+    mask_id = getattr(model, "mask_token_id", None)
+    if mask_id is None:
+        raise ValueError(
+            f"the {builder!r} builder masks tokens, but the model has no mask_token_id; load a diffusion LM "
+            "(e.g. dllm_sampler.load('tiny-llada')) or use the 'plain' builder"
+        )
+    if not isinstance(mask_id, int) or mask_id < 0:
+        raise ValueError(f"model.mask_token_id must be a non-negative int, got {mask_id!r}")
+    return mask_id
+
+
+def describe_model(model: Any) -> str:
+    """A short model description for provenance: its name or path if it has one, else its ``repr``
+    (``DiffusionLM``'s names the architecture and sizes), else its class and architecture."""
+    for attr in ("name_or_path", "name", "path"):
+        value = getattr(model, attr, None)
+        if isinstance(value, str | os.PathLike) and str(value):
+            return str(value)
+    if type(model).__repr__ is not object.__repr__:
+        return repr(model)
+    arch = getattr(model, "arch", None)
+    return f"{type(model).__name__} ({arch})" if arch else type(model).__name__
+
+
+def encode_text(model: Any, text: str) -> list[int]:
+    """Token ids of ``text`` from ``model.encode`` (a list, a 1-D tensor or an object with ``.ids``).
+
+    Raises:
+        TypeError: if the model has no ``encode``.
+        ValueError: if the text encodes to no tokens.
+    """
+    encode = getattr(model, "encode", None)
+    if encode is None:
+        raise TypeError(f"{type(model).__name__} has no encode(text); builders need the model's tokenizer")
+    ids = encode(text)
+    ids = getattr(ids, "ids", ids)
+    out = torch.as_tensor(ids).flatten().tolist() if isinstance(ids, Tensor) else [int(i) for i in ids]
+    if not out:
+        raise ValueError(f"text {text[:40]!r} encodes to no tokens; calibration text must be non-empty")
+    return out
+
+
+def token_stream(model: Any, source: TextSource, max_tokens: int) -> tuple[list[int], int]:
+    """Concatenate the encoded texts of ``source`` (separated by the model's EOS when it has one) until at
+    least ``max_tokens`` tokens are collected or the source ends.
+
+    Returns:
+        ``(tokens, texts_read)``.
+
+    Raises:
+        ValueError: if the source yields no text.
+    """
+    eos = getattr(model, "eos_token_id", None)
+    tokens: list[int] = []
+    count = 0
+    for text in source.texts():
+        if tokens and eos is not None:
+            tokens.append(int(eos))
+        tokens.extend(encode_text(model, text))
+        count += 1
+        if len(tokens) >= max_tokens:
+            break
+    if count == 0:
+        raise ValueError(f"text source {source.describe()} yielded no text")
+    return tokens, count
+
+
+def draw_windows(tokens: Sequence[int], num_samples: int, seq_len: int, generator: torch.Generator) -> Tensor:
+    """``[num_samples, seq_len]`` int64 windows of ``tokens`` at uniformly random start offsets.
+
+    Raises:
+        ValueError: if ``tokens`` is shorter than one window.
+    """
+    if len(tokens) < seq_len:
+        raise ValueError(
+            f"the text source gave only {len(tokens)} tokens but seq_len is {seq_len}; lower seq_len or add "
+            "text"
+        )
+    stream = torch.tensor(tokens, dtype=torch.int64)
+    starts = torch.randint(0, len(tokens) - seq_len + 1, (num_samples,), generator=generator)
+    return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])
