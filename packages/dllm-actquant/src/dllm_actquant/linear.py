@@ -1,0 +1,147 @@
+"""`ActQuantLinear`: a layer whose input activations are quantized, fake or through integer GEMMs.
+
+Two modes:
+
+* ``"fake"``: ``inner(dequant(quant(x)))`` for any ``inner`` module (an ``nn.Linear`` whose weight may
+  already be fake-quantized, or another package's quantized layer). Accuracy studies use this.
+* ``"kernel"``: real low-bit math. The wrapped ``nn.Linear``'s weight is quantized once, at construction,
+  to symmetric per-output-channel ``weight_bits`` codes (round to nearest), the input is quantized per token
+  (or with static parameters) and ``dllm_kernels.int8_gemm`` / ``w4a8_gemm`` / ``w4a4_gemm`` compute
+  ``y = x W^T`` with int32 accumulation. Asymmetric activations are handled exactly with the
+  zero-point correction ``y -= scale_x * zero_x * (scale_w * rowsum(W_codes))``.
+
+Inside an `OnlineRotation` with a Hadamard rotation, the kernel mode fuses rotation and quantization
+(``dllm_kernels.hadamard_quantize_per_token``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dllm_kernels
+import torch
+from dllm_kernels import QuantSpec
+from torch import Tensor, nn
+
+from dllm_actquant.act_quant import (
+    ActQuantConfig,
+    StaticActParams,
+    fake_quantize_activation,
+    quantize_activation,
+)
+from dllm_actquant.guards import mark_quantized
+from dllm_actquant.rotation import HadamardRotation, InputRotation, RotationAware
+
+__all__ = ["ActQuantLinear"]
+
+WEIGHT_BITS = (4, 8)
+
+
+class ActQuantLinear(RotationAware):
+    """Quantizes the input of ``inner`` (see module docstring).
+
+    Args:
+        inner: the wrapped layer; ``nn.Linear`` for ``mode="kernel"``, anything for ``"fake"``.
+        config: the activation quantizer.
+        static: calibrated parameters, required for a static (``granularity="tensor"``) config.
+        mode: ``"fake"`` or ``"kernel"``.
+        weight_bits: 4 or 8, the weight code width of the kernel mode (ignored and must be None in fake mode).
+    """
+
+    def __init__(
+        self,
+        inner: nn.Module,
+        config: ActQuantConfig,
+        *,
+        static: StaticActParams | None = None,
+        mode: Literal["fake", "kernel"] = "fake",
+        weight_bits: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not config.dynamic and static is None:
+            raise ValueError("a static activation config needs calibrated StaticActParams (static=...)")
+        if mode not in ("fake", "kernel"):
+            raise ValueError(f"mode must be 'fake' or 'kernel', got {mode!r}")
+        self.inner = inner
+        self.config = config
+        self.static = static
+        self.mode = mode
+        self.weight_bits = weight_bits
+        if mode == "fake":
+            if weight_bits is not None:
+                raise ValueError(
+                    "weight_bits is for mode='kernel'; in fake mode quantize the inner layer's weight "
+                    "yourself "
+                    "(e.g. with dllm_weightquant) and leave weight_bits=None"
+                )
+            mark_quantized(self, "activations")
+            return
+        if not isinstance(inner, nn.Linear) or not inner.weight.is_floating_point():
+            raise ValueError(
+                "mode='kernel' quantizes the weight itself and needs a float nn.Linear, got "
+                f"{type(inner).__name__}; "
+                "use mode='fake' to wrap other modules"
+            )
+        if weight_bits not in WEIGHT_BITS:
+            raise ValueError(f"mode='kernel' needs weight_bits in {WEIGHT_BITS}, got {weight_bits!r}")
+        # spec-driven quantize/pack run on CPU (once); the codes then live on the weight's device
+        device = inner.weight.device
+        w = inner.weight.detach().float().cpu()
+        codes, scale, _ = dllm_kernels.quantize(w, QuantSpec(weight_bits, True, "channel"))
+        stored = codes if weight_bits == 8 else dllm_kernels.pack(codes, 4)
+        self.register_buffer("w_scale", scale.reshape(-1).to(device=device, dtype=torch.float32))
+        self.register_buffer("w_codes", stored.to(device))
+        # scale_w[n] * sum_k codes[n, k]: the zero-point correction term of asymmetric activations
+        colsum = codes.to(device=device, dtype=torch.float32).sum(1)
+        self.register_buffer("w_colterm", self.w_scale * colsum)
+        mark_quantized(self, "weights+activations")
+
+    @property
+    def in_features(self) -> int | None:
+        return getattr(self.inner, "in_features", None)
+
+    @property
+    def out_features(self) -> int | None:
+        return getattr(self.inner, "out_features", None)
+
+    def forward(self, x: Tensor, rotation: InputRotation | None = None) -> Tensor:
+        """``x [..., K]`` -> ``[..., N]`` in the dtype of ``x``; ``rotation`` is applied to ``x`` first."""
+        lead = x.shape[:-1]
+        flat = x.reshape(-1, x.shape[-1])
+        if self.mode == "fake":
+            if rotation is not None:
+                flat = rotation(flat)
+            y = self.inner(fake_quantize_activation(flat, self.config, self.static))
+            return y.reshape(*lead, y.shape[-1])
+        cfg = self.config
+        if isinstance(rotation, HadamardRotation) and cfg.dynamic:
+            codes, scale, zero = dllm_kernels.hadamard_quantize_per_token(
+                flat, cfg.bits, cfg.symmetric, cfg.clip_ratio
+            )
+            scale, zero = scale.float(), None if zero is None else zero.float()
+        else:
+            if rotation is not None:
+                flat = rotation(flat)
+            codes, scale, zero = quantize_activation(flat, cfg, self.static)
+        y = self._gemm(codes, scale)
+        if zero is not None:
+            y = y - (scale * zero)[:, None] * self.w_colterm[None, :]
+        bias = self.inner.bias
+        if bias is not None:
+            y = y + bias.to(y.dtype)
+        return y.to(x.dtype).reshape(*lead, y.shape[-1])
+
+    def _gemm(self, codes: Tensor, scale: Tensor) -> Tensor:
+        if self.weight_bits == 8:
+            return dllm_kernels.int8_gemm(codes, scale, self.w_codes, self.w_scale)
+        if self.config.bits == 4:
+            return dllm_kernels.w4a4_gemm(codes, scale, self.w_codes, self.w_scale)
+        return dllm_kernels.w4a8_gemm(codes, scale, self.w_codes, self.w_scale)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        w = f", weight_bits={self.weight_bits}" if self.weight_bits else ""
+        return (
+            f"mode={self.mode!r}, bits={c.bits}, symmetric={c.symmetric}, granularity={c.granularity!r}, "
+            f"clip_ratio={c.clip_ratio}{w}"
+        )

@@ -1,0 +1,188 @@
+"""Quantization of the attention value matrix V (the output of v_proj), as a forward hook.
+
+``V`` is viewed as ``[..., K, Dh]`` (K key/value heads of Dh channels). Granularities:
+
+* ``"head"``: static, one (scale, zero) per kv head from the calibrated range ``[lo_k, hi_k]``;
+* ``"channel"``: static, one per (kv head, channel) from ``[lo_kd, hi_kd]``;
+* ``"token"``: dynamic, one per (token, kv head) row of Dh values, from the row's own min/max.
+
+Each kv head ``k`` has a clip factor ``alpha_k`` (searched by IA-AQ, `calibrate_iaaq`): the range used is
+``alpha_k * [lo, hi]``, i.e. the scale is ``alpha_k`` times the min-max scale and the zero point is
+unchanged. Formulas and rounding are dllm_kernels' (`dllm_actquant.act_quant`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from dllm_sampler import DiffusionLM, Topology
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from dllm_actquant.act_quant import minmax_scale_zero, quantize_with_params
+from dllm_actquant.guards import QUANTIZED_ATTR
+from dllm_actquant.modules import as_topology
+
+__all__ = ["VQuantConfig", "VQuantHandle", "VQuantParams", "attach_v_quantizers", "fake_quantize_v"]
+
+V_BITS = (2, 3, 4, 8)
+_MARK = "v-output"
+
+
+@dataclass(frozen=True)
+class VQuantConfig:
+    """How V is quantized.
+
+    Attributes:
+        bits: 2, 3, 4 or 8.
+        symmetric: signed codes without zero point; the default asymmetric min-max grid is IA-AQ's.
+        granularity: ``"head"`` (static per kv head), ``"channel"`` (static per kv head and channel) or
+            ``"token"`` (dynamic per token and kv head).
+    """
+
+    bits: int = 8
+    symmetric: bool = False
+    granularity: Literal["head", "channel", "token"] = "head"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.bits, bool) or self.bits not in V_BITS:
+            raise ValueError(f"VQuantConfig.bits must be one of {V_BITS}, got {self.bits!r}")
+        if not isinstance(self.symmetric, bool):
+            raise ValueError(f"VQuantConfig.symmetric must be a bool, got {self.symmetric!r}")
+        if self.granularity not in ("head", "channel", "token"):
+            raise ValueError(
+                f"VQuantConfig.granularity must be 'head', 'channel' or 'token', got {self.granularity!r}"
+            )
+
+    @property
+    def static(self) -> bool:
+        """True when the ranges come from calibration (head, channel)."""
+        return self.granularity != "token"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class VQuantParams:
+    """One layer's V quantizer.
+
+    Attributes:
+        alpha: ``[K]`` clip factor per kv head (in (0, 1]).
+        lo, hi: calibrated ranges, ``[K]`` (head) or ``[K, Dh]`` (channel); None for ``"token"``.
+    """
+
+    alpha: Tensor
+    lo: Tensor | None = None
+    hi: Tensor | None = None
+
+    def check(self, config: VQuantConfig, num_kv_heads: int, head_dim: int) -> None:
+        """Raise ``ValueError`` if the shapes do not fit ``config`` and the layer."""
+        if self.alpha.shape != (num_kv_heads,):
+            raise ValueError(
+                f"VQuantParams.alpha must have shape ({num_kv_heads},), got {tuple(self.alpha.shape)}"
+            )
+        if not bool(((self.alpha > 0) & (self.alpha <= 1)).all()):
+            raise ValueError("VQuantParams.alpha entries must be in (0, 1]")
+        if not config.static:
+            return
+        want = (num_kv_heads,) if config.granularity == "head" else (num_kv_heads, head_dim)
+        for name in ("lo", "hi"):
+            t = getattr(self, name)
+            if t is None or tuple(t.shape) != want:
+                got = None if t is None else tuple(t.shape)
+                raise ValueError(
+                    f"{config.granularity!r} V quantization needs VQuantParams.{name} of shape {want}, "
+                    f"got {got}"
+                )
+
+
+def fake_quantize_v(v: Tensor, params: VQuantParams, config: VQuantConfig, num_kv_heads: int) -> Tensor:
+    """Quantize-dequantize the v-projection output ``v [..., K * Dh]`` per ``config`` (same shape, dtype)."""
+    shape = v.shape
+    if shape[-1] % num_kv_heads:
+        raise ValueError(f"V width {shape[-1]} is not a multiple of {num_kv_heads} kv heads")
+    head_dim = shape[-1] // num_kv_heads
+    x = v.reshape(*shape[:-1], num_kv_heads, head_dim)
+    params.check(config, num_kv_heads, head_dim)
+    alpha = params.alpha.to(device=v.device, dtype=torch.float32)
+    if config.granularity == "token":
+        lo = x.amin(-1, keepdim=True).float() * alpha[:, None]
+        hi = x.amax(-1, keepdim=True).float() * alpha[:, None]
+    elif config.granularity == "head":
+        lo = (params.lo.to(v.device).float() * alpha)[:, None]  # type: ignore[union-attr]
+        hi = (params.hi.to(v.device).float() * alpha)[:, None]  # type: ignore[union-attr]
+    else:
+        lo = params.lo.to(v.device).float() * alpha[:, None]  # type: ignore[union-attr]
+        hi = params.hi.to(v.device).float() * alpha[:, None]  # type: ignore[union-attr]
+    scale, zero = minmax_scale_zero(lo, hi, config.bits, config.symmetric)
+    codes = quantize_with_params(x, scale, zero, config.bits).to(torch.float32)
+    out = (codes if zero is None else codes - zero) * scale
+    return out.to(v.dtype).reshape(shape)
+
+
+class VQuantHandle:
+    """The hooks of `attach_v_quantizers`; ``remove()`` detaches them (also usable as a context manager)."""
+
+    def __init__(self, handles: list[RemovableHandle], marked: list[nn.Module]) -> None:
+        self._handles, self._marked = handles, marked
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        for m in self._marked:
+            if getattr(m, QUANTIZED_ATTR, "") == _MARK:
+                delattr(m, QUANTIZED_ATTR)
+        self._handles, self._marked = [], []
+
+    def __enter__(self) -> VQuantHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def attach_v_quantizers(
+    model: DiffusionLM | Topology | nn.Module,
+    config: VQuantConfig,
+    params: Mapping[int, VQuantParams] | None = None,
+) -> VQuantHandle:
+    """Fake-quantize every block's V (a forward hook on the v projection's output).
+
+    ``params`` maps block index -> `VQuantParams` (from `calibrate_iaaq`); blocks without an entry are left
+    alone. For ``"token"`` granularity ``params=None`` quantizes every block with ``alpha = 1``. A module
+    that carries no other quantization marker is marked ``"v-output"`` until ``remove()``, so equivalence
+    transforms refuse to edit v while its quantizer is calibrated to the current weights.
+    """
+    topology = as_topology(model)
+    if params is None:
+        if config.static:
+            raise ValueError(
+                f"{config.granularity!r} V quantization is static and needs calibrated params "
+                "(calibrate_iaaq)"
+            )
+        params = {b.index: VQuantParams(alpha=torch.ones(b.n_kv_heads)) for b in topology}
+    unknown = set(params) - {b.index for b in topology}
+    if unknown:
+        raise ValueError(f"V quantizer params for unknown blocks {sorted(unknown)}")
+    handles, marked = [], []
+    for b in topology:
+        if b.index not in params:
+            continue
+        p = params[b.index]
+        p.check(config, b.n_kv_heads, b.head_dim)
+        module = b.module("v")
+
+        def hook(
+            _m: nn.Module, _inp: tuple, out: Tensor, p: VQuantParams = p, k: int = b.n_kv_heads
+        ) -> Tensor:
+            return fake_quantize_v(out, p, config, k)
+
+        handles.append(module.register_forward_hook(hook))
+        if not getattr(module, QUANTIZED_ATTR, ""):
+            setattr(module, QUANTIZED_ATTR, _MARK)
+            marked.append(module)
+    return VQuantHandle(handles, marked)
