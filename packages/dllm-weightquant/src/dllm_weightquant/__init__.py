@@ -1,0 +1,73 @@
+"""dllm_weightquant: weight quantizers for diffusion LLMs and their checkpoints.
+
+* Quantizers, ``fn(weight [out, in], hessian [in, in] | None, spec, config)``: :func:`rtn_quantize`
+  (optional MSE clip search), :func:`gptq_quantize` (blocked GPTQ, static act-order, lazy group scales,
+  damping retries, RTN fallback), :func:`cgq_quantize` (DLLMQuant's CGQ: GPTQ on the certainty-weighted
+  Hessian), :func:`daq_quantize` and :func:`abmp_quantize` (Quant-dLLM's multi-binary DAQ with DOR/RSR and
+  its blockwise mixed precision).
+* Transform: :func:`apply_awq` (AWQ scales folded through the model topology), :func:`awq_search_scale`.
+* Weights: :class:`QuantizedWeight` (uniform, packed), :class:`MultiBinaryWeight`; layers:
+  :class:`QuantLinear`, :func:`replace_linear`.
+* Checkpoints: :func:`export_quantized` / :func:`load_quantized` (compressed-tensors ``pack-quantized`` or
+  the ``dllmq`` format of FORMAT.md), :class:`QuantProvenance`.
+* Registry: :data:`METHODS`, :func:`get_method`.
+"""
+
+from dllm_weightquant.abmp import ABMPConfig, abmp_orders, abmp_quantize
+from dllm_weightquant.awq import AWQ_GROUPS, AWQConfig, AWQScale, apply_awq, awq_search_scale
+from dllm_weightquant.cgq import CGQConfig, cgq_quantize
+from dllm_weightquant.checkpoint import (
+    QuantProvenance,
+    compressed_tensors_config,
+    export_quantized,
+    load_quantized,
+    package_versions,
+    read_provenance,
+)
+from dllm_weightquant.daq import DAQConfig, daq_quantize, dor_weights, fit_multibinary
+from dllm_weightquant.gptq import GPTQConfig, gptq_quantize
+from dllm_weightquant.grid import ClipSearch
+from dllm_weightquant.hessian import hessian_from_inputs, layer_objective
+from dllm_weightquant.multibinary import MultiBinaryWeight
+from dllm_weightquant.qlinear import QuantLinear, replace_linear
+from dllm_weightquant.qweight import QuantizedWeight
+from dllm_weightquant.registry import METHODS, Method, get_method
+from dllm_weightquant.rtn import RTNConfig, fake_quantize_weight, rtn_quantize
+
+__all__ = [
+    "AWQ_GROUPS",
+    "METHODS",
+    "ABMPConfig",
+    "AWQConfig",
+    "AWQScale",
+    "CGQConfig",
+    "ClipSearch",
+    "DAQConfig",
+    "GPTQConfig",
+    "Method",
+    "MultiBinaryWeight",
+    "QuantLinear",
+    "QuantProvenance",
+    "QuantizedWeight",
+    "RTNConfig",
+    "abmp_orders",
+    "abmp_quantize",
+    "apply_awq",
+    "awq_search_scale",
+    "cgq_quantize",
+    "compressed_tensors_config",
+    "daq_quantize",
+    "dor_weights",
+    "export_quantized",
+    "fake_quantize_weight",
+    "fit_multibinary",
+    "get_method",
+    "gptq_quantize",
+    "hessian_from_inputs",
+    "layer_objective",
+    "load_quantized",
+    "package_versions",
+    "read_provenance",
+    "replace_linear",
+    "rtn_quantize",
+]

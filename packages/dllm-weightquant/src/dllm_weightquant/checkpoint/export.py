@@ -1,0 +1,156 @@
+"""Write a model with ``QuantLinear`` modules as a quantized checkpoint folder (see ``FORMAT.md``).
+
+The folder holds ``config.json`` (the model config plus ``quantization_config``), the weights as
+``model.safetensors`` (or shards plus ``model.safetensors.index.json``), the tokenizer files and
+``dllmq_provenance.json``. Every tensor that is not a quantized weight is written unchanged. The folder is
+written to a temporary sibling and renamed into place, so a failure never leaves a partial checkpoint and
+an existing one is replaced only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from dllm_weightquant.checkpoint.provenance import QuantProvenance
+from dllm_weightquant.checkpoint.qconfig import ModuleFormat, compressed_tensors_config, dllmq_config
+from dllm_weightquant.checkpoint.tensors import disk_tensors
+from dllm_weightquant.multibinary import MultiBinaryWeight
+from dllm_weightquant.qlinear import QuantLinear
+
+if TYPE_CHECKING:
+    from dllm_sampler import DiffusionLM
+
+__all__ = ["CONFIG_FILE", "DEFAULT_MAX_SHARD_BYTES", "INDEX_FILE", "SINGLE_FILE", "export_quantized"]
+
+CONFIG_FILE = "config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
+
+
+def _module_format(module: QuantLinear) -> ModuleFormat:
+    qw = module.qweight
+    if isinstance(qw, MultiBinaryWeight):
+        return ModuleFormat("multi-binary", group_size=qw.group_size)
+    return ModuleFormat("uniform", spec=qw.spec, g_idx=qw.g_idx is not None)
+
+
+def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, ModuleFormat], list[str]]:
+    """(tensors to write, quantized module -> format, names of the Linears left unquantized)."""
+    quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+    if not quantized:
+        raise ValueError(
+            "the model has no QuantLinear modules; quantize it (and replace_linear) before exporting"
+        )
+    ignore = sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
+    state: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        owner, _, leaf = key.rpartition(".")
+        if owner in quantized and leaf != "bias":
+            continue
+        state[key] = value
+    for name, module in quantized.items():
+        for leaf, value in disk_tensors(module.qweight).items():
+            state[f"{name}.{leaf}"] = value
+    return state, {name: _module_format(m) for name, m in quantized.items()}, ignore
+
+
+def _write_weights(state: dict[str, Tensor], folder: Path, max_shard_bytes: int) -> None:
+    tensors = {name: t.detach().contiguous().cpu() for name, t in state.items()}
+    shards: list[list[str]] = [[]]
+    used = 0
+    for name, t in tensors.items():
+        size = t.numel() * t.element_size()
+        if shards[-1] and used + size > max_shard_bytes:
+            shards.append([])
+            used = 0
+        shards[-1].append(name)
+        used += size
+    meta = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(tensors, str(folder / SINGLE_FILE), meta)
+        return
+    weight_map: dict[str, str] = {}
+    for i, names in enumerate(shards, start=1):
+        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file({n: tensors[n] for n in names}, str(folder / fname), meta)
+        weight_map |= dict.fromkeys(names, fname)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _swap_into_place(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside and deleted only after the swap."""
+    if path.is_dir() and not any(path.iterdir()):
+        path.rmdir()
+    if not path.exists():
+        os.replace(tmp, path)
+        return
+    backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(path, backup)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        os.replace(backup, path)
+        raise
+    shutil.rmtree(backup)
+
+
+def export_quantized(
+    dlm: DiffusionLM,
+    path: str | Path,
+    provenance: QuantProvenance | None = None,
+    *,
+    overwrite: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    use_compressed_tensors: bool | None = None,
+) -> Path:
+    """Write ``dlm`` (a model whose quantized Linears are ``QuantLinear``) to ``path``; returns the folder.
+
+    Format: compressed-tensors ``pack-quantized`` when every quantized Linear is uniform, else ``dllmq``
+    (FORMAT.md). ``use_compressed_tensors`` picks how the compressed-tensors block is built (see
+    ``compressed_tensors_config``: True = the library's classes, False = by hand, None = the library if
+    installed). An existing non-empty ``path`` needs ``overwrite=True``.
+    """
+    if max_shard_bytes <= 0:
+        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
+    path = Path(path).expanduser()
+    if path.exists() and not (path.is_dir() and (overwrite or not any(path.iterdir()))):
+        raise FileExistsError(f"{path} exists and is not an empty folder; pass overwrite=True to replace it")
+    state, formats, ignore = quantized_state(dlm.model)
+    if all(f.kind == "uniform" for f in formats.values()):
+        qconfig = compressed_tensors_config(formats, ignore, use_library=use_compressed_tensors)
+    else:
+        qconfig = dllmq_config(formats, ignore)
+    config = dlm.config.to_dict()
+    config["torch_dtype"] = str(dlm.dtype).removeprefix("torch.")
+    config["quantization_config"] = qconfig
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        _write_weights(state, tmp, max_shard_bytes)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        if dlm.tokenizer is not None:
+            dlm.tokenizer.save(str(tmp / TOKENIZER_FILE))
+        for name, content in dlm.tokenizer_files.items():
+            (tmp / name).write_text(
+                json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+            )
+        (provenance or QuantProvenance()).write(tmp)
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path

@@ -1,0 +1,209 @@
+"""``QuantLinear``: a Linear layer with a quantized weight, plus ``replace_linear``.
+
+Two execution modes:
+
+* ``"kernel"`` (uniform ``QuantizedWeight`` only): ``y = x @ dequant(W)^T`` through ``dllm_kernels``'
+  group-wise GEMM (``wna16_gemm``) on the packed codes: the real low-bit computation (the kernels package
+  picks the backend; float32 accumulation). Activations are computed in float32; the output is cast back
+  to the input's dtype.
+* ``"fake"``: the dequantized float weight (in ``dtype``) with ``F.linear``: the same numbers as a
+  fake-quantized model, for accuracy studies; the only mode for ``MultiBinaryWeight`` (no binary GEMM).
+
+The quantized tensors are registered as buffers (they move with ``.to()`` and show up in ``state_dict``
+under the names of ``FORMAT.md``); the dequantized weight of fake mode is a non-persistent buffer.
+"""
+
+from __future__ import annotations
+
+import dllm_kernels
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dllm_weightquant.multibinary import MultiBinaryWeight
+from dllm_weightquant.qweight import QuantizedWeight
+
+__all__ = ["MODES", "QuantLinear", "replace_linear"]
+
+MODES = ("kernel", "fake")
+QWeight = QuantizedWeight | MultiBinaryWeight
+# Buffers whose dtype is part of the format: .to(dtype) / .half() move them but never cast them.
+_EXACT_BUFFERS = (
+    "weight_packed",
+    "weight_scale",
+    "weight_zero_point",
+    "weight_g_idx",
+    "weight_planes",
+    "weight_alpha_r",
+    "weight_alpha_c",
+    "weight_orders",
+    "_kernel_packed",
+    "_kernel_scale",
+    "_kernel_zero",
+    "_kernel_perm",
+)
+
+
+class QuantLinear(nn.Module):
+    """Linear layer ``y = x W^T + b`` with a quantized ``W``; ``x [..., in] -> y [..., out]``.
+
+    Args:
+        qweight: a ``QuantizedWeight`` or ``MultiBinaryWeight``.
+        bias: optional float ``[out]`` (kept as a parameter, in its own dtype).
+        mode: ``"kernel"`` or ``"fake"`` (see the module docstring).
+        dtype: dtype of the fake-mode weight (default float32).
+    """
+
+    def __init__(
+        self,
+        qweight: QWeight,
+        bias: Tensor | None = None,
+        mode: str = "kernel",
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if mode not in MODES:
+            raise ValueError(f"QuantLinear mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(qweight, QuantizedWeight | MultiBinaryWeight):
+            raise ValueError(
+                f"qweight must be a QuantizedWeight or MultiBinaryWeight, got {type(qweight).__name__}"
+            )
+        if mode == "kernel" and isinstance(qweight, MultiBinaryWeight):
+            raise ValueError(
+                "multi-binary (DAQ/ABMP) weights have no dllm_kernels GEMM; use QuantLinear(..., mode='fake')"
+            )
+        self.in_features = qweight.in_features
+        self.out_features = qweight.out_features
+        self.mode = mode
+        if bias is not None and tuple(bias.shape) != (self.out_features,):
+            raise ValueError(f"bias must have shape [{self.out_features}], got {list(bias.shape)}")
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self._kind = "uniform" if isinstance(qweight, QuantizedWeight) else "multi-binary"
+        self._meta: dict[str, object] = {}
+        if isinstance(qweight, QuantizedWeight):
+            self._meta = {"spec": qweight.spec}
+            self.register_buffer("weight_packed", qweight.packed)
+            self.register_buffer("weight_scale", qweight.scale)
+            self.register_buffer("weight_zero_point", qweight.zero)
+            self.register_buffer("weight_g_idx", qweight.g_idx)
+            if mode == "kernel":
+                packed, scale, zero, group, perm = qweight.kernel_layout()
+                self._meta["kernel_group_size"] = group
+                self.register_buffer("_kernel_packed", packed, persistent=False)
+                self.register_buffer("_kernel_scale", scale, persistent=False)
+                self.register_buffer("_kernel_zero", zero, persistent=False)
+                self.register_buffer("_kernel_perm", perm, persistent=False)
+        else:
+            self._meta = {"group_size": qweight.group_size}
+            self.register_buffer("weight_planes", qweight.planes)
+            self.register_buffer("weight_alpha_r", qweight.alpha_r)
+            self.register_buffer("weight_alpha_c", qweight.alpha_c)
+            self.register_buffer("weight_orders", qweight.orders)
+        if mode == "fake":
+            dense = qweight.dequantize().to(dtype or torch.float32)
+            self.register_buffer("weight", dense, persistent=False)
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, qweight: QWeight, mode: str = "kernel", dtype: torch.dtype | None = None
+    ) -> QuantLinear:
+        """Wrap ``qweight`` (the quantized ``linear.weight``) with ``linear``'s bias; the fake-mode weight
+        takes ``linear``'s dtype unless ``dtype`` is given."""
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"from_linear needs an nn.Linear, got {type(linear).__name__}")
+        if (qweight.out_features, qweight.in_features) != (linear.out_features, linear.in_features):
+            raise ValueError(
+                f"qweight shape {list(qweight.shape)} does not match the linear "
+                f"[{linear.out_features}, {linear.in_features}]"
+            )
+        bias = None if linear.bias is None else linear.bias.detach().cpu()
+        module = cls(qweight, bias, mode, dtype or linear.weight.dtype)
+        return module.to(linear.weight.device)
+
+    @property
+    def qweight(self) -> QWeight:
+        """The quantized weight rebuilt from the buffers (on the CPU)."""
+        if self._kind == "uniform":
+            zero, g_idx = self.weight_zero_point, self.weight_g_idx
+            return QuantizedWeight(
+                packed=self.weight_packed.cpu(),
+                scale=self.weight_scale.cpu(),
+                zero=None if zero is None else zero.cpu(),
+                spec=self._meta["spec"],  # type: ignore[arg-type]
+                shape=(self.out_features, self.in_features),
+                g_idx=None if g_idx is None else g_idx.cpu(),
+            )
+        return MultiBinaryWeight(
+            planes=self.weight_planes.cpu(),
+            alpha_r=self.weight_alpha_r.cpu(),
+            alpha_c=self.weight_alpha_c.cpu(),
+            orders=self.weight_orders.cpu(),
+            shape=(self.out_features, self.in_features),
+            group_size=int(self._meta["group_size"]),  # type: ignore[call-overload]
+        )
+
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """Like ``nn.Module._apply``, but the quantized buffers only change device, never dtype."""
+        exact = {n: b for n, b in self._buffers.items() if n in _EXACT_BUFFERS and b is not None}
+        for n in exact:
+            self._buffers[n] = None
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for n, b in exact.items():
+                device = fn(torch.empty(0, dtype=b.dtype, device=b.device)).device
+                self._buffers[n] = b.to(device)
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"QuantLinear expects inputs [..., {self.in_features}], got {list(x.shape)}")
+        if self.mode == "fake":
+            bias = None if self.bias is None else self.bias.to(self.weight.dtype)
+            return F.linear(x.to(self.weight.dtype), self.weight, bias).to(x.dtype)
+        x2 = x.reshape(-1, self.in_features).float()
+        if self._kernel_perm is not None:
+            x2 = x2[:, self._kernel_perm]
+        spec = self._meta["spec"]
+        y = dllm_kernels.wna16_gemm(
+            x2.contiguous(),
+            self._kernel_packed,
+            self._kernel_scale,
+            self._kernel_zero,
+            spec.bits,  # type: ignore[attr-defined]
+            self._meta["kernel_group_size"],  # type: ignore[arg-type]
+        )
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        fmt = (
+            self._meta["spec"]
+            if self._kind == "uniform"
+            else f"multi-binary group_size={self._meta['group_size']}"
+        )
+        return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, {fmt}"
+
+
+def replace_linear(model: nn.Module, qualified_name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` (e.g. a ``QuantLinear``) at ``qualified_name`` in ``model``; returns the old module.
+
+    The old module must be an ``nn.Linear`` or ``QuantLinear`` with the same in/out features.
+    """
+    parent_name, _, child = qualified_name.rpartition(".")
+    try:
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = parent.get_submodule(child)
+    except AttributeError as e:
+        raise KeyError(f"{qualified_name!r} is not a module of the model") from e
+    if not isinstance(old, nn.Linear | QuantLinear):
+        raise ValueError(f"{qualified_name!r} is a {type(old).__name__}, not a Linear layer")
+    shape = (getattr(module, "in_features", None), getattr(module, "out_features", None))
+    if shape != (old.in_features, old.out_features):
+        raise ValueError(
+            f"replacement for {qualified_name!r} has (in, out) = {shape}, expected "
+            f"{(old.in_features, old.out_features)}"
+        )
+    setattr(parent, child, module)
+    return old

@@ -1,0 +1,89 @@
+"""RTN: round-to-nearest on the min/max grid, optionally with a per-group MSE clip search."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dllm_kernels
+from dllm_kernels import QuantSpec
+from torch import Tensor
+
+from dllm_weightquant._checks import check_uniform_spec, check_weight
+from dllm_weightquant._config import MethodConfig
+from dllm_weightquant.grid import ClipSearch, decode, encode, search_params
+from dllm_weightquant.qweight import QuantizedWeight
+
+__all__ = ["RTNConfig", "fake_quantize_weight", "rtn_quantize", "weight_cells"]
+
+
+@dataclass(frozen=True)
+class RTNConfig(MethodConfig):
+    """Round-to-nearest.
+
+    Attributes:
+        clip: None for plain min/max scales (exactly ``dllm_kernels.quantize``), or a ``ClipSearch`` that
+            shrinks each group's range to minimise its own quantization error.
+    """
+
+    clip: ClipSearch | None = None
+
+    def __post_init__(self) -> None:
+        if self.clip is not None and not isinstance(self.clip, ClipSearch):
+            raise ValueError(f"RTNConfig.clip must be a ClipSearch or None, got {type(self.clip).__name__}")
+
+
+def weight_cells(weight: Tensor, spec: QuantSpec) -> Tensor:
+    """View ``weight [out, in]`` as scale cells ``[rows, cells, n]``: one cell per (row, group).
+
+    ``tensor`` -> ``[1, 1, out*in]``; ``channel`` -> ``[out, 1, in]``; ``group`` -> ``[out, in/G, G]``.
+    """
+    out, inp = weight.shape
+    if spec.granularity == "tensor":
+        return weight.reshape(1, 1, out * inp)
+    if spec.granularity == "group":
+        assert spec.group_size is not None
+        return weight.reshape(out, inp // spec.group_size, spec.group_size)
+    return weight.reshape(out, 1, inp)
+
+
+def _grid_quantize(
+    weight: Tensor, spec: QuantSpec, clip: ClipSearch | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(codes [out, in], scale, zero) with ``scale``/``zero`` shaped as ``QuantizedWeight`` wants."""
+    cells = weight_cells(weight.float(), spec)
+    scale, zero = search_params(cells, spec.bits, spec.symmetric, clip)
+    codes = encode(cells, scale[..., None], None if zero is None else zero[..., None], spec.bits)
+    shape = QuantizedWeight.scale_shape(spec, *weight.shape)
+    return (
+        codes.reshape(weight.shape),
+        scale.reshape(shape),
+        None if zero is None else zero.reshape(shape),
+    )
+
+
+def rtn_quantize(
+    weight: Tensor, hessian: Tensor | None, spec: QuantSpec, config: RTNConfig | None = None
+) -> QuantizedWeight:
+    """Round ``weight [out, in]`` to the grid of ``spec``; ``hessian`` is ignored (the common signature).
+
+    Without a clip search this is ``dllm_kernels.quantize`` (min/max scales); with one, every cell's
+    range is shrunk to the ratio with the least error (see ``grid.ClipSearch``). Works on any device;
+    the result lives on the CPU.
+    """
+    config = config or RTNConfig()
+    w = check_weight(weight)
+    spec = check_uniform_spec(spec, w.shape[1], "RTN")
+    if config.clip is None:
+        codes, scale, zero = dllm_kernels.quantize(w.float().cpu(), spec)
+    else:
+        codes, scale, zero = _grid_quantize(w, spec, config.clip)
+    return QuantizedWeight.from_codes(codes, scale, zero, spec)
+
+
+def fake_quantize_weight(weight: Tensor, spec: QuantSpec, clip: ClipSearch | None = None) -> Tensor:
+    """``dequantize(rtn(weight))`` as float32 on the weight's device (the proxy quantizer of AWQ's search)."""
+    codes, scale, zero = _grid_quantize(weight, spec, clip)
+    cells = weight_cells(codes, spec)
+    s = scale.reshape(cells.shape[0], cells.shape[1], 1)
+    z = None if zero is None else zero.reshape(cells.shape[0], cells.shape[1], 1)
+    return decode(cells, s, z).reshape(weight.shape)

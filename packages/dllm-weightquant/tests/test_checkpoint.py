@@ -1,0 +1,257 @@
+"""Export / load of quantized checkpoints: bit-identical weights, compressed-tensors compatibility,
+the dllmq format, provenance, atomic writes and clear errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from dllm_kernels import QuantSpec
+from dllm_sampler import DiffusionLM
+from dllm_weightquant import (
+    QuantLinear,
+    QuantProvenance,
+    compressed_tensors_config,
+    daq_quantize,
+    export_quantized,
+    gptq_quantize,
+    load_quantized,
+    read_provenance,
+    replace_linear,
+    rtn_quantize,
+)
+from dllm_weightquant.checkpoint.qconfig import ModuleFormat
+from safetensors.torch import load_file
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+
+Quantizer = Callable[[str, torch.Tensor, torch.Tensor], object]
+pytestmark = pytest.mark.filterwarnings("ignore:.*has no tokenizer.json")
+
+
+def quantize_model(dlm: DiffusionLM, quantizer: Quantizer, mode: str = "kernel") -> dict[str, torch.Tensor]:
+    """Replace every block linear with a QuantLinear; returns name -> dequantized weight."""
+    g = torch.Generator().manual_seed(0)
+    out = {}
+    for name in dlm.topology.linear_names():
+        lin = dlm.model.get_submodule(name)
+        x = torch.randn(256, lin.in_features, generator=g, dtype=torch.float64)
+        q = quantizer(name, lin.weight.detach(), x.T @ x / 256)
+        out[name] = q.dequantize()  # type: ignore[attr-defined]
+        chosen = mode if not hasattr(q, "planes") else "fake"
+        replace_linear(dlm.model, name, QuantLinear.from_linear(lin, q, mode=chosen))  # type: ignore[arg-type]
+    return out
+
+
+def _with_tokenizer(dlm: DiffusionLM) -> DiffusionLM:
+    dlm.tokenizer = Tokenizer(WordLevel({"a": 0, "b": 1, "[UNK]": 2}, unk_token="[UNK]"))
+    dlm.tokenizer_files = {"tokenizer_config.json": {"model_max_length": 256}}
+    return dlm
+
+
+def _loaded_weights(dlm: DiffusionLM) -> dict[str, torch.Tensor]:
+    return {n: m.qweight.dequantize() for n, m in dlm.model.named_modules() if isinstance(m, QuantLinear)}
+
+
+SPECS = [
+    QuantSpec(4, True, "group", 16),
+    QuantSpec(3, False, "group", 16),
+    QuantSpec(2, False, "channel"),
+    QuantSpec(8, True, "channel"),
+    QuantSpec(4, True, "tensor"),
+]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=str)
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_export_load_is_bit_identical(tmp_path: Path, tiny_dlm: Callable, spec: QuantSpec, arch: str) -> None:
+    dlm = _with_tokenizer(tiny_dlm(arch))
+    weights = quantize_model(dlm, lambda n, w, h: gptq_quantize(w, h, spec))
+    ids = torch.randint(0, dlm.vocab_size - 4, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        logits = dlm.logits(ids)
+    export_quantized(dlm, tmp_path / "q", QuantProvenance(recipe=[{"method": "gptq"}], seeds={"torch": 0}))
+    loaded = load_quantized(tmp_path / "q")
+    got = _loaded_weights(loaded)
+    assert got.keys() == weights.keys()
+    for name, w in weights.items():
+        assert torch.equal(got[name], w), name
+    with torch.no_grad():
+        assert torch.equal(loaded.logits(ids), logits)
+    for name, t in dlm.model.state_dict().items():  # the float tensors are unchanged
+        if not any(name.startswith(q + ".") for q in weights) or name.endswith(".bias"):
+            assert torch.equal(loaded.model.state_dict()[name], t), name
+    assert loaded.tokenizer is not None and loaded.tokenizer_files == dlm.tokenizer_files
+
+
+def test_compressed_tensors_decompressor_reproduces_our_weights(tmp_path: Path, tiny_dlm: Callable) -> None:
+    ct = pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.pack_quantized.base import PackedQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+
+    dlm = tiny_dlm("llada")
+    specs = {n: SPECS[i % 4] for i, n in enumerate(dlm.topology.linear_names())}  # several config groups
+    weights = quantize_model(dlm, lambda n, w, h: gptq_quantize(w, h, specs[n]))
+    export_quantized(dlm, tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert qc["quant_method"] == "compressed-tensors" and qc["format"] == "pack-quantized"
+    assert qc["version"] == ct.__version__
+    assert qc["ignore"] == [dlm.topology.head_name]
+    parsed = QuantizationConfig.model_validate(qc)
+    state = load_file(str(tmp_path / "q" / "model.safetensors"))
+    for name, want in weights.items():
+        scheme = next(s for s in parsed.config_groups.values() if name in s.targets)
+        local = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
+        assert set(local) <= {"weight_packed", "weight_scale", "weight_shape", "weight_zero_point"}
+        assert local["weight_packed"].dtype == torch.int32 and local["weight_shape"].dtype == torch.int64
+        out = PackedQuantizationCompressor.decompress(local, scheme)
+        assert torch.equal(out["weight"], want), name
+        # and the library packs the same codes into the same bits
+        qw = dlm.model.get_submodule(name).qweight
+        ours = {"weight": out["weight"], "weight_scale": qw.scale}
+        if qw.zero is not None:
+            ours["weight_zero_point"] = (qw.zero - (1 << (qw.spec.bits - 1))).to(torch.int8)
+        again = PackedQuantizationCompressor.compress(ours, scheme)
+        for key in ("weight_packed", "weight_zero_point"):
+            if key in local:
+                assert torch.equal(again[key], local[key]), (name, key)
+
+
+def test_single_spec_targets_linear_and_lists_the_head(tmp_path: Path, tiny_dlm: Callable) -> None:
+    dlm = tiny_dlm("llada")
+    quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4, True, "group", 16)))
+    export_quantized(dlm, tmp_path / "q")
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert list(qc["config_groups"]) == ["group_0"]
+    assert qc["config_groups"]["group_0"]["targets"] == ["Linear"]
+    assert qc["ignore"] == ["model.transformer.ff_out"]  # the LM head, not the blocks' ff_out
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_hand_written_config_equals_the_library_one(sym: bool) -> None:
+    pytest.importorskip("compressed_tensors")
+    formats = {
+        "a.q": ModuleFormat("uniform", spec=QuantSpec(4, sym, "group", 128)),
+        "a.k": ModuleFormat("uniform", spec=QuantSpec(4, sym, "group", 128)),
+        "a.o": ModuleFormat("uniform", spec=QuantSpec(8, True, "channel")),
+        "a.v": ModuleFormat("uniform", spec=QuantSpec(3, sym, "group", 64), g_idx=True),
+    }
+    for chosen in (formats, {"a.q": formats["a.q"]}):
+        lib = compressed_tensors_config(chosen, ["lm_head"], use_library=True)
+        hand = compressed_tensors_config(chosen, ["lm_head"], use_library=False)
+        lib.pop("version")
+        hand.pop("version")
+        assert json.loads(json.dumps(lib)) == json.loads(json.dumps(hand))
+
+
+def test_multibinary_and_mixed_checkpoints(tmp_path: Path, tiny_dlm: Callable) -> None:
+    dlm = tiny_dlm("dream")
+    names = dlm.topology.linear_names()
+
+    def quantizer(name: str, w: torch.Tensor, h: torch.Tensor) -> object:
+        if name.endswith("o_proj"):
+            return rtn_quantize(w, None, QuantSpec(4, False, "group", 16))
+        return daq_quantize(w, h, QuantSpec(2, True, "group", 16))
+
+    weights = quantize_model(dlm, quantizer)
+    ids = torch.randint(0, dlm.vocab_size - 4, (1, 10))
+    with torch.no_grad():
+        logits = dlm.logits(ids)
+    export_quantized(dlm, tmp_path / "q")
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "dllmq" and set(qc["modules"]) == set(names)
+    loaded = load_quantized(tmp_path / "q")
+    got = _loaded_weights(loaded)
+    for name, w in weights.items():
+        assert torch.equal(got[name], w), name
+    assert loaded.model.get_submodule(names[0]).mode == "fake"
+    assert loaded.model.get_submodule(dlm.topology.block(0).names["o"]).mode == "kernel"
+    with torch.no_grad():
+        assert torch.allclose(loaded.logits(ids), logits, atol=1e-5)
+    assert isinstance(load_quantized(tmp_path / "q", mode="fake").model.get_submodule(names[3]), QuantLinear)
+
+
+def test_provenance_and_files(tmp_path: Path, tiny_dlm: Callable) -> None:
+    dlm = _with_tokenizer(tiny_dlm("llada"))
+    quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4)))
+    prov = QuantProvenance(
+        recipe=[{"method": "rtn", "config": {}}],
+        seeds={"calibration": 3},
+        calibration={"builder": "mcs", "n": 8},
+    )
+    out = export_quantized(dlm, tmp_path / "q", prov)
+    assert {p.name for p in out.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "dllmq_provenance.json",
+    }
+    data = read_provenance(out)
+    assert data["recipe"] == prov.recipe and data["seeds"] == {"calibration": 3}
+    assert data["calibration"]["builder"] == "mcs"
+    assert data["packages"]["dllm-weightquant"] and data["packages"]["torch"]
+
+
+def test_sharded_export(tmp_path: Path, tiny_dlm: Callable) -> None:
+    dlm = tiny_dlm("llada")
+    weights = quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4)))
+    export_quantized(dlm, tmp_path / "q", max_shard_bytes=4096)
+    assert (tmp_path / "q" / "model.safetensors.index.json").is_file()
+    got = _loaded_weights(load_quantized(tmp_path / "q"))
+    assert all(torch.equal(got[n], w) for n, w in weights.items())
+
+
+def test_writes_are_atomic(tmp_path: Path, tiny_dlm: Callable, monkeypatch: pytest.MonkeyPatch) -> None:
+    dlm = tiny_dlm("llada")
+    quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4)))
+    target = tmp_path / "q"
+    export_quantized(dlm, target)
+    before = (target / "model.safetensors").read_bytes()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        export_quantized(dlm, target)
+
+    import dllm_weightquant.checkpoint.export as export_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_module, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_quantized(dlm, target, overwrite=True)
+    assert (target / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no temporary folder left behind
+    monkeypatch.undo()
+    export_quantized(dlm, target, overwrite=True)
+
+
+def test_clear_errors(tmp_path: Path, tiny_dlm: Callable) -> None:
+    dlm = tiny_dlm("llada")
+    with pytest.raises(ValueError, match="no QuantLinear"):
+        export_quantized(dlm, tmp_path / "x")
+    quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4, False, "tensor")))
+    with pytest.raises(ValueError, match="asymmetric per-tensor"):
+        export_quantized(dlm, tmp_path / "y")
+    assert not (tmp_path / "y").exists()
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "config.json").write_text(json.dumps(dlm.config.to_dict()))
+    with pytest.raises(ValueError, match="not a quantized checkpoint"):
+        load_quantized(plain)
+    with pytest.raises(ValueError, match="mode"):
+        load_quantized(plain, mode="int4")
+
+
+def test_config_without_compressed_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    formats = {"a.q": ModuleFormat("uniform", spec=QuantSpec(4, True, "group", 128))}
+    monkeypatch.setitem(sys.modules, "compressed_tensors", None)  # makes the import fail
+    with pytest.raises(ImportError, match="pip install compressed-tensors"):
+        compressed_tensors_config(formats, [], use_library=True)
+    fallback = compressed_tensors_config(formats, ["lm_head"])
+    assert fallback["quant_method"] == "compressed-tensors" and fallback["ignore"] == ["lm_head"]
+    assert fallback["config_groups"]["group_0"]["weights"]["num_bits"] == 4

@@ -1,0 +1,117 @@
+"""QuantLinear (kernel and fake modes), QuantizedWeight, replace_linear."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import dllm_kernels
+import pytest
+import torch
+from dllm_kernels import QuantSpec
+from dllm_sampler import DiffusionLM
+from dllm_weightquant import (
+    QuantizedWeight,
+    QuantLinear,
+    daq_quantize,
+    gptq_quantize,
+    replace_linear,
+    rtn_quantize,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+from torch import nn
+
+Layer = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+uniform_specs = st.builds(
+    lambda bits, sym, gran: QuantSpec(bits, sym, gran, 16 if gran == "group" else None),
+    st.sampled_from([2, 3, 4, 8]),
+    st.booleans(),
+    st.sampled_from(["channel", "group", "tensor"]),
+)
+
+
+@given(spec=uniform_specs, seed=st.integers(0, 2**31 - 1), bias=st.booleans())
+def test_kernel_and_fake_modes_agree(spec: QuantSpec, seed: int, bias: bool) -> None:
+    g = torch.Generator().manual_seed(seed)
+    lin = nn.Linear(48, 20, bias=bias)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(20, 48, generator=g))
+    q = rtn_quantize(lin.weight, None, spec)
+    x = torch.randn(3, 5, 48, generator=g)
+    kernel = QuantLinear.from_linear(lin, q, mode="kernel")(x)
+    fake = QuantLinear.from_linear(lin, q, mode="fake")(x)
+    want = torch.nn.functional.linear(
+        x.double(), q.dequantize().double(), None if lin.bias is None else lin.bias.double()
+    )
+    assert kernel.shape == (3, 5, 20)
+    assert torch.allclose(kernel.double(), want, atol=1e-4, rtol=1e-5)
+    assert torch.allclose(fake.double(), want, atol=1e-4, rtol=1e-5)
+
+
+def test_quantized_weight_round_trips_codes(layer: Layer) -> None:
+    w, _, h = layer(12, 64, 0)
+    spec = QuantSpec(3, False, "group", 16)
+    q = gptq_quantize(w, h, spec)
+    again = QuantizedWeight.from_codes(q.codes, q.scale, q.zero, spec)
+    assert torch.equal(again.packed, q.packed)
+    assert torch.equal(q.dequantize(), dllm_kernels.dequantize(q.codes, q.scale, q.zero, spec))
+    with pytest.raises(ValueError, match="scale must be float32"):
+        QuantizedWeight(q.packed, q.scale[:, :2], q.zero, spec, q.shape)
+    with pytest.raises(ValueError, match="zero must be None"):
+        QuantizedWeight(q.packed, q.scale, None, spec, q.shape)
+
+
+def test_g_idx_weights_run_through_the_kernel() -> None:
+    g = torch.Generator().manual_seed(3)
+    spec = QuantSpec(4, True, "group", 8)
+    codes = torch.randint(-8, 8, (6, 32), generator=g, dtype=torch.int8)
+    scale = torch.rand(6, 4, generator=g) + 0.1
+    g_idx = torch.randperm(32, generator=g).remainder(4).to(torch.int32)  # 8 columns per group, scattered
+    q = QuantizedWeight.from_codes(codes, scale, None, spec, g_idx)
+    dense = codes.float() * scale[:, g_idx.long()]
+    assert torch.equal(q.dequantize(), dense)
+    x = torch.randn(5, 32, generator=g)
+    assert torch.allclose(QuantLinear(q, mode="kernel")(x), x @ dense.T, atol=1e-5)
+
+
+def test_dtype_casts_keep_the_quantized_buffers_exact(layer: Layer) -> None:
+    w, _, _ = layer(8, 32, 1)
+    q = rtn_quantize(w, None, QuantSpec(4, False, "group", 16))
+    for mode in ("kernel", "fake"):
+        m = QuantLinear(q, torch.randn(8), mode=mode).to(torch.bfloat16)
+        assert m.weight_scale.dtype == torch.float32 and m.weight_packed.dtype == torch.int32
+        assert torch.equal(m.qweight.dequantize(), q.dequantize())
+        assert m.bias is not None and m.bias.dtype == torch.bfloat16
+        assert m(torch.randn(2, 32, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    assert QuantLinear(q, mode="fake").to(torch.bfloat16).weight.dtype == torch.bfloat16
+
+
+def test_multibinary_layers_run_fake_only(layer: Layer) -> None:
+    w, x, h = layer(8, 32, 2)
+    q = daq_quantize(w, h, QuantSpec(2, True, "group", 16))
+    m = QuantLinear(q, mode="fake")
+    assert torch.allclose(m(x.float()), x.float() @ q.dequantize().T, atol=1e-4)
+    with pytest.raises(ValueError, match="mode='fake'"):
+        QuantLinear(q, mode="kernel")
+
+
+def test_replace_linear(tiny_dlm: Callable[[str], DiffusionLM]) -> None:
+    dlm = tiny_dlm("llada")
+    name = dlm.topology.block(0).names["down"]
+    lin = dlm.model.get_submodule(name)
+    q = rtn_quantize(lin.weight, None, QuantSpec(4, True, "group", 16))
+    ids = torch.randint(0, 40, (1, 8))
+    old = replace_linear(dlm.model, name, QuantLinear.from_linear(lin, q, mode="fake"))
+    assert old is lin and isinstance(dlm.model.get_submodule(name), QuantLinear)
+    assert dlm.logits(ids).shape == (1, 8, dlm.vocab_size)
+    with pytest.raises(KeyError, match="not a module"):
+        replace_linear(dlm.model, "model.nope.q_proj", old)
+    with pytest.raises(ValueError, match="not a Linear"):
+        replace_linear(dlm.model, dlm.topology.block(0).names["attn_norm"], old)
+    with pytest.raises(ValueError, match="expected"):
+        replace_linear(dlm.model, dlm.topology.block(0).names["q"], old)
+    with pytest.raises(ValueError, match="does not match"):
+        QuantLinear.from_linear(nn.Linear(16, 8), q)
+    with pytest.raises(ValueError, match="mode"):
+        QuantLinear(q, mode="int4")
