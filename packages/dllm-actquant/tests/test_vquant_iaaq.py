@@ -17,7 +17,6 @@ from dllm_actquant import (
     calibrate_iaaq,
     capture_inputs,
     fake_quantize_v,
-    model_rope,
     search_v_quant,
 )
 from dllm_calib import (
@@ -28,6 +27,7 @@ from dllm_calib import (
     Provenance,
     collect,
 )
+from dllm_sampler import model_rope
 from hypothesis import given
 
 MASK = 95  # conftest VOCAB - 1

@@ -67,7 +67,7 @@ def test_probs_times_values_is_the_attention_output(llada, dream, rope_for, make
 
 
 def test_without_rope_the_output_is_not_reproduced(llada, make_set) -> None:
-    (site,) = attention_sites(llada, rope=None, blocks=[1])
+    (site,) = attention_sites(llada, rope=lambda q, k, positions: (q, k), blocks=[1])
     cset = make_set(2, seed=1, pad_tail=False)
     attn, rec, blocks = _attention_outputs(llada, cset, [site], batch_size=2)
     b = blocks[site.q_proj]
@@ -98,3 +98,12 @@ def test_site_validation() -> None:
         AttentionSite("x", "q", "k", num_heads=4, num_kv_heads=3, head_dim=8)
     with pytest.raises(ValueError, match="at least one"):
         AttentionCollector([])
+
+
+def test_default_rope_is_the_models(llada, rope_for) -> None:
+    (site,) = attention_sites(llada, blocks=[0])
+    d = site.head_dim
+    q, k = torch.randn(2, site.num_heads, 7, d), torch.randn(2, site.num_kv_heads, 7, d)
+    positions = torch.arange(7).expand(2, 7)
+    for got, want in zip(site.rope(q, k, positions), rope_for(llada)(q, k, positions), strict=True):
+        assert torch.allclose(got, want, atol=1e-5)

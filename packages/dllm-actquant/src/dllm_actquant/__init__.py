@@ -34,7 +34,6 @@ from dllm_actquant.linear import ActQuantLinear
 from dllm_actquant.metrics import channel_spread, outlier_ratio, range_imbalance
 from dllm_actquant.modules import linear_targets, unwrap
 from dllm_actquant.quarot import QuaRotConfig, QuaRotResult, apply_quarot
-from dllm_actquant.rope import model_rope
 from dllm_actquant.rotation import (
     BlockRotation,
     HadamardRotation,
@@ -93,7 +92,6 @@ __all__ = [
     "is_quantized",
     "linear_targets",
     "mark_quantized",
-    "model_rope",
     "outlier_ratio",
     "quantize_activation",
     "quantize_activations",

@@ -22,11 +22,10 @@ from typing import Any
 
 import torch
 from dllm_calib import AttentionCollector, AttentionSite, Batch, CalibrationSet, Collector, HookPoint, collect
-from dllm_sampler import DiffusionLM
+from dllm_sampler import DiffusionLM, model_rope
 from torch import Tensor
 
 from dllm_actquant.modules import linear_targets
-from dllm_actquant.rope import model_rope
 from dllm_actquant.vquant import VQuantConfig, VQuantParams, fake_quantize_v
 
 __all__ = ["IAAQAccumulator", "IAAQConfig", "IAAQResult", "calibrate_iaaq", "search_v_quant"]

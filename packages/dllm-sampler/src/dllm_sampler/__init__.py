@@ -6,6 +6,7 @@ from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig, tiny_conf
 from dllm_sampler.io import CheckpointError, load, save
 from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM
 from dllm_sampler.registry import available_models
+from dllm_sampler.rope import RopeFn, model_rope
 from dllm_sampler.topology import BlockTopology, Topology
 
 __all__ = [
@@ -18,9 +19,11 @@ __all__ = [
     "DreamModel",
     "LLaDAConfig",
     "LLaDAModelLM",
+    "RopeFn",
     "Topology",
     "available_models",
     "load",
+    "model_rope",
     "save",
     "tiny_config",
 ]

@@ -4,7 +4,6 @@ from dllm_calib.collectors.attention import (
     AttentionCollector,
     AttentionResult,
     AttentionSite,
-    RopeFn,
     attention_probs,
     attention_sites,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "HessianStats",
     "HookPoint",
     "NonFiniteActivationError",
-    "RopeFn",
     "TensorWeight",
     "TokenWeighting",
     "UniformWeight",

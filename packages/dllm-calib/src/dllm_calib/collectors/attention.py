@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from dllm_sampler import RopeFn, model_rope
 from torch import Tensor
 
 from dllm_calib.batching import Batch
@@ -34,13 +35,9 @@ __all__ = [
     "AttentionCollector",
     "AttentionResult",
     "AttentionSite",
-    "RopeFn",
     "attention_probs",
     "attention_sites",
 ]
-
-RopeFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-"""``rope(q [B, H, L, Dh], k [B, K, L, Dh], positions [B, L] int64) -> (q, k)`` rotated as the model does."""
 
 
 @dataclass(frozen=True)
@@ -72,14 +69,15 @@ class AttentionSite:
 
 
 def attention_sites(
-    model: Any, rope: RopeFn | None, blocks: Sequence[int] | None = None
+    model: Any, rope: RopeFn | None = None, blocks: Sequence[int] | None = None
 ) -> list[AttentionSite]:
     """Sites for the attention of ``blocks`` (default all) of a ``DiffusionLM``, from ``model.topology``.
 
-    ``rope`` must rotate exactly as the model does (LLaDA/Dream: ``rotate_half`` with the config's
-    ``rope_theta`` at positions ``cumsum(attention_mask) - 1``); ``dllm_sampler`` does not export its RoPE
-    helper yet, so the caller supplies it.
+    ``rope`` must rotate exactly as the model does; by default it is the model's own
+    (``dllm_sampler.model_rope``).
     """
+    if rope is None:
+        rope = model_rope(model)
     topo = model.topology
     chosen = range(len(topo.blocks)) if blocks is None else blocks
     sites = []
