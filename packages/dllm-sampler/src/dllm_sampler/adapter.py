@@ -171,6 +171,37 @@ class DiffusionLM:
             ids = ids.tolist()
         return self._require_tokenizer().decode(list(ids), skip_special_tokens=skip_special_tokens)
 
+    # ----- prompting conventions (generation_config.json) ----------------------------------------------
+
+    @property
+    def generation_defaults(self) -> dict[str, Any]:
+        """The folder's ``generation_config.json`` (sampler defaults such as ``steps`` or ``gen_length``,
+        plus dllmq's ``dllmq_prompt_template`` / ``dllmq_task`` keys), or ``{}``."""
+        return dict(self.tokenizer_files.get("generation_config.json", {}))
+
+    def prompt_ids(self, text: str, template: bool = True) -> list[int]:
+        """Token ids of a prompt as the model was trained to see it.
+
+        With ``template`` the folder's ``dllmq_prompt_template`` (a ``str.format`` pattern with a
+        ``{prompt}`` field, default ``"{prompt}"``) is applied. The tokenizer's post-processor runs, and
+        with the folder's ``dllmq_add_bos`` set the BOS token is prepended unless already first.
+        """
+        defaults = self.generation_defaults
+        if template:
+            text = defaults.get("dllmq_prompt_template", "{prompt}").format(prompt=text)
+        ids = self.encode(text)
+        bos = self.bos_token_id
+        if defaults.get("dllmq_add_bos", False) and bos is not None and (not ids or ids[0] != bos):
+            ids = [bos, *ids]
+        return ids
+
+    def answer_text(self, ids: list[int] | Tensor) -> str:
+        """Text of generated ids up to the first EOS (or pad), special tokens removed."""
+        ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        stops = {self.eos_token_id, self.pad_token_id}
+        end = next((i for i, t in enumerate(ids) if t in stops), len(ids))
+        return self.decode(ids[:end], skip_special_tokens=True)
+
     def __repr__(self) -> str:
         d = self.config.dims()
         return (
