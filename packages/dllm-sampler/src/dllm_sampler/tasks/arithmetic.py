@@ -1,0 +1,236 @@
+"""Synthetic two-operation arithmetic word problems: the GSM8K stand-in for the tiny reference models.
+
+A problem is ``a op1 b op2 c`` with ``op`` in ``{+, -}``, evaluated left to right, rendered as a short
+English word problem ("Ann has 347 apples. She buys 86 more and gives away 129. How many apples does she
+have now?"). Every intermediate and final result is non-negative, so the answer is always a count.
+
+Answer format (chosen so that a tiny masked-diffusion model can learn it on a CPU budget): the two
+equations, chained, with every number written as exactly ``ANSWER_WIDTH`` (4) digits, zero padded and
+**least significant digit first**. For 918 + 408 - 553 (918 + 408 = 1326, 1326 - 553 = 773) the answer is
+``"8190+8040=6231-3550=3770"``. Least significant first makes every result digit depend only on the two
+operand digits at the same and the previous place and on the previous result digit (the carry), so
+carries flow left to right; restating the operands turns the arithmetic into fixed-offset lookups inside
+the answer. :func:`parse_answer` returns the final answer (the number after the last ``=``), and
+:func:`format_answer` produces the text.
+
+Held-out problems are disjoint from training by construction: the key ``(ops, a, b, c)`` is hashed, and
+keys whose hash falls in the held-out bucket (1 in ``HELDOUT_MODULUS``) are never produced by
+:func:`train_split`, whatever its seed or operand widths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "ANSWER_TOKENS",
+    "ANSWER_WIDTH",
+    "HELDOUT_MODULUS",
+    "Problem",
+    "format_answer",
+    "format_prompt",
+    "heldout_problems",
+    "is_heldout",
+    "make_problem",
+    "parse_answer",
+    "train_split",
+]
+
+ANSWER_WIDTH = 4
+"""Digits of each number of the answer (the largest possible answer is 999 + 999 + 999 = 2997)."""
+ANSWER_TOKENS = 5 * ANSWER_WIDTH + 4
+"""Tokens of an answer with the tiny models' tokenizer: five 4-digit numbers, two signs and two ``=``."""
+HELDOUT_MODULUS = 16
+"""One problem key in ``HELDOUT_MODULUS`` belongs to the held-out split."""
+_HELDOUT_SEED = 20240917
+
+_PEOPLE = (("Ann", "she"), ("Ben", "he"), ("Mia", "she"), ("Tom", "he"), ("Eva", "she"), ("Sam", "he"))
+_ITEMS = ("apples", "pens", "coins", "cards", "stamps", "books")
+_PRESENT = {
+    "+": ("buys {} more", "finds {} more", "gets {} more"),
+    "-": ("gives away {}", "sells {}", "loses {}"),
+}
+_PAST = {"+": ("bought {} more", "found {} more", "got {} more"), "-": ("gave away {}", "sold {}", "lost {}")}
+_BOX = {"+": ("puts in {}", "adds {}"), "-": ("takes out {}", "removes {}")}
+_TEMPLATES = (
+    "{Name} has {a} {item}. {Pron} {v1} and {v2}. How many {item} does {pron} have now?",
+    "{Name} had {a} {item}, {v1}, then {v2}. How many {item} does {pron} have?",
+    "A box holds {a} {item}. {Name} {v1} and then {v2}. How many {item} are in the box?",
+)
+_TEMPLATE_VERBS = (_PRESENT, _PAST, _BOX)
+_OPS = (("+", "+"), ("+", "-"), ("-", "+"), ("-", "-"))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One word problem ``a op1 b op2 c`` and its rendered text.
+
+    Attributes:
+        text: the English problem statement (no answer).
+        a, b, c: the operands, in the order they appear in the text.
+        ops: the two operations, each "+" or "-".
+        template: index of the sentence template used for ``text``.
+    """
+
+    text: str
+    a: int
+    b: int
+    c: int
+    ops: tuple[str, str]
+    template: int
+
+    @property
+    def intermediate(self) -> int:
+        """``a op1 b`` (non-negative)."""
+        return _apply(self.a, self.ops[0], self.b)
+
+    @property
+    def answer(self) -> int:
+        """``(a op1 b) op2 c`` (non-negative)."""
+        return _apply(self.intermediate, self.ops[1], self.c)
+
+    @property
+    def digits(self) -> int:
+        """The number of digits of the longest operand."""
+        return max(len(str(v)) for v in (self.a, self.b, self.c))
+
+    @property
+    def carries(self) -> int:
+        """Carries (for +) and borrows (for -) over both operations, counted per digit place."""
+        return _carries(self.a, self.ops[0], self.b) + _carries(self.intermediate, self.ops[1], self.c)
+
+    @property
+    def difficulty(self) -> str:
+        """``"easy"`` (0-1 carries/borrows), ``"medium"`` (2-3) or ``"hard"`` (4 or more)."""
+        n = self.carries
+        return "easy" if n <= 1 else "medium" if n <= 3 else "hard"
+
+    @property
+    def key(self) -> tuple[str, int, int, int]:
+        """The arithmetic content ``(ops, a, b, c)`` that decides the split (names and wording do not)."""
+        return ("".join(self.ops), self.a, self.b, self.c)
+
+
+def _apply(x: int, op: str, y: int) -> int:
+    return x + y if op == "+" else x - y
+
+
+def _carries(x: int, op: str, y: int) -> int:
+    """Count carries of ``x + y`` or borrows of ``x - y`` (``x >= y``), place by place."""
+    count, carry = 0, 0
+    while x or y:
+        dx, dy = x % 10, y % 10
+        carry = int(dx + dy + carry >= 10) if op == "+" else int(dx - dy - carry < 0)
+        count += carry
+        x, y = x // 10, y // 10
+    return count
+
+
+def is_heldout(key: tuple[str, int, int, int]) -> bool:
+    """True if the problem key ``(ops, a, b, c)`` belongs to the held-out split (a stable hash)."""
+    digest = hashlib.blake2b(repr(key).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % HELDOUT_MODULUS == 0
+
+
+def _operand(rng: random.Random, digits: tuple[int, int]) -> int:
+    n = rng.randint(digits[0], digits[1])
+    return rng.randint(10 ** (n - 1) if n > 1 else 0, 10**n - 1)
+
+
+def make_problem(rng: random.Random, digits: tuple[int, int] = (2, 3)) -> Problem:
+    """Draw one problem whose operands have between ``digits[0]`` and ``digits[1]`` digits.
+
+    Operations and operands are redrawn until every intermediate result is non-negative.
+
+    Raises:
+        ValueError: if ``digits`` is not ``1 <= lo <= hi <= 3``.
+    """
+    lo, hi = digits
+    if not 1 <= lo <= hi <= 3:
+        raise ValueError(f"digits must satisfy 1 <= lo <= hi <= 3, got {digits}; answers have 4 digits")
+    while True:
+        ops = rng.choice(_OPS)
+        a, b, c = (_operand(rng, digits) for _ in range(3))
+        first = _apply(a, ops[0], b)
+        if first >= 0 and _apply(first, ops[1], c) >= 0:
+            break
+    template = rng.randrange(len(_TEMPLATES))
+    name, pron = rng.choice(_PEOPLE)
+    verbs = _TEMPLATE_VERBS[template]
+    text = _TEMPLATES[template].format(
+        Name=name,
+        Pron=pron.capitalize(),
+        pron=pron,
+        item=rng.choice(_ITEMS),
+        a=a,
+        v1=rng.choice(verbs[ops[0]]).format(b),
+        v2=rng.choice(verbs[ops[1]]).format(c),
+    )
+    return Problem(text=text, a=a, b=b, c=c, ops=ops, template=template)
+
+
+def train_split(seed: int, digits: tuple[int, int] = (2, 3)) -> Iterator[Problem]:
+    """An endless, seeded stream of training problems; held-out keys (:func:`is_heldout`) never appear.
+
+    Args:
+        seed: the stream is a pure function of ``seed`` and ``digits``.
+        digits: operand widths, inclusive (``(1, 2)`` for a curriculum's first stage).
+    """
+    rng = random.Random(seed)
+    while True:
+        problem = make_problem(rng, digits)
+        if not is_heldout(problem.key):
+            yield problem
+
+
+def heldout_problems(n: int = 500) -> list[Problem]:
+    """The first ``n`` held-out problems (2-3 digit operands), always the same list for the same ``n``."""
+    if n < 1:
+        raise ValueError(f"n must be positive, got {n}")
+    rng = random.Random(_HELDOUT_SEED)
+    out: list[Problem] = []
+    seen: set[tuple[str, int, int, int]] = set()
+    while len(out) < n:
+        problem = make_problem(rng, (2, 3))
+        if is_heldout(problem.key) and problem.key not in seen:
+            seen.add(problem.key)
+            out.append(problem)
+    return out
+
+
+def format_prompt(problem: Problem) -> str:
+    """The prompt text the model sees: the problem, a newline and ``"A:"``; the answer follows it."""
+    return f"{problem.text}\nA:"
+
+
+def _reversed_digits(value: int) -> str:
+    if not 0 <= value < 10**ANSWER_WIDTH:
+        raise ValueError(f"{value} does not fit in {ANSWER_WIDTH} non-negative digits")
+    return str(value).zfill(ANSWER_WIDTH)[::-1]
+
+
+def format_answer(problem: Problem) -> str:
+    """The answer text ``a op1 b = r op2 c = f``, every number as ``ANSWER_WIDTH`` digits, zero padded, least
+    significant digit first, no spaces (918 + 408 - 553 -> ``"8190+8040=6231-3550=3770"``)."""
+    a, b, r, c, f = (
+        _reversed_digits(v) for v in (problem.a, problem.b, problem.intermediate, problem.c, problem.answer)
+    )
+    return f"{a}{problem.ops[0]}{b}={r}{problem.ops[1]}{c}={f}"
+
+
+def parse_answer(text: str) -> int | None:
+    """Invert :func:`format_answer`: the final answer, the digits after the last ``=`` (least significant
+    digit first).
+
+    Reading stops at the first character that is not a digit after that ``=`` (e.g. an EOS token). Returns
+    None when ``text`` has no ``=`` followed by a digit.
+    """
+    match = _FINAL_RE.search(text)
+    return None if match is None else int(match.group(1)[::-1])
+
+
+_FINAL_RE = re.compile(r"=([0-9]+)[^=]*$")

@@ -1,0 +1,157 @@
+"""The arithmetic word-problem generator: determinism, split disjointness, answers, format, difficulty."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+
+import pytest
+from dllm_sampler.tasks.arithmetic import (
+    ANSWER_TOKENS,
+    Problem,
+    format_answer,
+    format_prompt,
+    heldout_problems,
+    is_heldout,
+    make_problem,
+    parse_answer,
+    train_split,
+)
+from hypothesis import given
+from hypothesis import strategies as st
+
+
+def _take(stream, n):
+    return list(itertools.islice(stream, n))
+
+
+def _column_carries(x: int, op: str, y: int) -> int:
+    """Independent count: pad both to 5 digits and do schoolbook column arithmetic on strings."""
+    xs, ys = str(x).zfill(5)[::-1], str(y).zfill(5)[::-1]
+    count, carry = 0, 0
+    for dx, dy in zip(map(int, xs), map(int, ys), strict=True):
+        total = dx + dy + carry if op == "+" else dx - dy - carry
+        carry = int(total >= 10) if op == "+" else int(total < 0)
+        count += carry
+    return count
+
+
+def test_train_split_is_deterministic_per_seed():
+    assert _take(train_split(3), 200) == _take(train_split(3), 200)
+    assert _take(train_split(3), 50) != _take(train_split(4), 50)
+
+
+def test_heldout_is_fixed_unique_and_prefix_stable():
+    a, b = heldout_problems(500), heldout_problems(500)
+    assert a == b
+    assert len({p.key for p in a}) == 500
+    assert heldout_problems(100) == a[:100]
+    assert all(is_heldout(p.key) for p in a)
+
+
+def test_train_and_heldout_are_disjoint():
+    heldout = {p.key for p in heldout_problems(500)}
+    for seed, digits in ((0, (2, 3)), (1, (1, 3)), (7, (1, 2))):
+        train = _take(train_split(seed, digits), 5000)
+        assert not any(is_heldout(p.key) for p in train)
+        assert heldout.isdisjoint(p.key for p in train)
+
+
+def test_heldout_fraction_matches_the_hash_bucket():
+    rng = random.Random(11)
+    keys = [make_problem(rng).key for _ in range(4000)]
+    frac = sum(map(is_heldout, keys)) / len(keys)
+    assert 0.03 < frac < 0.10  # 1/16 = 0.0625 expected
+
+
+def test_answers_are_correct_and_non_negative():
+    for p in _take(train_split(5), 500) + heldout_problems(200):
+        expr = f"{p.a} {p.ops[0]} {p.b}"
+        assert p.intermediate == eval(expr) >= 0
+        assert p.answer == eval(f"({expr}) {p.ops[1]} {p.c}") >= 0
+        # the operands appear in the text, in order
+        assert [int(n) for n in re.findall(r"\d+", p.text)] == [p.a, p.b, p.c]
+
+
+def test_operand_widths_follow_digits():
+    for p in heldout_problems(300):
+        assert all(10 <= v <= 999 for v in (p.a, p.b, p.c))
+    small = _take(train_split(0, (1, 1)), 200)
+    assert all(v <= 9 for p in small for v in (p.a, p.b, p.c))
+    with pytest.raises(ValueError, match="digits"):
+        make_problem(random.Random(0), (2, 4))
+
+
+def test_every_template_and_op_pair_occurs():
+    problems = heldout_problems(500)
+    assert {p.template for p in problems} == {0, 1, 2}
+    assert {p.ops for p in problems} == {("+", "+"), ("+", "-"), ("-", "+"), ("-", "-")}
+
+
+def test_answers_span_several_digits():
+    widths = {len(str(p.answer)) for p in heldout_problems(500)}
+    assert {2, 3, 4} <= widths
+
+
+@given(st.integers(0, 999), st.integers(0, 999), st.integers(0, 999), st.sampled_from(["+", "-"]))
+def test_parse_answer_inverts_format_answer(a, b, c, op2):
+    p = Problem(text="", a=max(a, b), b=min(a, b), c=c, ops=("-", op2), template=0)
+    if p.answer < 0:
+        p = Problem(text="", a=p.a, b=p.b, c=c, ops=("+", "+"), template=0)
+    text = format_answer(p)
+    assert len(text) == ANSWER_TOKENS
+    assert parse_answer(text) == p.answer
+    assert parse_answer(text + "<|eos|><|eos|>") == p.answer
+    numbers = [int(n[::-1]) for n in re.split(r"[-+=]", text)]
+    assert numbers == [p.a, p.b, p.intermediate, p.c, p.answer]
+
+
+def test_format_answer_is_least_significant_first():
+    p = Problem(text="", a=918, b=408, c=553, ops=("+", "-"), template=0)
+    assert format_answer(p) == "8190+8040=6231-3550=3770"
+    assert parse_answer("8190+8040=6231-3550=3770") == 773
+    bad = Problem(text="", a=9999, b=1, c=0, ops=("+", "+"), template=0)
+    with pytest.raises(ValueError, match="digits"):
+        format_answer(bad)
+
+
+def test_parse_answer_rejects_other_shapes():
+    assert parse_answer("") is None
+    assert parse_answer("3770") is None  # no equation
+    assert parse_answer("8190+8040=6231-3550=<|eos|>") is None
+    assert parse_answer("abc=") is None
+    assert parse_answer("=²³") is None
+
+
+@pytest.mark.parametrize(
+    ("a", "ops", "b", "c", "carries", "label"),
+    [
+        (111, ("+", "+"), 222, 333, 0, "easy"),
+        (15, ("+", "-"), 5, 1, 2, "medium"),  # 15+5: one carry; 20-1: one borrow
+        (999, ("+", "-"), 1, 500, 4, "hard"),  # 999+1: three carries; 1000-500: one borrow
+        (100, ("-", "+"), 1, 1, 4, "hard"),  # 100-1: two borrows; 99+1: two carries
+        (999, ("+", "+"), 999, 999, 6, "hard"),
+    ],
+)
+def test_difficulty_labels(a, ops, b, c, carries, label):
+    p = Problem(text="", a=a, b=b, c=c, ops=ops, template=0)
+    expected = _column_carries(a, ops[0], b) + _column_carries(p.intermediate, ops[1], c)
+    assert p.carries == expected
+    assert p.carries == carries
+    assert p.difficulty == label
+
+
+def test_carries_agree_with_column_arithmetic():
+    for p in heldout_problems(300):
+        assert p.carries == _column_carries(p.a, p.ops[0], p.b) + _column_carries(
+            p.intermediate, p.ops[1], p.c
+        )
+    labels = {p.difficulty for p in heldout_problems(500)}
+    assert labels == {"easy", "medium", "hard"}
+
+
+def test_format_prompt_ends_with_answer_cue():
+    p = heldout_problems(1)[0]
+    assert format_prompt(p).startswith(p.text)
+    assert format_prompt(p).endswith("\nA:")

@@ -1,0 +1,262 @@
+"""Train a tiny reference dLLM (LLaDA or Dream layout) from scratch on CPU.
+
+    uv run python tools/train_tiny.py --arch llada --out runs/tiny-llada [--steps N] [--minutes M] [--seed S]
+
+Recipe (see docs/tiny_models.md): byte-level BPE tokenizer with single-digit tokens; arithmetic word
+problems with answers written as 4 digits, least significant first; LLaDA's SFT masked-diffusion loss on the
+answer (prompt never masked, EOS padding part of the answer) with a stratified time per row; one batch in
+``--code-every`` is stdlib code with full-sequence masking (BOS kept); curriculum on operand widths; AdamW
+with linear warm-up and cosine decay; bf16 autocast. Dream is trained through ``DiffusionLM.logits``, which
+applies its one-position shift (the prediction for position i comes from hidden state i - 1). Held-out
+accuracy (real sampler, default settings) is logged every ``--eval-every`` steps on 100 problems that are
+not among the 500 of the final evaluation. The checkpoint is written by ``dllm_sampler.save`` in bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from dllm_sampler import DreamConfig, LLaDAConfig, forward_noise, llada_loss
+from dllm_sampler.adapter import DiffusionLM
+from dllm_sampler.tasks import (
+    ANSWER_TOKENS,
+    chunk_ids,
+    format_answer,
+    generate_answers,
+    heldout_problems,
+    parse_answer,
+    sft_batch,
+    train_split,
+)
+from dllm_sampler.tasks.tokenizer import BOS, EOS, MASK, PAD, train_tokenizer
+
+CURRICULUM = ((0.0, (2, 3)),)
+"""(fraction of training, operand widths) stages. A short-operands-first curriculum was tried and slowed
+learning (docs/tiny_models.md); the evaluated 2-3 digit operands are used from the start."""
+
+
+def model_config(
+    arch: str, vocab: int, ids: dict[str, int], args: argparse.Namespace
+) -> LLaDAConfig | DreamConfig:
+    """The tiny shapes: hidden 256, head_dim 64 (4 heads), MLP 768 (3 * 2^8); Dream with GQA 4/2."""
+    common = {"mask_token_id": ids[MASK], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]}
+    if arch == "llada":
+        return LLaDAConfig(
+            d_model=args.hidden,
+            n_layers=args.layers,
+            n_heads=args.hidden // 64,
+            n_kv_heads=args.hidden // 64,
+            mlp_hidden_size=args.mlp,
+            vocab_size=vocab,
+            embedding_size=vocab,
+            max_sequence_length=512,
+            rope_theta=10000.0,
+            bos_token_id=ids[BOS],
+            **common,
+        )
+    return DreamConfig(
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.hidden // 64,
+        num_key_value_heads=args.hidden // 128,
+        intermediate_size=args.mlp,
+        vocab_size=vocab,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        bos_token_id=ids[BOS],
+        **common,
+    )
+
+
+def generation_defaults(arch: str) -> dict:
+    """generation_config.json of a tiny model: the sampler length the evaluation uses (one step per answer
+    token, one block) and the prompt conventions `dllmq generate` applies."""
+    length = {"steps": ANSWER_TOKENS + 1}
+    length |= (
+        {"gen_length": ANSWER_TOKENS + 1, "block_length": ANSWER_TOKENS + 1}
+        if arch == "llada"
+        else {"max_new_tokens": ANSWER_TOKENS + 1}
+    )
+    prompt = {"dllmq_prompt_template": "{prompt}\nA:", "dllmq_add_bos": True, "dllmq_task": "arithmetic"}
+    return length | prompt
+
+
+def learning_rate(progress: float, step: int, peak: float, warmup: int) -> float:
+    """Linear warm-up over the first ``warmup`` steps, then cosine decay in ``progress`` (0 -> 1) from
+    ``peak`` to ``peak / 10``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def masked_mean_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked positions (logits [B, L, V], x0 and masked [B, L]); LLaDA's
+    objective without the 1/t importance weight."""
+    return torch.nn.functional.cross_entropy(logits[masked].float(), x0[masked])
+
+
+def stratified_t(batch: int, generator: torch.Generator) -> torch.Tensor:
+    """Times ``(u0 + j / B) mod 1`` for j < B: uniform marginals, evenly spread over the batch ([B])."""
+    u0 = torch.rand((), generator=generator)
+    return (u0 + torch.arange(batch) / batch) % 1.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--arch", choices=("llada", "dream"), required=True)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (created)")
+    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps (the LR schedule's length)")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=44.0,
+        help="wall-clock budget: schedule progress is max(step / steps, elapsed / budget), so on a slow or "
+        "shared machine the cosine schedule and curriculum finish within the budget (training stops there)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--loss",
+        choices=("masked_mean", "llada"),
+        default="masked_mean",
+        help="masked_mean: mean cross-entropy over masked tokens; llada: LLaDA's 1/t-weighted loss, whose "
+        "weights (up to 1/eps) made batch-32 training too noisy to learn on this budget",
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (<= 2 on the dev box)")
+    parser.add_argument("--batch", type=int, default=32, help="arithmetic problems per step")
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--weight-decay", type=float, default=0.1)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--mlp", type=int, default=768)
+    parser.add_argument("--code-every", type=int, default=8, help="every k-th step is a code batch (0: none)")
+    parser.add_argument("--code-batch", type=int, default=16)
+    parser.add_argument("--code-tokens", type=int, default=63, help="code chunk length (BOS is added)")
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    log_path = args.out.with_name(args.out.name + ".train_log.jsonl")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("w")
+
+    def log(record: dict) -> None:
+        line = json.dumps(record)
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    tokenizer = train_tokenizer()
+    ids = {tok: tokenizer.token_to_id(tok) for tok in (PAD, BOS, EOS, MASK)}
+    config = model_config(args.arch, tokenizer.get_vocab_size(), ids, args)
+    dlm = DiffusionLM.from_config(config, seed=args.seed, tokenizer=tokenizer, device=args.device)
+    n_params = sum(p.numel() for p in dlm.model.parameters())
+    log({"event": "start", "args": {k: str(v) for k, v in vars(args).items()}, "params": n_params})
+
+    code = chunk_ids(lambda s: tokenizer.encode(s, add_special_tokens=False).ids, "train", args.code_tokens)
+    code_rng = random.Random(args.seed)
+    monitor = heldout_problems(564)[500:]
+    streams = {digits: train_split(args.seed * 1000 + i, digits) for i, (_, digits) in enumerate(CURRICULUM)}
+    noise_gen = torch.Generator().manual_seed(args.seed)
+
+    decay = [p for p in dlm.model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in dlm.model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.98),
+    )
+    start = time.time()
+    tokens_seen, done = 0, 0
+    for step in range(args.steps):
+        progress = max(step / args.steps, (time.time() - start) / (args.minutes * 60))
+        if progress >= 1.0:
+            log({"event": "time_cap", "step": step, "minutes": args.minutes})
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(progress, step, args.lr, args.warmup)
+        is_code = args.code_every > 0 and step % args.code_every == args.code_every - 1
+        if is_code:
+            rows = [[ids[BOS], *code[code_rng.randrange(len(code))]] for _ in range(args.code_batch)]
+            x0 = torch.tensor(rows)
+            prompt_mask = torch.zeros_like(x0, dtype=torch.bool)
+            prompt_mask[:, 0] = True
+            attention_mask = None
+        else:
+            digits = next(d for frac, d in reversed(CURRICULUM) if progress >= frac)
+            problems = [next(streams[digits]) for _ in range(args.batch)]
+            x0, prompt_mask, attention_mask = sft_batch(tokenizer, problems)
+            attention_mask = attention_mask.to(args.device)
+        x0, prompt_mask = x0.to(args.device), prompt_mask.to(args.device)
+        t = stratified_t(x0.shape[0], noise_gen).to(args.device)
+        noisy, masked, p_mask = forward_noise(x0, t, ids[MASK], prompt_mask)
+        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16):
+            logits = dlm.logits(noisy, attention_mask)
+        if args.loss == "llada":
+            loss = llada_loss(logits, x0, masked, p_mask, "tokens" if is_code else "answer", prompt_mask)
+        else:
+            loss = masked_mean_loss(logits, x0, masked)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(dlm.model.parameters(), 1.0)
+        optimizer.step()
+        tokens_seen += x0.numel()
+        done = step + 1
+
+        if step % args.log_every == 0:
+            elapsed = time.time() - start
+            log(
+                {
+                    "step": step,
+                    "loss": round(loss.item(), 4),
+                    "kind": "code" if is_code else "arith",
+                    "lr": round(optimizer.param_groups[0]["lr"], 6),
+                    "elapsed_s": round(elapsed, 1),
+                    "steps_per_s": round((step + 1) / elapsed, 3),
+                    "tokens_per_s": round(tokens_seen / elapsed, 1),
+                }
+            )
+        if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
+            dlm.model.eval()
+            texts = generate_answers(dlm, monitor)
+            dlm.model.train()
+            exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, monitor, strict=True)) / len(
+                monitor
+            )
+            chars = [
+                sum(map(str.__eq__, t, format_answer(p))) / ANSWER_TOKENS
+                for t, p in zip(texts, monitor, strict=True)
+            ]
+            log(
+                {
+                    "event": "eval",
+                    "step": step + 1,
+                    "accuracy": exact,
+                    "char_accuracy": round(sum(chars) / len(chars), 4),
+                }
+            )
+
+    log({"event": "done", "steps": done, "elapsed_s": round(time.time() - start, 1)})
+    log_file.close()
+    from dllm_sampler import save
+
+    dlm.to(torch.bfloat16)
+    dlm.tokenizer_files["generation_config.json"] = generation_defaults(args.arch)
+    save(dlm, args.out, overwrite=True)
+    shutil.copy(log_path, args.out / "train_log.jsonl")
+
+
+if __name__ == "__main__":
+    main()
