@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import dllm_sampler.io as dio
@@ -264,3 +265,15 @@ def test_packaged_models_load(name: str) -> None:
     assert dlm.arch in name and dlm.tokenizer is not None
     ids = torch.tensor([dlm.encode("1+1=")])
     assert dlm.logits(ids).shape == (1, ids.shape[1], dlm.vocab_size)
+
+
+def test_saved_folder_has_umask_permissions(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        target = save(make_dlm("llada", seed=0), tmp_path / "m")
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o755
+    assert {f.name: f.stat().st_mode & 0o777 for f in target.iterdir()} == dict.fromkeys(
+        (f.name for f in target.iterdir()), 0o644
+    )

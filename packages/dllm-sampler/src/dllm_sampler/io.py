@@ -248,6 +248,19 @@ def _write_weights(state: dict[str, Tensor], folder: Path, max_shard_bytes: int)
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
+def _default_permissions(folder: Path) -> None:
+    """Give ``folder`` and its files the permissions a plain mkdir/open would (the process umask).
+
+    ``mkdtemp`` creates the staging folder owner-only and safetensors writes owner-only files; a saved
+    checkpoint must be readable like any other folder the user creates.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for file in folder.iterdir():
+        file.chmod(0o666 & ~umask)
+
+
 def _swap_into_place(tmp: Path, path: Path) -> None:
     """Rename tmp to path; an existing path is moved aside first and deleted only after the swap."""
     if path.is_dir() and not any(path.iterdir()):
@@ -296,6 +309,7 @@ def save(
             (tmp / name).write_text(
                 json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
+        _default_permissions(tmp)
         _swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
