@@ -27,8 +27,8 @@ from dllm_sampler import DreamConfig, LLaDAConfig, forward_noise, llada_loss
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.tasks import (
     ANSWER_TOKENS,
+    character_accuracy,
     chunk_ids,
-    format_answer,
     generate_answers,
     heldout_problems,
     parse_answer,
@@ -235,16 +235,12 @@ def main() -> None:
             exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, monitor, strict=True)) / len(
                 monitor
             )
-            chars = [
-                sum(map(str.__eq__, t, format_answer(p))) / ANSWER_TOKENS
-                for t, p in zip(texts, monitor, strict=True)
-            ]
             log(
                 {
                     "event": "eval",
                     "step": step + 1,
                     "accuracy": exact,
-                    "char_accuracy": round(sum(chars) / len(chars), 4),
+                    "char_accuracy": round(character_accuracy(texts, monitor), 4),
                 }
             )
 

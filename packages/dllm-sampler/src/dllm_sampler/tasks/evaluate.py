@@ -18,7 +18,7 @@ from dllm_sampler.generate import GenerationConfig, default_generation_config, g
 from dllm_sampler.generate_dream import DreamGenerationConfig
 from dllm_sampler.likelihood import elbo_nll_per_token
 from dllm_sampler.step import MaskPredictor
-from dllm_sampler.tasks.arithmetic import ANSWER_TOKENS, Problem, parse_answer
+from dllm_sampler.tasks.arithmetic import ANSWER_TOKENS, Problem, format_answer, parse_answer
 from dllm_sampler.tasks.batching import generation_prompts, special_id
 from dllm_sampler.tasks.code import chunk_ids
 from dllm_sampler.tasks.tokenizer import BOS
@@ -27,6 +27,7 @@ __all__ = [
     "ArithmeticReport",
     "answer_generation_config",
     "arithmetic_accuracy",
+    "character_accuracy",
     "code_nll",
     "generate_answers",
     "solve",
@@ -118,6 +119,14 @@ def arithmetic_accuracy(
     for problem, answer in zip(problems, solve(model, problems, batch_size, config), strict=True):
         report.add(problem.difficulty, answer == problem.answer)
     return report
+
+
+def character_accuracy(texts: Sequence[str], problems: Sequence[Problem]) -> float:
+    """Fraction of answer characters right: generated ``texts`` against ``format_answer`` of ``problems``,
+    position by position (the scratchpad's partial credit, meaningful before exact answers are)."""
+    targets = [format_answer(p) for p in problems]
+    right = sum(sum(map(str.__eq__, t, want)) for t, want in zip(texts, targets, strict=True))
+    return right / max(1, sum(len(want) for want in targets))
 
 
 @torch.no_grad()
