@@ -221,7 +221,7 @@ def test_writes_are_atomic(tmp_path: Path, tiny_dlm: Callable, monkeypatch: pyte
     def broken(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(export_module, "save_file", broken)
+    monkeypatch.setattr(export_module, "write_weights", broken)
     with pytest.raises(OSError, match="disk full"):
         export_quantized(dlm, target, overwrite=True)
     assert (target / "model.safetensors").read_bytes() == before

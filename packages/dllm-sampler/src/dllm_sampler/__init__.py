@@ -3,7 +3,7 @@
 # --- models, loading and topology ---
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig, tiny_config
-from dllm_sampler.io import CheckpointError, load, save
+from dllm_sampler.io import CheckpointError, atomic_folder, load, save, write_weights
 from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM
 from dllm_sampler.registry import available_models
 from dllm_sampler.rope import RopeFn, model_rope
@@ -21,11 +21,13 @@ __all__ = [
     "LLaDAModelLM",
     "RopeFn",
     "Topology",
+    "atomic_folder",
     "available_models",
     "load",
     "model_rope",
     "save",
     "tiny_config",
+    "write_weights",
 ]
 
 # --- samplers, forward noise and likelihood (step, noise, generate*, likelihood) ---

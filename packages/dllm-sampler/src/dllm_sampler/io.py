@@ -17,6 +17,8 @@ import shutil
 import tempfile
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig, config_fr
 from dllm_sampler.models.spec import spec_for_config
 from dllm_sampler.registry import resolve
 
-__all__ = ["DEFAULT_MAX_SHARD_BYTES", "CheckpointError", "load", "save"]
+__all__ = ["DEFAULT_MAX_SHARD_BYTES", "CheckpointError", "atomic_folder", "load", "save", "write_weights"]
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -230,7 +232,11 @@ def _plan_shards(sizes: dict[str, int], max_shard_bytes: int) -> list[list[str]]
     return shards
 
 
-def _write_weights(state: dict[str, Tensor], folder: Path, max_shard_bytes: int) -> None:
+def write_weights(
+    state: dict[str, Tensor], folder: Path, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES
+) -> None:
+    """Write ``state`` into ``folder`` as ``model.safetensors``, or as numbered shards of at most
+    ``max_shard_bytes`` plus ``model.safetensors.index.json`` when larger."""
     sizes = {name: t.numel() * t.element_size() for name, t in state.items()}
     shards = _plan_shards(sizes, max_shard_bytes)
     meta = {"format": "pt"}
@@ -278,6 +284,27 @@ def _swap_into_place(tmp: Path, path: Path) -> None:
     shutil.rmtree(backup)
 
 
+@contextmanager
+def atomic_folder(path: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Stage a folder's files in a temporary sibling and move it to ``path`` only when the block succeeds.
+
+    Yields the staging folder. On success it gets the umask's permissions and replaces ``path`` (an old
+    folder is deleted only after the swap); on any error it is deleted and ``path`` is left as it was. An
+    existing non-empty ``path`` needs ``overwrite=True``.
+    """
+    if path.exists() and not (path.is_dir() and (overwrite or not any(path.iterdir()))):
+        raise FileExistsError(f"{path} exists and is not an empty folder; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        _default_permissions(tmp)
+        _swap_into_place(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save(
     dlm: DiffusionLM,
     path: str | Path,
@@ -294,12 +321,8 @@ def save(
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     path = Path(path).expanduser()
-    if path.exists() and not (path.is_dir() and (overwrite or not any(path.iterdir()))):
-        raise FileExistsError(f"{path} exists and is not an empty folder; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        _write_weights(dlm.model.state_dict(), tmp, max_shard_bytes)
+    with atomic_folder(path, overwrite) as tmp:
+        write_weights(dlm.model.state_dict(), tmp, max_shard_bytes)
         config = dlm.config.to_dict()
         config["torch_dtype"] = str(dlm.dtype).removeprefix("torch.")
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -309,9 +332,4 @@ def save(
             (tmp / name).write_text(
                 json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
-        _default_permissions(tmp)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path

@@ -10,14 +10,10 @@ an existing one is replaced only when complete.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from safetensors.torch import save_file
+from dllm_sampler import atomic_folder, write_weights
 from torch import Tensor, nn
 
 from dllm_weightquant.checkpoint.provenance import QuantProvenance
@@ -65,48 +61,6 @@ def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Modu
     return state, {name: _module_format(m) for name, m in quantized.items()}, ignore
 
 
-def _write_weights(state: dict[str, Tensor], folder: Path, max_shard_bytes: int) -> None:
-    tensors = {name: t.detach().contiguous().cpu() for name, t in state.items()}
-    shards: list[list[str]] = [[]]
-    used = 0
-    for name, t in tensors.items():
-        size = t.numel() * t.element_size()
-        if shards[-1] and used + size > max_shard_bytes:
-            shards.append([])
-            used = 0
-        shards[-1].append(name)
-        used += size
-    meta = {"format": "pt"}
-    if len(shards) == 1:
-        save_file(tensors, str(folder / SINGLE_FILE), meta)
-        return
-    weight_map: dict[str, str] = {}
-    for i, names in enumerate(shards, start=1):
-        fname = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file({n: tensors[n] for n in names}, str(folder / fname), meta)
-        weight_map |= dict.fromkeys(names, fname)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-    (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``; an existing ``path`` is moved aside and deleted only after the swap."""
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(path, backup)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(backup, path)
-        raise
-    shutil.rmtree(backup)
-
-
 def export_quantized(
     dlm: DiffusionLM,
     path: str | Path,
@@ -126,8 +80,6 @@ def export_quantized(
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     path = Path(path).expanduser()
-    if path.exists() and not (path.is_dir() and (overwrite or not any(path.iterdir()))):
-        raise FileExistsError(f"{path} exists and is not an empty folder; pass overwrite=True to replace it")
     state, formats, ignore = quantized_state(dlm.model)
     if all(f.kind == "uniform" for f in formats.values()):
         qconfig = compressed_tensors_config(formats, ignore, use_library=use_compressed_tensors)
@@ -137,10 +89,8 @@ def export_quantized(
     config["torch_dtype"] = str(dlm.dtype).removeprefix("torch.")
     config["quantization_config"] = qconfig
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        _write_weights(state, tmp, max_shard_bytes)
+    with atomic_folder(path, overwrite) as tmp:
+        write_weights(state, tmp, max_shard_bytes)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         if dlm.tokenizer is not None:
             dlm.tokenizer.save(str(tmp / TOKENIZER_FILE))
@@ -149,8 +99,4 @@ def export_quantized(
                 json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
         (provenance or QuantProvenance()).write(tmp)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
