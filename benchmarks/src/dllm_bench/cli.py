@@ -6,9 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dllm_bench.commands import generate
+from dllm_bench.commands import generate, quantize
 
-COMMANDS = {"generate": generate}
+COMMANDS = {"generate": generate, "quantize": quantize}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,12 @@ import torch
 from dllm_sampler.tasks import arithmetic
 from tqdm import tqdm
 
-HELP = "Generate text with a diffusion LM (tiny-llada, tiny-dream or a local checkpoint folder)."
+from dllm_bench.loading import load_any
+
+HELP = (
+    "Generate text with a diffusion LM (tiny-llada, tiny-dream, a local checkpoint folder or a quantized one "
+    "written by dllmq quantize)."
+)
 
 TASK_PARSERS = {"arithmetic": arithmetic.parse_answer}
 """Final-answer parsers for the tasks the shipped tiny models were trained on (``dllmq_task``)."""
@@ -19,7 +24,11 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny-llada", help="shipped model name or checkpoint folder")
+    parser.add_argument(
+        "--model",
+        default="tiny-llada",
+        help="shipped model name, checkpoint folder or quantized checkpoint folder",
+    )
     parser.add_argument("--prompt", required=True, help="the prompt text")
     parser.add_argument("--raw", action="store_true", help="do not apply the model's prompt template")
     parser.add_argument("--dtype", choices=sorted(_DTYPES), default=None, help="compute dtype")
@@ -55,7 +64,7 @@ def sampler_config(dlm, args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     dtype = _DTYPES[args.dtype] if args.dtype else None
-    dlm = dllm_sampler.load(args.model, dtype=dtype, device=args.device)
+    dlm = load_any(args.model, dtype=dtype, device=args.device)
     prompt = torch.tensor([dlm.prompt_ids(args.prompt, template=not args.raw)], device=dlm.device)
     config = sampler_config(dlm, args)
     generator = torch.Generator(device=dlm.device).manual_seed(args.seed)

@@ -1,0 +1,134 @@
+"""``dllmq quantize``: run a recipe on a model with the layer-wise pipeline and write the checkpoint.
+
+With no arguments it quantizes the shipped tiny-llada with the dllmquant recipe into
+``runs/tiny-llada-dllmquant`` and prints float vs quantized arithmetic accuracy on held-out problems.
+An interrupted run resumes from its work directory (``<out>.work``) when started again with the same
+arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from dllm_sampler.tasks import character_accuracy, generate_answers, heldout_problems, parse_answer
+
+from dllm_bench.loading import load_any
+from dllm_bench.pipeline import LOG_FILE, export_model, quantize_model
+from dllm_bench.recipes import SCHEME_LABELS, available_recipes, load_recipe
+
+HELP = "Quantize a diffusion LM with a recipe (default: tiny-llada with dllmquant) and export the checkpoint."
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_EVAL_PROBLEMS = 64
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny-llada", help="shipped model name or checkpoint folder")
+    parser.add_argument(
+        "--recipe",
+        default="dllmquant",
+        help=f"shipped recipe ({', '.join(available_recipes())}) or YAML file",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default runs/<model>-<recipe>[-<scheme>], replaced if present)",
+    )
+    parser.add_argument(
+        "--scheme", help=f"bit setting overriding the recipe's, e.g. {', '.join(SCHEME_LABELS)}"
+    )
+    parser.add_argument("--device", default="cpu", help="where each block is quantized (cpu, cuda, ...)")
+    parser.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="compute dtype")
+    parser.add_argument(
+        "--calib-samples", type=int, help="number of calibration states (overrides the recipe)"
+    )
+    parser.add_argument("--work-dir", type=Path, help="checkpoint folder for resuming (default <out>.work)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    parser.add_argument(
+        "--eval-problems",
+        type=int,
+        help=f"held-out arithmetic problems to score float vs quantized (default {DEFAULT_EVAL_PROBLEMS} for "
+        "models trained on the arithmetic task, else 0)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _default_out(args: argparse.Namespace) -> Path:
+    model = Path(args.model).name or "model"
+    recipe = Path(args.recipe).stem
+    suffix = f"-{args.scheme}" if args.scheme else ""
+    return Path("runs") / f"{model}-{recipe}{suffix}"
+
+
+def _answers(dlm, n: int) -> list[str]:
+    return generate_answers(dlm, heldout_problems(n), batch_size=n)
+
+
+def _scores(texts: list[str], reference: list[str] | None) -> str:
+    """Exact answers, answer characters right and (against ``reference``) identical generations."""
+    problems = heldout_problems(len(texts))
+    exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True)) / len(texts)
+    chars = character_accuracy(texts, problems)
+    same = (
+        "-"
+        if reference is None
+        else f"{sum(a == b for a, b in zip(texts, reference, strict=True)) / len(texts):.1%}"
+    )
+    return f"{exact:>8.1%} {chars:>14.1%} {same:>13}"
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name} asks for CUDA, but no CUDA device is available; use --device cpu")
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    device = _device(args.device)
+    recipe = load_recipe(args.recipe, scheme=args.scheme)
+    if args.calib_samples is not None:
+        recipe = recipe.with_calibration_samples(args.calib_samples)
+    out = args.out or _default_out(args)
+    overwrite = args.overwrite or args.out is None  # the default location is dllmq's own
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ValueError(f"{out} exists and is not empty; pass --overwrite or another --out")
+    work = args.work_dir or out.with_name(f"{out.name}.work")
+
+    dlm = load_any(args.model, dtype=_DTYPES[args.dtype])
+    task = dlm.generation_defaults.get("dllmq_task")
+    n_eval = args.eval_problems
+    if n_eval is None:
+        n_eval = DEFAULT_EVAL_PROBLEMS if task == "arithmetic" else 0
+    float_texts = _answers(dlm, n_eval) if n_eval > 0 else None
+
+    print(f"quantizing {args.model} with recipe {recipe.name!r} at {recipe.scheme.label} on {args.device}")
+    if work.exists():
+        print(f"resuming from the checkpoints in {work}")
+    result = quantize_model(dlm, recipe, device=device, work_dir=work, progress=not args.no_progress)
+    start = time.perf_counter()
+    folder = export_model(result, out, overwrite=overwrite)
+    export_seconds = time.perf_counter() - start
+    if not args.keep_work:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"quantized in {result.seconds:.1f} s, exported in {export_seconds:.1f} s to {folder}")
+    print(f"per-module log: {folder / LOG_FILE}")
+    if float_texts is not None:
+        quantized = f"quantized ({recipe.name} {recipe.scheme.label})"
+        width = max(len(quantized), 24)
+        columns = f"{'exact':>8} {'answer chars':>14} {'same as float':>13}"
+        print(f"held-out arithmetic, {n_eval} problems:")
+        print(f"  {'':<{width}}{columns}")
+        print(f"  {'float':<{width}}{_scores(float_texts, None)}")
+        print(f"  {quantized:<{width}}{_scores(_answers(result.dlm, n_eval), float_texts)}")
+    print(f'try it: dllmq generate --model {folder} --prompt "..."')
+    return 0

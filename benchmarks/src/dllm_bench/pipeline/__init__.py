@@ -1,0 +1,32 @@
+"""The sequential layer-wise quantization pipeline: `quantize_model` runs a recipe block by block.
+
+* `quantize_model(dlm, recipe, device=..., work_dir=...)` -> `QuantizeResult` (resumable with a work dir);
+* `export_model(result, folder)` writes the checkpoint (plus the run-time wrappers it needs),
+  `restore_runtime(dlm, folder)` re-creates those wrappers after ``dllm_weightquant.load_quantized``;
+* `prepare_calibration` turns a recipe's calibration spec into a ``dllm_calib.CalibrationSet``;
+* `BlockRunner` runs one block of a model with the model's own forward; `LogRow` / `write_log` the CSV log.
+"""
+
+from dllm_bench.pipeline.blocks import BlockRunner
+from dllm_bench.pipeline.calibration import load_calibration_list, prepare_calibration
+from dllm_bench.pipeline.export import RECIPE_FILE, RUNTIME_FILE, export_model, restore_runtime
+from dllm_bench.pipeline.log import LOG_COLUMNS, LogRow, write_log
+from dllm_bench.pipeline.runner import LOG_FILE, QuantizeResult, quantize_model
+from dllm_bench.pipeline.targets import ignored_linears
+
+__all__ = [
+    "LOG_COLUMNS",
+    "LOG_FILE",
+    "RECIPE_FILE",
+    "RUNTIME_FILE",
+    "BlockRunner",
+    "LogRow",
+    "QuantizeResult",
+    "export_model",
+    "ignored_linears",
+    "load_calibration_list",
+    "prepare_calibration",
+    "quantize_model",
+    "restore_runtime",
+    "write_log",
+]

@@ -1,0 +1,80 @@
+"""Which block linears a recipe quantizes, and the checks that a recipe fits a model before any work.
+
+Only block linears (q, k, v, o, gate, up, down of every block) are ever quantized; the LM head and the
+embedding stay in floating point (the aliases ``head`` and ``embedding`` of the ignore list name them).
+Ignore entries are exact qualified names (``model.layers.0.mlp.down_proj``), regular expressions matched
+against the whole name (``re:.*\\.0\\..*``), or the aliases.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+from dllm_actquant import check_hadamard_size
+from dllm_sampler import DiffusionLM
+
+from dllm_bench.recipes import IGNORE_ALIASES, Recipe
+
+__all__ = ["LINEAR_ROLES", "STAGE_ROLES", "check_fits", "ignored_linears"]
+
+LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+STAGE_ROLES: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
+"""Linears sharing an input, in forward order: the sub-steps of true-sequential quantization."""
+
+
+def ignored_linears(recipe: Recipe, dlm: DiffusionLM) -> set[str]:
+    """The block linears (topology names) the recipe's ignore list leaves in floating point.
+
+    Raises:
+        ValueError: an exact name that is not a module of the model (a typo would silently quantize it).
+    """
+    linears = dlm.topology.linear_names()
+    modules = {name for name, _ in dlm.model.named_modules()}
+    out: set[str] = set()
+    for entry in recipe.ignore:
+        if entry in IGNORE_ALIASES:
+            continue
+        if entry.startswith("re:"):
+            pattern = re.compile(entry[3:])
+            hits = {n for n in linears if pattern.fullmatch(n)}
+            if not hits:
+                warnings.warn(f"ignore pattern {entry!r} matches no block linear", stacklevel=2)
+            out |= hits
+        elif entry in linears:
+            out.add(entry)
+        elif entry not in modules:
+            raise ValueError(
+                f"ignore entry {entry!r} is not a module of this {dlm.arch} model; block linears look like "
+                f"{linears[0]!r} (use 're:<pattern>' for a regular expression)"
+            )
+    return out
+
+
+def check_fits(recipe: Recipe, dlm: DiffusionLM, ignored: set[str]) -> None:
+    """Raise ``ValueError`` (naming the layer and the fix) if the scheme or a transform cannot apply.
+
+    Checks group sizes against every quantized linear's input width and Hadamard orders for QuaRot.
+    """
+    spec = recipe.scheme.weights.spec()
+    if spec.granularity == "group":
+        assert spec.group_size is not None
+        for name in dlm.topology.linear_names():
+            width = dlm.model.get_submodule(name).in_features
+            if name not in ignored and width % spec.group_size:
+                raise ValueError(
+                    f"group_size {spec.group_size} does not divide the input width {width} of {name}; pick "
+                    "a group size that divides every layer width (e.g. --scheme "
+                    f"{recipe.scheme.label.split('g')[0]}g64), or ignore the layer"
+                )
+    for step in recipe.steps_in("global"):
+        if step.method != "quarot":
+            continue
+        config = step.config(recipe.seed)
+        dims = dlm.config.dims()
+        if config.rotate_residual:
+            check_hadamard_size(dims.hidden_size, "QuaRot R1: the hidden size")
+        if config.rotate_vo:
+            check_hadamard_size(dims.head_dim, "QuaRot R2: the head dim")
+        if config.online_down:
+            check_hadamard_size(dims.intermediate_size, "QuaRot R4: the MLP width")

@@ -1,0 +1,30 @@
+"""Quantization recipes: calibration, ordered steps, bit setting, ignore list and seed (YAML or Python).
+
+``load_recipe("dllmquant")`` reads a shipped recipe (``available_recipes()`` lists them),
+``load_recipe("my.yaml", scheme="W3A16")`` a file at another bit setting; ``Recipe(...)`` builds one in
+Python and ``recipe.to_yaml()`` writes it back.
+"""
+
+from dllm_bench.recipes.loader import available_recipes, load_recipe
+from dllm_bench.recipes.methods import ACTIVATION_BITS, METHOD_STAGE, QUANTIZERS, STAGES, build_config
+from dllm_bench.recipes.schema import IGNORE_ALIASES, CalibrationSpec, Recipe, Step
+from dllm_bench.recipes.scheme import SCHEME_LABELS, Scheme, SchemeLabel, WeightScheme, parse_scheme
+
+__all__ = [
+    "ACTIVATION_BITS",
+    "IGNORE_ALIASES",
+    "METHOD_STAGE",
+    "QUANTIZERS",
+    "SCHEME_LABELS",
+    "STAGES",
+    "CalibrationSpec",
+    "Recipe",
+    "Scheme",
+    "SchemeLabel",
+    "Step",
+    "WeightScheme",
+    "available_recipes",
+    "build_config",
+    "load_recipe",
+    "parse_scheme",
+]

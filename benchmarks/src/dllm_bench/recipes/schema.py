@@ -1,0 +1,271 @@
+"""`Recipe`: what to calibrate on, which steps to run in which order, at which bit setting, what to skip.
+
+A recipe is plain data (YAML or Python), validated on construction with errors that name the field and
+the fix::
+
+    name: gptq
+    calibration: {builder: random, params: {num_samples: 128, seq_len: 256}}
+    scheme: {weights: {bits: 4, group_size: 128}, activations: 16}
+    steps:
+      - {method: gptq, damp_percent: 0.01}
+    ignore: [head, embedding]
+    seed: 0
+
+Calibration comes from a ``dllm_calib`` builder (``builder`` + ``params``), a saved ``CalibrationSet``
+folder, or a ``.json`` / ``.jsonl`` list of ``{"input_ids", "attention_mask"}`` records made for other
+PTQ tools (``path``). Steps are ``{"method": name, **config fields}`` (see `dllm_bench.recipes.methods`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+from dllm_calib import BUILDERS, builder_config
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dllm_bench.recipes.methods import METHOD_STAGE, QUANTIZERS, STAGES, build_config
+from dllm_bench.recipes.scheme import Scheme, SchemeLabel
+
+__all__ = ["IGNORE_ALIASES", "CalibrationSpec", "Recipe", "Step"]
+
+IGNORE_ALIASES = ("head", "embedding")
+"""Symbolic ignore entries: the LM head and the token embedding (never block linears, never quantized)."""
+
+
+class CalibrationSpec(BaseModel):
+    """Where the calibration states come from.
+
+    Attributes:
+        builder: a ``dllm_calib.BUILDERS`` name (plain, random, mcs, tmas); default "plain" unless
+            ``path`` is given.
+        params: the builder's config fields (e.g. ``num_samples``, ``seq_len``, ``gamma``).
+        source: text for window builders and prompts for TMAS: "arithmetic", "code" or a .txt/.jsonl path.
+        field: the text key of .jsonl sources.
+        sampler: TMAS only: overrides of the model's default generation config (e.g. ``steps``).
+        path: a saved ``CalibrationSet`` folder or a .json/.jsonl list of ``{"input_ids",
+            "attention_mask"}`` records (mask tokens mark masked positions).
+        limit: use only the first ``limit`` states of a ``path`` set.
+        batch_size: states per forward pass while collecting statistics.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    builder: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    source: str = "arithmetic"
+    field: str = "text"
+    sampler: dict[str, Any] | None = None
+    path: str | None = None
+    limit: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> CalibrationSpec:
+        if self.path is not None:
+            if self.builder is not None or self.params or self.sampler is not None:
+                raise ValueError(
+                    "calibration: give either path (a saved or exported set) or builder/params/sampler, not "
+                    "both"
+                )
+            return self
+        if self.limit is not None:
+            raise ValueError("calibration.limit applies to a path; for a builder set params.num_samples")
+        builder = self.builder or "plain"
+        object.__setattr__(self, "builder", builder)
+        if builder not in BUILDERS:
+            raise ValueError(f"calibration.builder {builder!r} is unknown; available: {sorted(BUILDERS)}")
+        if "sampler" in self.params:
+            raise ValueError("calibration: put TMAS sampler settings under calibration.sampler, not params")
+        if self.sampler is not None and builder != "tmas":
+            raise ValueError(f"calibration.sampler only applies to the tmas builder, not {builder!r}")
+        try:
+            builder_config(builder, **self.params)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"calibration.params for builder {builder!r}: {err}") from err
+        return self
+
+    def with_samples(self, n: int) -> CalibrationSpec:
+        """This spec drawing ``n`` states (``num_samples`` of a builder; the first ``n`` of a file)."""
+        if n < 1:
+            raise ValueError(f"the number of calibration samples must be >= 1, got {n}")
+        if self.path is not None:
+            return self.model_copy(update={"limit": n})
+        return CalibrationSpec.model_validate(
+            {**self.model_dump(), "params": {**self.params, "num_samples": n}}
+        )
+
+
+class Step(BaseModel):
+    """One step: ``method`` plus the fields of its library config (flat in YAML: ``{method: gptq, ...}``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flatten(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"method": data, "params": {}}
+        if isinstance(data, dict) and "params" not in data:
+            if "method" not in data:
+                raise ValueError(f"a step needs a 'method' key, got keys {sorted(data)}")
+            return {"method": data["method"], "params": {k: v for k, v in data.items() if k != "method"}}
+        return data
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, method: str) -> str:
+        if method not in METHOD_STAGE:
+            raise ValueError(f"unknown step method {method!r}; known methods: {sorted(METHOD_STAGE)}")
+        return method
+
+    @model_validator(mode="after")
+    def _valid_params(self) -> Step:
+        build_config(self.method, self.params)
+        return self
+
+    @property
+    def stage(self) -> str:
+        """The pipeline stage (see `dllm_bench.recipes.methods.STAGES`)."""
+        return METHOD_STAGE[self.method]
+
+    def config(self, seed: int = 0, act_bits: int = 8) -> Any:
+        """The library config object of this step."""
+        return build_config(self.method, self.params, seed=seed, act_bits=act_bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form ``{"method": ..., **params}``."""
+        return {"method": self.method, **self.params}
+
+
+class Recipe(BaseModel):
+    """A quantization recipe (see the module docstring). Construction validates everything that does not
+    need the model: known methods and parameters, one weight quantizer, stage order, the scheme and the
+    method/scheme combinations; `dllm_bench.pipeline` checks the shapes against the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str = ""
+    calibration: CalibrationSpec = Field(default_factory=CalibrationSpec)
+    scheme: Scheme
+    steps: list[Step]
+    ignore: list[str] = Field(default_factory=lambda: list(IGNORE_ALIASES))
+    seed: int = Field(default=0, ge=0)
+    true_sequential: bool = True
+
+    @field_validator("ignore")
+    @classmethod
+    def _patterns(cls, ignore: list[str]) -> list[str]:
+        for entry in ignore:
+            if entry.startswith("re:"):
+                try:
+                    re.compile(entry[3:])
+                except re.error as err:
+                    raise ValueError(
+                        f"ignore entry {entry!r} is not a valid regular expression: {err}"
+                    ) from err
+        return ignore
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        methods = [s.method for s in self.steps]
+        quantizers = [m for m in methods if m in QUANTIZERS]
+        if len(quantizers) != 1:
+            raise ValueError(
+                f"a recipe needs exactly one weight quantizer (one of {list(QUANTIZERS)}), got {quantizers}"
+            )
+        duplicates = sorted({m for m in methods if methods.count(m) > 1})
+        if duplicates:
+            raise ValueError(f"steps repeat {duplicates}; each method may appear once")
+        ranks = [STAGES.index(s.stage) for s in self.steps]
+        for before, after, step in zip(ranks, ranks[1:], self.steps[1:], strict=False):
+            if after < before:
+                raise ValueError(
+                    f"step {step.method!r} ({step.stage}) is listed too late: steps run in the order "
+                    f"{' -> '.join(STAGES)} (global transforms, awq, iaaq, the quantizer, act_quant); "
+                    f"list them in that order"
+                )
+        self._check_combinations(quantizers[0])
+        return self
+
+    def _check_combinations(self, quantizer: str) -> None:
+        w = self.scheme.weights
+        label = self.scheme.label
+        if quantizer == "daq" and not (2 <= w.bits <= 4 and w.symmetric and w.granularity != "tensor"):
+            raise ValueError(
+                f"daq fits 2-4 binary planes on symmetric group or channel weights; scheme {label} "
+                f"(symmetric={w.symmetric}, {w.granularity}) does not fit: use W2A16, W3A16 or W4A16"
+            )
+        if quantizer == "abmp" and not (2 <= w.bits <= 3 and w.symmetric and w.granularity == "group"):
+            raise ValueError(
+                f"abmp moves column blocks one bit around a 2- or 3-bit symmetric group format; scheme "
+                f"{label} does not fit: use W2A16 or W3A16 with a group size"
+            )
+        steps = {s.method: s for s in self.steps}
+        if "awq" in steps and "duquant" in steps:
+            raise ValueError(
+                "awq cannot follow duquant: DuQuant wraps every linear in an online rotation, so AWQ has no "
+                "plain scale to fold; use one of them"
+            )
+        if "awq" in steps and "quarot" in steps:
+            quarot = steps["quarot"].config(self.seed)
+            groups = steps["awq"].config(self.seed).groups
+            if quarot.online_down and "down" in groups:
+                raise ValueError(
+                    "awq's 'down' group folds into up_proj -> down_proj, which QuaRot's online Hadamard "
+                    "wraps; set quarot online_down: false or awq groups: [attn, vo, mlp]"
+                )
+
+    # ----- derived views ---------------------------------------------------------------------------
+
+    @property
+    def quantizer(self) -> Step:
+        """The weight-quantizer step."""
+        return next(s for s in self.steps if s.stage == "quantizer")
+
+    def steps_in(self, stage: str) -> list[Step]:
+        """The steps of one stage, in recipe order."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
+        return [s for s in self.steps if s.stage == stage]
+
+    def with_scheme(self, label: str | SchemeLabel) -> Recipe:
+        """This recipe at another bit setting (``"W3A16"``, ``"W8A8"``, ``"W4A16g64"``); re-validated."""
+        data = self.to_dict()
+        data["scheme"] = self.scheme.with_label(label).model_dump()
+        return Recipe.model_validate(data)
+
+    def with_calibration_samples(self, n: int) -> Recipe:
+        """This recipe calibrating on ``n`` states."""
+        return self.model_copy(update={"calibration": self.calibration.with_samples(n)})
+
+    # ----- serialisation -----------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (steps flat), the form YAML files use."""
+        data = self.model_dump(exclude={"steps", "calibration"})
+        data["calibration"] = self.calibration.model_dump(exclude_defaults=True)
+        data["steps"] = [s.to_dict() for s in self.steps]
+        return {k: data[k] for k in type(self).model_fields}
+
+    def to_yaml(self) -> str:
+        """YAML text that `Recipe.from_yaml` reads back to an equal recipe."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=110)
+
+    @classmethod
+    def from_yaml(cls, text: str, where: str = "<string>") -> Recipe:
+        """Parse and validate YAML text (``where`` names the file in errors)."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ValueError(f"{where}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ValueError(
+                f"{where}: a recipe is a mapping with name, scheme and steps, got {type(data).__name__}"
+            )
+        return cls.model_validate(data)
