@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from hypothesis import settings
 
-settings.register_profile("ci", max_examples=20, deadline=None)
+settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True)
 settings.register_profile("thorough", max_examples=500, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-settings.register_profile("ci", max_examples=15, deadline=None)
+settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True)
 settings.register_profile("thorough", max_examples=400, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

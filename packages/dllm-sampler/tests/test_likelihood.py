@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
-import numpy as np
 import pytest
 import torch
 from dllm_sampler import (
@@ -25,9 +25,9 @@ MASK = V - 1
 def test_llada_counts_are_stratified(data, target_len, batch):
     k = data.draw(st.integers(1, target_len))
     counts = llada_mask_counts(k, target_len, batch)
-    start, stop = float(k), k + (batch - 1) * (target_len / batch)
-    expected = (np.round(np.linspace(start, stop, batch)).astype(np.int64) - 1) % target_len + 1
-    assert counts.tolist() == expected.tolist()
+    exact = [k + Fraction(j * target_len, batch) for j in range(batch)]
+    expected = [(round(value) - 1) % target_len + 1 for value in exact]  # Fraction rounds half to even
+    assert counts.tolist() == expected
     assert counts.min() >= 1 and counts.max() <= target_len
     assert counts[0] == k
     if batch == target_len:  # one row per possible count

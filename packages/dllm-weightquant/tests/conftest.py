@@ -16,7 +16,7 @@ import torch
 from dllm_sampler import DiffusionLM, tiny_config
 from hypothesis import settings
 
-settings.register_profile("ci", max_examples=12, deadline=None)
+settings.register_profile("ci", max_examples=12, deadline=None, derandomize=True)
 settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

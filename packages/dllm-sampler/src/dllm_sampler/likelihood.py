@@ -43,13 +43,16 @@ def llada_mask_counts(k: int, target_len: int, batch: int) -> torch.Tensor:
         batch: ``b``, rows in the batch.
 
     Returns:
-        ``[b]`` int64 in ``1..Lt``: ``((round(linspace(k, k + (b - 1) Lt / b, b)) - 1) mod Lt) + 1``
-        (rounding half to even, in float64).
+        ``[b]`` int64 in ``1..Lt``: ``((round(linspace(k, k + (b - 1) Lt / b, b)) - 1) mod Lt) + 1``.
+        Row ``j`` is ``k + j Lt / b`` rounded half to even, computed in exact integer arithmetic so
+        ties (``j Lt / b`` ending in .5) do not depend on float rounding.
     """
     if not 1 <= k <= target_len:
         raise ValueError(f"k must be in 1..{target_len}, got {k}")
-    stop = k + (batch - 1) * (target_len / batch)
-    counts = torch.round(torch.linspace(float(k), stop, batch, dtype=torch.float64)).long()
+    numerator = k * batch + torch.arange(batch, dtype=torch.int64) * target_len
+    quotient, remainder = numerator // batch, numerator % batch
+    round_up = (2 * remainder > batch) | ((2 * remainder == batch) & (quotient % 2 == 1))
+    counts = quotient + round_up.long()
     return (counts - 1) % target_len + 1
 
 
