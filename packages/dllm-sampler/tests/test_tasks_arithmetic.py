@@ -103,14 +103,22 @@ def test_parse_answer_inverts_format_answer(a, b, c, op2):
     assert len(text) == ANSWER_TOKENS
     assert parse_answer(text) == p.answer
     assert parse_answer(text + "<|eos|><|eos|>") == p.answer
-    numbers = [int(n[::-1]) for n in re.split(r"[-+=]", text)]
-    assert numbers == [p.a, p.b, p.intermediate, p.c, p.answer]
+    fields = re.split(r"[-+:=]", text)
+    x, y, carries, r, c, carries2, f = fields
+    assert [int(n[::-1]) for n in (x, y, r, c, f)] == [p.a, p.b, p.intermediate, p.c, p.answer]
+    for top, op, bottom, row, result in ((x, p.ops[0], y, carries, r), (r, p.ops[1], c, carries2, f)):
+        carry_in = 0
+        for i in range(len(top)):  # place i: top_i op bottom_i op carry_in == result_i +/- 10 carry_out
+            sign = 1 if op == "+" else -1
+            total = int(top[i]) + sign * (int(bottom[i]) + carry_in)
+            assert total == int(result[i]) + sign * 10 * int(row[i])
+            carry_in = int(row[i])
 
 
 def test_format_answer_is_least_significant_first():
     p = Problem(text="", a=918, b=408, c=553, ops=("+", "-"), template=0)
-    assert format_answer(p) == "8190+8040=6231-3550=3770"
-    assert parse_answer("8190+8040=6231-3550=3770") == 773
+    assert format_answer(p) == "8190+8040:1010=6231-3550:0110=3770"
+    assert parse_answer("8190+8040:1010=6231-3550:0110=3770") == 773
     bad = Problem(text="", a=9999, b=1, c=0, ops=("+", "+"), template=0)
     with pytest.raises(ValueError, match="digits"):
         format_answer(bad)

@@ -6,12 +6,15 @@ have now?"). Every intermediate and final result is non-negative, so the answer 
 
 Answer format (chosen so that a tiny masked-diffusion model can learn it on a CPU budget): the two
 equations, chained, with every number written as exactly ``ANSWER_WIDTH`` (4) digits, zero padded and
-**least significant digit first**. For 918 + 408 - 553 (918 + 408 = 1326, 1326 - 553 = 773) the answer is
-``"8190+8040=6231-3550=3770"``. Least significant first makes every result digit depend only on the two
-operand digits at the same and the previous place and on the previous result digit (the carry), so
-carries flow left to right; restating the operands turns the arithmetic into fixed-offset lookups inside
-the answer. :func:`parse_answer` returns the final answer (the number after the last ``=``), and
-:func:`format_answer` produces the text.
+**least significant digit first**, and each equation's carries (for ``+``) or borrows (for ``-``) written
+out between the operands and the result. For 918 + 408 - 553 (918 + 408 = 1326, 1326 - 553 = 773) the
+answer is ``"8190+8040:1010=6231-3550:0110=3770"``: ``:1010`` lists the carry out of each place, least
+significant place first. Every result digit is then ``(x_i op y_i op c_i) mod 10`` and every carry
+``[x_i op y_i op c_i`` overflows``]``, where ``x_i``, ``y_i`` and the incoming carry ``c_i`` sit at fixed
+offsets inside the answer: each token is a function of three earlier answer tokens, which a 4-layer
+model learns in minutes (without the carry row, the second result digit was still at chance after 5000
+steps; docs/tiny_models.md). :func:`parse_answer` returns the final answer (the number after the last
+``=``), and :func:`format_answer` produces the text.
 
 Held-out problems are disjoint from training by construction: the key ``(ops, a, b, c)`` is hashed, and
 keys whose hash falls in the held-out bucket (1 in ``HELDOUT_MODULUS``) are never produced by
@@ -42,8 +45,9 @@ __all__ = [
 
 ANSWER_WIDTH = 4
 """Digits of each number of the answer (the largest possible answer is 999 + 999 + 999 = 2997)."""
-ANSWER_TOKENS = 5 * ANSWER_WIDTH + 4
-"""Tokens of an answer with the tiny models' tokenizer: five 4-digit numbers, two signs and two ``=``."""
+ANSWER_TOKENS = 7 * ANSWER_WIDTH + 6
+"""Tokens of an answer with the tiny models' tokenizer: five 4-digit numbers, two 4-digit carry rows, two
+signs, two ``:`` and two ``=``."""
 HELDOUT_MODULUS = 16
 """One problem key in ``HELDOUT_MODULUS`` belongs to the held-out split."""
 _HELDOUT_SEED = 20240917
@@ -119,15 +123,21 @@ def _apply(x: int, op: str, y: int) -> int:
     return x + y if op == "+" else x - y
 
 
-def _carries(x: int, op: str, y: int) -> int:
-    """Count carries of ``x + y`` or borrows of ``x - y`` (``x >= y``), place by place."""
-    count, carry = 0, 0
-    while x or y:
+def _carry_digits(x: int, op: str, y: int, places: int) -> list[int]:
+    """The carry (``x + y``) or borrow (``x - y``, ``x >= y``) out of each of ``places`` digit places,
+    least significant place first."""
+    out, carry = [], 0
+    for _ in range(places):
         dx, dy = x % 10, y % 10
         carry = int(dx + dy + carry >= 10) if op == "+" else int(dx - dy - carry < 0)
-        count += carry
+        out.append(carry)
         x, y = x // 10, y // 10
-    return count
+    return out
+
+
+def _carries(x: int, op: str, y: int) -> int:
+    """Count carries of ``x + y`` or borrows of ``x - y`` (``x >= y``), place by place."""
+    return sum(_carry_digits(x, op, y, ANSWER_WIDTH))
 
 
 def is_heldout(key: tuple[str, int, int, int]) -> bool:
@@ -214,12 +224,16 @@ def _reversed_digits(value: int) -> str:
 
 
 def format_answer(problem: Problem) -> str:
-    """The answer text ``a op1 b = r op2 c = f``, every number as ``ANSWER_WIDTH`` digits, zero padded, least
-    significant digit first, no spaces (918 + 408 - 553 -> ``"8190+8040=6231-3550=3770"``)."""
+    """The answer text ``a op1 b : carries = r op2 c : carries = f``, every number as ``ANSWER_WIDTH``
+    digits, zero padded, least significant digit first, no spaces (918 + 408 - 553 ->
+    ``"8190+8040:1010=6231-3550:0110=3770"``)."""
     a, b, r, c, f = (
         _reversed_digits(v) for v in (problem.a, problem.b, problem.intermediate, problem.c, problem.answer)
     )
-    return f"{a}{problem.ops[0]}{b}={r}{problem.ops[1]}{c}={f}"
+    (op1, op2), places = problem.ops, ANSWER_WIDTH
+    carries1 = "".join(map(str, _carry_digits(problem.a, op1, problem.b, places)))
+    carries2 = "".join(map(str, _carry_digits(problem.intermediate, op2, problem.c, places)))
+    return f"{a}{op1}{b}:{carries1}={r}{op2}{c}:{carries2}={f}"
 
 
 def parse_answer(text: str) -> int | None:
