@@ -1,0 +1,280 @@
+"""The adapter's settings: the QDLM / LLaDA / Dream harness protocol as defaults, resolved per architecture.
+
+Defaults (``papers.md`` §1.6, §2.5, §3.2; LLaDA's ``eval_llada.py``):
+
+- likelihood: ``mc_num=128``, Monte-Carlo batch 32, ``cfg=0``, greedy check off (none of the papers'
+  metrics needs it), seed 1234 (LLaDA's harness seeds with 1234);
+- LLaDA sampler: ``temperature=0``, ``remasking="low_confidence"``, ``cfg=0``,
+  ``steps = gen_length = block_length = 1024`` (``steps`` and ``block_length`` default to ``gen_length``,
+  so ``gen_length=256`` alone gives the one-block 256/256/256 setting); ``max_length=4096``;
+- Dream sampler (``dream_base``): ``gen_length`` (``max_new_tokens``) 128, ``steps`` (``diffusion_steps``)
+  512, ``alg="entropy"``, ``alg_temp=0``, ``temperature=0``, ``top_p=0.95``; ``max_length=2048``; BOS added.
+
+``max_length`` is also capped at the model's own position limit (512 for the shipped tiny models).
+``escape_until`` is False for both, so the tasks' stop strings are honoured (the default of Dream's harness
+class); the digest lists True for QDLM's ``dream_base`` and Dream's scripts pass it for HumanEval, so pass
+``escape_until=true`` to reproduce those runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from dllm_sampler import DiffusionLM, DreamGenerationConfig, GenerationConfig, LLaDAGenerationConfig
+
+__all__ = [
+    "DEFAULT_SEED",
+    "AdapterSettings",
+    "build_settings",
+    "default_max_length",
+    "merge_model_args",
+    "parse_dtype",
+    "resolve_device",
+    "sampler_config",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SEED = 1234
+"""LLaDA's harness calls ``set_seed(1234)`` before evaluating."""
+
+_LLADA_GEN_LENGTH = 1024
+_DREAM_GEN_LENGTH = 128
+_DREAM_STEPS = 512
+_DREAM_TOP_P = 0.95
+_PROTOCOL_MAX_LENGTH = {"llada": 4096, "dream": 2048}
+_LLADA_ONLY = ("block_length", "remasking")
+_DREAM_ONLY = ("alg", "alg_temp", "top_p", "top_k")
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_HARNESS_KEYS = ("batch_size", "device")
+_IGNORED_HARNESS_KEYS = ("max_batch_size", "trust_remote_code")
+
+
+@dataclass(frozen=True)
+class AdapterSettings:
+    """Everything the adapter needs besides the model, validated.
+
+    Attributes:
+        mc_num: noisy copies per ``loglikelihood`` request.
+        batch_size: rows per model call of the Monte-Carlo estimate (``min(batch_size, mc_num)`` is used;
+            ``mc_num`` must be a multiple of it).
+        is_check_greedy: compute the ``is_greedy`` flag (one extra generation per request); False reports
+            False, as LLaDA's harness does.
+        cfg: unsupervised classifier-free guidance scale for the likelihood (both architectures) and the
+            LLaDA sampler; 0 disables it.
+        max_length: longest ``prefix + target`` (likelihood) or ``prompt + gen_length`` (generation) in
+            tokens; prefixes and prompts are cut from the left to fit.
+        add_bos_token: prepend BOS to every context unless the tokenizer already put it first.
+        escape_until: ignore the requests' ``until`` stop strings (Dream's harness option).
+        append_eos: append EOS to likelihood targets (Dream's harness does; its estimator never masks the
+            last position, so the EOS makes every continuation token count).
+        seed: each request uses a fresh ``torch.Generator`` seeded with it, so results do not depend on
+            request order or batching.
+        sampler: the `LLaDAGenerationConfig` or `DreamGenerationConfig` of ``generate_until``.
+    """
+
+    sampler: GenerationConfig
+    mc_num: int = 128
+    batch_size: int = 32
+    is_check_greedy: bool = False
+    cfg: float = 0.0
+    max_length: int = 4096
+    add_bos_token: bool = False
+    escape_until: bool = False
+    append_eos: bool = False
+    seed: int = DEFAULT_SEED
+
+    def __post_init__(self) -> None:
+        for name in ("mc_num", "batch_size", "max_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        rows = min(self.batch_size, self.mc_num)
+        if self.mc_num % rows:
+            raise ValueError(
+                f"mc_num ({self.mc_num}) must be a multiple of batch_size ({self.batch_size}); "
+                f"e.g. batch_size={self.mc_num}"
+            )
+        if self.cfg < 0:
+            raise ValueError(f"cfg must be >= 0, got {self.cfg}")
+
+    @property
+    def gen_length(self) -> int:
+        """Tokens ``generate_until`` produces per request."""
+        if isinstance(self.sampler, LLaDAGenerationConfig):
+            return self.sampler.gen_length
+        return self.sampler.max_new_tokens
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready view (for lm-eval's results ``config``)."""
+        out = dataclasses.asdict(self)
+        out["sampler"] = {"type": type(self.sampler).__name__, **dataclasses.asdict(self.sampler)}
+        return out
+
+
+def sampler_config(
+    arch: str,
+    *,
+    steps: int | None = None,
+    gen_length: int | None = None,
+    block_length: int | None = None,
+    remasking: str | None = None,
+    temperature: float = 0.0,
+    cfg: float = 0.0,
+    alg: str | None = None,
+    alg_temp: float | None = None,
+    top_p: float | None = None,
+    top_k: int | None = None,
+) -> GenerationConfig:
+    """The protocol's sampler config of ``arch`` with the given overrides (None = protocol default).
+
+    LLaDA-only arguments (``block_length``, ``remasking``) given for Dream, or Dream-only ones (``alg``,
+    ``alg_temp``, ``top_p``, ``top_k``) given for LLaDA, raise ValueError. ``cfg`` is LLaDA's guidance
+    scale; Dream's sampler has none, so it is not used there.
+    """
+    given = {"block_length": block_length, "remasking": remasking, "alg": alg, "alg_temp": alg_temp}
+    given |= {"top_p": top_p, "top_k": top_k}
+    if arch == "llada":
+        _reject_foreign(arch, {k: given[k] for k in _DREAM_ONLY}, "Dream")
+        length = _LLADA_GEN_LENGTH if gen_length is None else gen_length
+        return LLaDAGenerationConfig(
+            steps=length if steps is None else steps,
+            gen_length=length,
+            block_length=length if block_length is None else block_length,
+            temperature=float(temperature),
+            cfg_scale=float(cfg),
+            remasking=remasking or "low_confidence",  # type: ignore[arg-type]
+        )
+    if arch == "dream":
+        _reject_foreign(arch, {k: given[k] for k in _LLADA_ONLY}, "LLaDA")
+        return DreamGenerationConfig(
+            max_new_tokens=_DREAM_GEN_LENGTH if gen_length is None else gen_length,
+            steps=_DREAM_STEPS if steps is None else steps,
+            alg=alg or "entropy",  # type: ignore[arg-type]
+            alg_temp=float(alg_temp or 0.0),
+            temperature=float(temperature),
+            top_p=_DREAM_TOP_P if top_p is None else float(top_p),
+            top_k=top_k,
+        )
+    raise ValueError(f"unknown model arch {arch!r}; the adapter supports 'llada' and 'dream'")
+
+
+def _reject_foreign(arch: str, values: dict[str, Any], owner: str) -> None:
+    """Raise if any of ``values`` (arguments of the other architecture's sampler) was given."""
+    given = sorted(k for k, v in values.items() if v is not None)
+    if given:
+        raise ValueError(
+            f"{', '.join(given)} only apply to {owner}'s sampler, but the model is {arch!r}; remove them "
+            "from model_args"
+        )
+
+
+def _max_positions(dlm: DiffusionLM) -> int | None:
+    """The model's position limit from its config (LLaDA ``max_sequence_length``, Dream
+    ``max_position_embeddings``), or None."""
+    for key in ("max_sequence_length", "max_position_embeddings"):
+        value = getattr(dlm.config, key, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def default_max_length(dlm: DiffusionLM) -> int:
+    """The protocol's context limit of ``dlm.arch``, capped at the model's own position limit."""
+    limit = _PROTOCOL_MAX_LENGTH[dlm.arch]
+    positions = _max_positions(dlm)
+    return limit if positions is None else min(limit, positions)
+
+
+def build_settings(
+    dlm: DiffusionLM,
+    *,
+    mc_num: int = 128,
+    batch_size: int | str | None = None,
+    is_check_greedy: bool = False,
+    cfg: float = 0.0,
+    max_length: int | None = None,
+    add_bos_token: bool | None = None,
+    escape_until: bool = False,
+    seed: int = DEFAULT_SEED,
+    **sampler_args: Any,
+) -> AdapterSettings:
+    """Resolve the model arguments against the protocol defaults of ``dlm.arch``.
+
+    Args:
+        dlm: the loaded model (its arch, ``generation_defaults`` and position limit are read).
+        batch_size: the Monte-Carlo batch; None or "auto" gives 32; int-like strings are accepted.
+        max_length: None = `default_max_length`.
+        add_bos_token: None = the folder's ``dllmq_add_bos`` if set, else True for Dream (its harness adds
+            BOS) and False for LLaDA (its tokenizer decides, as in LLaDA's harness).
+        **sampler_args: `sampler_config` keywords (``steps``, ``gen_length``, ``temperature`` ...).
+    """
+    sampler = sampler_config(dlm.arch, cfg=cfg, **sampler_args)
+    if dlm.arch == "dream" and cfg > 0:
+        log.warning("cfg=%s applies to the likelihood only: Dream's sampler has no guidance", cfg)
+    if add_bos_token is None:
+        add_bos_token = bool(dlm.generation_defaults.get("dllmq_add_bos", dlm.arch == "dream"))
+    return AdapterSettings(
+        sampler=sampler,
+        mc_num=mc_num,
+        batch_size=_parse_batch_size(batch_size),
+        is_check_greedy=bool(is_check_greedy),
+        cfg=float(cfg),
+        max_length=default_max_length(dlm) if max_length is None else max_length,
+        add_bos_token=bool(add_bos_token),
+        escape_until=bool(escape_until),
+        append_eos=dlm.arch == "dream",
+        seed=seed,
+    )
+
+
+def _parse_batch_size(value: int | str | None) -> int:
+    """The Monte-Carlo batch from a model argument or lm-eval's ``--batch_size`` (int, "8", "auto")."""
+    if value is None or (isinstance(value, str) and value.startswith("auto")):
+        return AdapterSettings.__dataclass_fields__["batch_size"].default
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise ValueError(f"batch_size must be a positive int (the Monte-Carlo batch), got {value!r}")
+
+
+def merge_model_args(model_args: dict[str, Any], harness_args: dict[str, Any] | None) -> dict[str, Any]:
+    """Constructor keywords from ``--model_args`` and the harness's own ``batch_size`` / ``device``.
+
+    Values given in ``model_args`` win; the harness's None values are dropped, as are its
+    ``max_batch_size`` (no auto batch search here) and ``trust_remote_code`` (this loader runs no remote
+    code), which it adds on its own. Other harness keys raise ValueError.
+    """
+    merged: dict[str, Any] = {}
+    for key, value in (harness_args or {}).items():
+        if value is None or key in _IGNORED_HARNESS_KEYS:
+            continue
+        if key not in _HARNESS_KEYS:
+            raise ValueError(f"unexpected harness argument {key}={value!r} for the dllmq model")
+        merged[key] = value
+    model_args = {k: v for k, v in model_args.items() if k not in _IGNORED_HARNESS_KEYS}
+    return merged | model_args
+
+
+def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """A compute dtype from a model argument: ``float32``, ``float16``, ``bfloat16``, a torch.dtype, or
+    None / "auto" to keep the checkpoint's stored dtype."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    if value == "auto":
+        return None
+    if value not in _DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {value!r}")
+    return _DTYPES[value]
+
+
+def resolve_device(value: str | None) -> str:
+    """The given device, or ``cuda`` when available and ``cpu`` otherwise."""
+    if value:
+        return str(value)
+    return "cuda" if torch.cuda.is_available() else "cpu"
