@@ -6,9 +6,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dllm_bench.commands import generate, quantize
+from dllm_bench.commands import analyze, bench, generate, quantize, results
 
-COMMANDS = {"generate": generate, "quantize": quantize}
+COMMANDS = {
+    "analyze": analyze,
+    "bench": bench,
+    "generate": generate,
+    "quantize": quantize,
+    "results": results,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"resuming from the checkpoints in {work}")
     result = quantize_model(dlm, recipe, device=device, work_dir=work, progress=not args.no_progress)
     start = time.perf_counter()
-    folder = export_model(result, out, overwrite=overwrite)
+    source = Path(args.model).resolve() if Path(args.model).is_dir() else args.model
+    folder = export_model(result, out, overwrite=overwrite, source_model=str(source))
     export_seconds = time.perf_counter() - start
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)

@@ -127,10 +127,17 @@ def _vquant_record(result: QuantizeResult, tensors: dict[str, Tensor]) -> dict[s
     return {"config": result.vquant_config.to_dict(), "blocks": blocks}
 
 
-def export_model(result: QuantizeResult, path: str | Path, *, overwrite: bool = False) -> Path:
-    """Write ``result``'s model to the folder ``path`` (see the module docstring); returns the folder."""
+def export_model(
+    result: QuantizeResult, path: str | Path, *, overwrite: bool = False, source_model: str = ""
+) -> Path:
+    """Write ``result``'s model to the folder ``path`` (see the module docstring); returns the folder.
+
+    ``source_model`` (the shipped name or folder of the float model) is recorded in the provenance, where
+    ``dllmq analyze steps`` finds its default reference.
+    """
     recipe = result.recipe
     provenance = QuantProvenance(
+        model=source_model,
         recipe=[s.to_dict() for s in recipe.steps],
         seeds={"recipe": recipe.seed},
         calibration=result.calibration or {},

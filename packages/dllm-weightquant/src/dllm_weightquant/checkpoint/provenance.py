@@ -43,6 +43,7 @@ class QuantProvenance:
     """What the caller knows about the run; package versions and the time are added on write.
 
     Attributes:
+        model: the float model that was quantized (a shipped name or the checkpoint folder), "" if unknown.
         recipe: the ordered methods and their configs, e.g. ``[{"method": "gptq", "config": {...}}]``.
         seeds: named seeds (``{"calibration": 0, "torch": 0}``).
         calibration: description of the calibration set (e.g. ``dllm_calib``'s provenance dict: builder,
@@ -50,6 +51,7 @@ class QuantProvenance:
         notes: free text.
     """
 
+    model: str = ""
     recipe: list[dict[str, Any]] = field(default_factory=list)
     seeds: dict[str, int] = field(default_factory=dict)
     calibration: dict[str, Any] = field(default_factory=dict)
@@ -58,6 +60,7 @@ class QuantProvenance:
     def to_dict(self) -> dict[str, Any]:
         """The JSON content: the fields plus ``packages`` and ``created`` (UTC, ISO 8601)."""
         return {
+            "model": self.model,
             "recipe": self.recipe,
             "seeds": self.seeds,
             "calibration": self.calibration,

@@ -1,0 +1,144 @@
+"""``dllmq results``: run the method x bit-setting matrix on the tiny models and rewrite docs/results.md.
+
+Everything after the ``<!-- generated -->`` line of the output file is replaced (the hand-written text
+above it stays); the raw numbers go to a JSON file next to it. The default budget (128 problems, every
+cell of `dllm_bench.results.default_cells`) is sized to finish within an hour on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from dllm_bench.loading import load_any
+from dllm_bench.results import (
+    Cell,
+    CellResult,
+    EvalSettings,
+    default_cells,
+    measure,
+    render_results,
+    run_cell,
+)
+
+HELP = "Quantize the tiny models with every method at every bit setting and rewrite docs/results.md."
+
+MARKER = "<!-- generated -->"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", default=["tiny-llada", "tiny-dream"])
+    parser.add_argument("--methods", nargs="+", help="only these recipes (default: all of the matrix)")
+    parser.add_argument("--settings", nargs="+", help="only these bit settings (default: all six)")
+    parser.add_argument("--problems", type=int, default=EvalSettings.problems, help="held-out problems")
+    parser.add_argument("--code-chunks", type=int, default=EvalSettings.code_chunks)
+    parser.add_argument("--mc-num", type=int, default=EvalSettings.mc_num)
+    parser.add_argument("--calib-samples", type=int, help="calibration states per recipe (default: recipe's)")
+    parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="markdown file to update")
+    parser.add_argument("--json", type=Path, help="raw numbers (default: --out with .json)")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _header(args: argparse.Namespace, settings: EvalSettings, seconds: float) -> str:
+    command = " ".join(["uv run dllmq results", *_flags(args)])
+    return "\n".join(
+        [
+            MARKER,
+            "",
+            f"Produced by `{command}` on {datetime.date.today().isoformat()} "
+            f"({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads) in {seconds / 60:.1f} minutes.",
+            f"Arithmetic: the first {settings.problems} problems of `heldout_problems()`, default sampler; "
+            f"code NLL: {settings.code_chunks} held-out stdlib chunks x {settings.mc_num} Monte-Carlo "
+            f"samples; top-1 / KL: masked positions at mask ratios "
+            f"{', '.join(map(str, settings.fidelity_ratios))} against the float model (mean over ratios and "
+            "over arithmetic and code inputs). Quantize s: calibration + quantization wall time.",
+        ]
+    )
+
+
+def _flags(args: argparse.Namespace) -> list[str]:
+    """The non-default flags of this run, to print the exact regeneration command."""
+    flags = []
+    defaults = _defaults()
+    for key in ("models", "methods", "settings", "problems", "code_chunks", "mc_num", "calib_samples"):
+        value = getattr(args, key)
+        if value != getattr(defaults, key):
+            shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            flags.append(f"--{key.replace('_', '-')} {shown}")
+    return flags
+
+
+def _defaults() -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([])
+
+
+def _cells(args: argparse.Namespace) -> list[Cell]:
+    cells = default_cells(tuple(args.models))
+    if args.methods:
+        cells = [c for c in cells if c.recipe in args.methods]
+    if args.settings:
+        cells = [c for c in cells if c.setting in args.settings]
+    if not cells:
+        raise ValueError("no cell of the matrix matches --methods / --settings; see `dllmq results --help`")
+    return cells
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = EvalSettings(
+        problems=args.problems,
+        code_chunks=args.code_chunks,
+        mc_num=args.mc_num,
+        calib_samples=args.calib_samples,
+    )
+    cells = _cells(args)
+    start = time.perf_counter()
+    floats: dict[str, CellResult] = {}
+    references = {}
+    for model in args.models:
+        references[model] = load_any(model, dtype=torch.float32)
+        floats[model] = measure(references[model], Cell(model, "float", "-"), settings)
+        print(
+            f"{model} float: {floats[model].exact:.1%} exact, code NLL {floats[model].code_nll:.3f}",
+            flush=True,
+        )
+    results = []
+    for i, cell in enumerate(cells, 1):
+        result = run_cell(cell, settings, references[cell.model])
+        results.append(result)
+        print(
+            f"[{i}/{len(cells)}] {cell.model} {cell.recipe} {cell.setting}: {result.exact:.1%} exact, "
+            f"NLL {result.code_nll:.3f}, top-1 {result.top1:.1%}, KL {result.kl:.4f}, "
+            f"{result.seconds:.1f} s quantize ({time.perf_counter() - start:.0f} s so far)",
+            flush=True,
+        )
+    seconds = time.perf_counter() - start
+    generated = render_results(floats, results, settings.problems, _header(args, settings, seconds))
+    previous = args.out.read_text(encoding="utf-8") if args.out.is_file() else "# Results\n\n"
+    kept = previous.split(MARKER)[0].rstrip() + "\n\n"
+    _write_atomic(args.out, kept + generated + "\n")
+    raw = {
+        "settings": {**vars(settings), "fidelity_ratios": list(settings.fidelity_ratios)},
+        "seconds": seconds,
+        "floats": {m: r.to_dict() for m, r in floats.items()},
+        "cells": [r.to_dict() for r in results],
+    }
+    json_path = args.json or args.out.with_suffix(".json")
+    _write_atomic(json_path, json.dumps(raw, indent=1) + "\n")
+    print(f"wrote {args.out} and {json_path} in {seconds / 60:.1f} minutes")
+    return 0

@@ -1,0 +1,108 @@
+"""Markdown for docs/results.md from measured `CellResult`s: per model, a compact exact-match grid
+(method x setting), the full table, and comparisons of the dLLM-specific methods with the baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from dllm_bench.results.matrix import (
+    ACTIVATION_METHODS,
+    ACTIVATION_SETTINGS,
+    WEIGHT_ONLY_METHODS,
+    WEIGHT_ONLY_SETTINGS,
+    CellResult,
+)
+
+__all__ = ["render_results"]
+
+_DLLM_METHODS = {"dllmquant", "quant-dllm"}
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _grid(results: Sequence[CellResult], methods: Sequence[str], settings: Sequence[str]) -> list[str]:
+    found = {(r.recipe, r.setting): r for r in results}
+    lines = ["| method | " + " | ".join(settings) + " |", "|---" * (len(settings) + 1) + "|"]
+    for method in methods:
+        cells = [_pct(found[(method, s)].exact) if (method, s) in found else "n/a" for s in settings]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _full_table(results: Sequence[CellResult], float_result: CellResult) -> list[str]:
+    lines = [
+        "| method | setting | exact % | chars % | code NLL | ΔNLL | top-1 % | KL (nats) | quantize s |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| float | - | {_pct(float_result.exact)} | {_pct(float_result.chars)} | "
+        f"{float_result.code_nll:.3f} | - | - | - | - |",
+    ]
+    for r in results:
+        kl = "-" if r.kl is None else f"{r.kl:.4f}"
+        lines.append(
+            f"| {r.recipe} | {r.setting} | {_pct(r.exact)} | {_pct(r.chars)} | {r.code_nll:.3f} | "
+            f"{r.code_nll - float_result.code_nll:+.3f} | {_pct(r.top1)} | {kl} | {r.seconds:.1f} |"
+        )
+    return lines
+
+
+def _comparisons(results: Sequence[CellResult]) -> list[str]:
+    """One line per setting where a dLLM-specific method ran: its exact match and KL against the best
+    baseline's at the same setting."""
+    lines = []
+    for setting in (*WEIGHT_ONLY_SETTINGS, *ACTIVATION_SETTINGS):
+        at = [r for r in results if r.setting == setting]
+        baselines = [r for r in at if r.recipe not in _DLLM_METHODS]
+        if not baselines:
+            continue
+        best = max(baselines, key=lambda r: (r.exact, -(r.kl or 0.0)))
+        for r in (r for r in at if r.recipe in _DLLM_METHODS):
+            delta = 100 * (r.exact - best.exact)
+            verdict = "helps" if delta > 1.0 else "hurts" if delta < -1.0 else "ties (within 1 point)"
+            lines.append(
+                f"- {setting}: {r.recipe} {_pct(r.exact)}% exact (KL {r.kl:.4f}) vs the best baseline "
+                f"{best.recipe} {_pct(best.exact)}% (KL {best.kl:.4f}): {verdict}."
+            )
+    return lines
+
+
+def render_results(
+    floats: dict[str, CellResult], results: Sequence[CellResult], problems: int, header: str
+) -> str:
+    """The generated part of docs/results.md: ``header`` (how it was produced), then one section per model.
+
+    Args:
+        floats: model name -> the float model's scores.
+        results: every quantized cell, any order (grouped by model here, in run order).
+        problems: held-out arithmetic problems each cell was scored on.
+        header: markdown put first (command, machine, date, budget).
+    """
+    out = [header, ""]
+    for model, float_result in floats.items():
+        mine = [r for r in results if r.model == model]
+        out += [
+            f"## {model}",
+            "",
+            f"Float: {_pct(float_result.exact)}% exact on {problems} held-out problems, "
+            f"{_pct(float_result.chars)}% answer characters, "
+            f"code NLL {float_result.code_nll:.3f} nats/token.",
+            "",
+            "Exact-match accuracy (%), weight-only settings:",
+            "",
+            *_grid(mine, WEIGHT_ONLY_METHODS, WEIGHT_ONLY_SETTINGS),
+            "",
+            "Exact-match accuracy (%), weight and activation settings:",
+            "",
+            *_grid(mine, ACTIVATION_METHODS, ACTIVATION_SETTINGS),
+            "",
+            "All measurements:",
+            "",
+            *_full_table(mine, float_result),
+            "",
+            "dLLM-specific methods against the best baseline at the same setting:",
+            "",
+            *(_comparisons(mine) or ["- (no dLLM-specific cell ran)"]),
+            "",
+        ]
+    return "\n".join(out)

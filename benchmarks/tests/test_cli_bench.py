@@ -1,0 +1,116 @@
+"""``dllmq bench`` end to end with tiny sizes: the table rows, the JSON report and the errors.
+
+Timings are only checked for consistency between the table, the JSON and each other, never for speed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from dllm_bench.cli import main
+from dllm_sampler import load
+
+TINY = ["--gen-length", "2", "--steps", "2", "--prompt-len", "3", "--warmup", "0", "--repeats", "1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _bench(*argv: str) -> int:
+    return main(["bench", *TINY, *argv])
+
+
+def _table(out: str) -> list[list[str]]:
+    """The table's lines (header first) split on runs of two or more spaces."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("model "))
+    rows = [line for line in lines[start:] if not line.startswith("wrote")]
+    return [[c.strip() for c in line.split("  ") if c.strip()] for line in rows]
+
+
+def test_tiny_llada_prints_a_row_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "out" / "bench.json"
+    assert _bench("--model", "tiny-llada", "--json", str(report)) == 0
+    header, row = _table(capsys.readouterr().out)
+    assert header[0] == "model" and len(row) == len(header) == 11
+    assert row[0] == "tiny-llada"
+
+    data = json.loads(report.read_text())
+    assert data["settings"]["gen_length"] == 2 and data["settings"]["device"] == "cpu"
+    (entry,) = data["rows"]
+    assert entry["model"] == "tiny-llada"
+    params = sum(p.numel() * p.element_size() for p in load("tiny-llada").model.parameters())
+    assert entry["memory"]["total_bytes"] == params
+    assert entry["memory"]["bits_per_weight"] == 16.0  # the shipped model is stored in bfloat16
+    speed = entry["speed"]
+    assert speed["steps_per_token"] == 1.0 and speed["gen_length"] == 2 and speed["repeats"] == 1
+    assert speed["tokens_per_s"] == pytest.approx(2 / (speed["step_ms"] * 2 / 1000))
+    assert entry["vs_first"]["weights"] == entry["vs_first"]["tokens_per_s"] == 1.0
+    columns = dict(zip(header, row, strict=True))
+    assert float(columns["steps/tok"]) == 1.0
+    assert float(columns["ms/step"]) == pytest.approx(speed["step_ms"], abs=0.005)
+
+
+def test_synthetic_rows_follow_the_baseline(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "bench.json"
+    argv = ["--model", "tiny-llada", "--synthetic", "dream-tiny", "--layers", "1", "--steps", "4"]
+    assert _bench(*argv, "--json", str(report)) == 0
+    rows = _table(capsys.readouterr().out)[1:]
+    assert [r[0] for r in rows] == ["tiny-llada", "synthetic dream-tiny (1 layer)"]
+    base, synthetic = json.loads(report.read_text())["rows"]
+    assert synthetic["speed"]["sampler"] == "dream" and synthetic["speed"]["steps_per_token"] == 2.0
+    assert synthetic["speed"]["dtype"] == "bfloat16"
+    ratio = synthetic["memory"]["total_bytes"] / base["memory"]["total_bytes"]
+    assert synthetic["vs_first"]["weights"] == pytest.approx(ratio)
+    speedup = synthetic["speed"]["tokens_per_s"] / base["speed"]["tokens_per_s"]
+    assert synthetic["vs_first"]["tokens_per_s"] == pytest.approx(speedup)
+
+
+def test_quantized_synthetic_row_stores_fewer_bits(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "bench.json"
+    argv = ["--synthetic", "llada-tiny", "--layers", "1", "--quantize", "W4A16g32", "--dtype", "float32"]
+    assert _bench(*argv, "--json", str(report)) == 0
+    names = [r[0] for r in _table(capsys.readouterr().out)[1:]]
+    assert names == ["synthetic llada-tiny (1 layer)", "synthetic llada-tiny (1 layer) RTN W4A16g32"]
+    floating, quantized = json.loads(report.read_text())["rows"]
+    assert floating["memory"]["bits_per_weight"] == 32.0
+    assert quantized["memory"]["bits_per_weight"] == pytest.approx(4 + 32 / 32)  # codes + fp32 scales
+    assert quantized["memory"]["n_weights"] == floating["memory"]["n_weights"]
+    assert quantized["memory"]["float_total_bytes"] == floating["memory"]["total_bytes"]
+    assert quantized["vs_first"]["weights"] < 1.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--steps", "0"], "--steps must be an integer >= 1"),
+        (["--batch", "-2"], "--batch must be"),
+        (["--warmup", "-1"], "--warmup must be an integer >= 0"),
+        (["--synthetic", "gpt-9b"], "unknown --synthetic shapes 'gpt-9b'"),
+        (["--layers", "2"], "add --synthetic"),
+        (["--synthetic", "llada-tiny", "--layers", "0"], "--layers must be a positive integer"),
+        (["--synthetic", "llada-tiny", "--quantize", "W5A16"], "W<weight bits>A<activation bits>"),
+        (["--synthetic", "llada-tiny", "--quantize", "W4A16"], "does not divide the input width"),
+        (["--model", "no-such-model"], "packaged models"),
+        (["--device", "gpu0"], "not a torch device"),
+    ],
+)
+def test_bad_arguments_are_clear_errors(argv: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    assert _bench(*argv) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err and "model " not in captured.out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without CUDA")
+def test_missing_cuda_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:
+    assert _bench("--device", "cuda") == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
