@@ -4,10 +4,10 @@
 
 For each model (a packaged name or a checkpoint folder): exact-match accuracy on the first ``--n`` held-out
 arithmetic problems with the architecture's default sampler (answer length, steps and block set to the
-answer's 10 tokens; see ``dllm_sampler.tasks.evaluate``), overall and by difficulty, in float32 and in the
-stored bf16; the held-out stdlib code ELBO NLL per token (the model's own estimator); and the
-accuracy-vs-steps curve from the ``train_log.jsonl`` saved next to the checkpoint. Results also go to
-``--json``.
+answer and its EOS, ``ANSWER_TOKENS + 1`` tokens; see ``dllm_sampler.tasks.evaluate``), overall and by
+difficulty, in float32 and in the stored bf16; the held-out stdlib code ELBO NLL per token (the model's
+own estimator); and the accuracy-vs-steps curve from the ``train_log.jsonl`` saved next to the checkpoint.
+Results also go to ``--json``.
 """
 
 from __future__ import annotations

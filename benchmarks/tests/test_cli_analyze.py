@@ -8,41 +8,23 @@ import dataclasses
 import itertools
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from dllm_bench.cli import main
 from dllm_bench.evaluation import OutlierRow, StepRow
-from dllm_sampler import DiffusionLM, save, tiny_config
+from dllm_sampler import save
 from dllm_sampler.tasks import answer_generation_config
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from dllm_sampler.testing import random_char_model
 
-SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>"]
-CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A saved random tiny LLaDA with a character tokenizer, and its RTN W4 quantization by dllmq."""
     root = tmp_path_factory.mktemp("analyze")
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + CHARS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    vocab = len(SPECIALS) + len(CHARS)
-    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
-    config = tiny_config("llada", vocab_size=vocab, embedding_size=vocab, **ids)
-    save(DiffusionLM.from_config(config, seed=0, tokenizer=tok), root / "float")
+    save(random_char_model("llada"), root / "float")
     argv = ["quantize", "--model", str(root / "float"), "--out", str(root / "q"), "--no-progress"]
     assert main([*argv, "--recipe", "rtn", "--scheme", "W4A16g16"]) == 0
     return root / "float", root / "q"

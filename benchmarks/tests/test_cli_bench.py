@@ -6,7 +6,6 @@ Timings are only checked for consistency between the table, the JSON and each ot
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from dllm_bench.cli import main
 from dllm_sampler import load
 
 TINY = ["--gen-length", "2", "--steps", "2", "--prompt-len", "3", "--warmup", "0", "--repeats", "1"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _bench(*argv: str) -> int:

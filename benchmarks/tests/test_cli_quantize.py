@@ -4,45 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from dllm_actquant import ActQuantLinear, OnlineRotation
 from dllm_bench.cli import main
 from dllm_bench.loading import is_quantized_folder, load_any
-from dllm_sampler import DiffusionLM, save, tiny_config
+from dllm_sampler import save
+from dllm_sampler.testing import random_char_model
 from dllm_weightquant import QuantLinear
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>"]
-CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _save_model(path: Path, task: str | None) -> Path:
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + CHARS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    vocab = len(SPECIALS) + len(CHARS)
-    config = tiny_config(
-        "llada",
-        vocab_size=vocab,
-        embedding_size=vocab,
-        pad_token_id=0,
-        bos_token_id=1,
-        eos_token_id=2,
-        mask_token_id=3,
-    )
-    dlm = DiffusionLM.from_config(config, seed=0, tokenizer=tok)
+    dlm = random_char_model("llada")
     defaults = {"steps": 4, "gen_length": 4, "block_length": 4, "dllmq_prompt_template": "{prompt}\nA:"}
     dlm.tokenizer_files["generation_config.json"] = {**defaults, **({"dllmq_task": task} if task else {})}
     save(dlm, path)

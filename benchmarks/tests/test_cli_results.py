@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 from dllm_bench.cli import main
 from dllm_bench.commands.results import MARKER
 from dllm_bench.results import default_cells
 
 SMALL = ["--problems", "6", "--code-chunks", "2", "--mc-num", "2"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_matrix_covers_every_setting_for_both_models() -> None:

@@ -4,7 +4,6 @@ tiny models (both logit layouts), and perturbed copies that must score worse the
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import dllm_sampler
 import hypothesis.strategies as st
@@ -18,32 +17,8 @@ from dllm_bench.evaluation import (
     mask_ratio_fidelity,
 )
 from dllm_sampler import DiffusionLM, tiny_config
+from dllm_sampler.testing import random_char_model
 from hypothesis import given
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>"]
-CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
-VOCAB = len(SPECIALS) + len(CHARS)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_model(arch: str, seed: int = 0) -> DiffusionLM:
-    """A random tiny model with a character tokenizer carrying the task's special tokens (mask id 3)."""
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + CHARS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
-    extra = {"embedding_size": VOCAB} if arch == "llada" else {}
-    return DiffusionLM.from_config(
-        tiny_config(arch, vocab_size=VOCAB, **ids, **extra), seed=seed, tokenizer=tok
-    )
 
 
 def perturbed(name: str, scale: float, seed: int = 0) -> DiffusionLM:
@@ -160,7 +135,7 @@ def test_two_bit_weights_in_one_block_score_below_the_float_model() -> None:
 
 
 def test_inputs_depend_on_the_seed_and_ratio_only() -> None:
-    reference, model = random_model("dream"), random_model("dream", seed=1)
+    reference, model = random_char_model("dream"), random_char_model("dream", seed=1)
     kwargs = {"problems": 2, "code_chunks": 1}
     alone = mask_ratio_fidelity(model, reference, ratios=(0.5,), **kwargs)
     among = mask_ratio_fidelity(model, reference, ratios=(0.1, 0.5), **kwargs)
@@ -170,7 +145,7 @@ def test_inputs_depend_on_the_seed_and_ratio_only() -> None:
 
 
 def test_bad_arguments_name_the_problem() -> None:
-    llada, dream = random_model("llada"), random_model("dream")
+    llada, dream = random_char_model("llada"), random_char_model("dream")
     small = tiny_config("llada", embedding_size=48)
     with pytest.raises(ValueError, match="different vocabularies"):
         mask_ratio_fidelity(DiffusionLM.from_config(small, seed=0), llada)

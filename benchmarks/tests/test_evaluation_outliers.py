@@ -3,36 +3,12 @@ ratios are >= 1 and equal a direct computation with a forward hook on one layer.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from dllm_bench.evaluation import INPUT_ROLES, activation_outliers, outlier_states
 from dllm_calib import mask_ratio_buckets
 from dllm_sampler import DiffusionLM, tiny_config
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-
-SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>"]
-CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
-VOCAB = len(SPECIALS) + len(CHARS)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def random_model(arch: str) -> DiffusionLM:
-    """A random tiny model with a character tokenizer carrying the task's special tokens (mask id 3)."""
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + CHARS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
-    extra = {"embedding_size": VOCAB} if arch == "llada" else {}
-    return DiffusionLM.from_config(tiny_config(arch, vocab_size=VOCAB, **ids, **extra), seed=0, tokenizer=tok)
+from dllm_sampler.testing import random_char_model
 
 
 def direct_ratio(dlm: DiffusionLM, module: str, states, bucket: int, buckets: int) -> tuple[float, int]:
@@ -54,7 +30,7 @@ def direct_ratio(dlm: DiffusionLM, module: str, states, bucket: int, buckets: in
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 def test_rows_cover_every_input_and_match_a_direct_computation(arch: str) -> None:
-    dlm = random_model(arch)
+    dlm = random_char_model(arch)
     states = outlier_states(dlm, problems=3, num_buckets=4, seed=0)
     assert len(states) == 12 and states.mask_ratios()[0] > 0.7 and states.mask_ratios()[-1] < 0.3
     rows = activation_outliers(dlm, states, num_buckets=4, batch_size=5)
@@ -76,7 +52,7 @@ def test_rows_cover_every_input_and_match_a_direct_computation(arch: str) -> Non
 
 
 def test_a_planted_outlier_channel_raises_the_ratio_of_its_layer_only() -> None:
-    dlm = random_model("llada")
+    dlm = random_char_model("llada")
     states = outlier_states(dlm, problems=2, num_buckets=2)
     before = {(r.module, r.bucket): r.outlier_ratio for r in activation_outliers(dlm, states, num_buckets=2)}
     norm = dlm.topology.block(0).mlp_norm  # feeds gate and up of block 0

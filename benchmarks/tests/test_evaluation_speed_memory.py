@@ -6,7 +6,6 @@ No assertion here depends on how fast the machine is.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import pytest
@@ -21,14 +20,6 @@ from dllm_sampler import DiffusionLM, DreamGenerationConfig, LLaDAGenerationConf
 from dllm_weightquant import QuantLinear, replace_linear, rtn_quantize
 
 HIDDEN, MLP = 64, 128
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _model(arch: str, dtype: torch.dtype = torch.float32, **overrides: object) -> DiffusionLM:

@@ -5,27 +5,15 @@ averages."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import pytest
 import torch
 from dllm_bench.evaluation import compare_logits, step_error, step_error_on_prompts
 from dllm_sampler import DiffusionLM, generate, tiny_config
 from dllm_sampler.tasks import answer_generation_config, heldout_problems
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from dllm_sampler.testing import CHAR_VOCAB, random_char_model
 
-SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>"]
-CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
-VOCAB = len(SPECIALS) + len(CHARS)
 GEN = 6  # generated tokens (and steps) of the short runs
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class NeverMaskLM(DiffusionLM):
@@ -41,12 +29,7 @@ class NeverMaskLM(DiffusionLM):
 def random_model(arch: str, noise: float = 0.0) -> DiffusionLM:
     """A random tiny model (seed 0) with a character tokenizer (mask id 3); with ``noise`` > 0, Gaussian
     noise of ``noise`` x the weight's RMS is added to block 0's up projection."""
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + CHARS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
-    extra = {"embedding_size": VOCAB} if arch == "llada" else {}
-    dlm = NeverMaskLM.from_config(tiny_config(arch, vocab_size=VOCAB, **ids, **extra), seed=0, tokenizer=tok)
+    dlm = random_char_model(arch, model_class=NeverMaskLM)
     if noise:
         weight = dlm.topology.block(0).up_proj.weight
         with torch.no_grad():
@@ -56,7 +39,7 @@ def random_model(arch: str, noise: float = 0.0) -> DiffusionLM:
 
 
 def prompts(rows: int = 2, length: int = 5) -> torch.Tensor:
-    return torch.randint(4, VOCAB, (rows, length), generator=torch.Generator().manual_seed(0))
+    return torch.randint(4, CHAR_VOCAB, (rows, length), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
@@ -82,7 +65,7 @@ def test_first_and_last_step_match_a_direct_computation(arch: str) -> None:
 
     with torch.no_grad():
         x = torch.cat([prompt, torch.full((2, GEN), reference.mask_token_id)], dim=1)
-        flat = [m.logits(x)[:, -GEN:].reshape(-1, VOCAB) for m in (model, reference)]
+        flat = [m.logits(x)[:, -GEN:].reshape(-1, CHAR_VOCAB) for m in (model, reference)]
         kl, agree = compare_logits(*flat)
         ours, theirs = (generate(m, prompt, None, config)[:, -GEN:] for m in (model, reference))
     assert rows[0].positions == 2 * GEN and rows[0].mask_ratio == 1.0

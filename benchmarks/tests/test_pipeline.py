@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -22,38 +21,11 @@ from dllm_bench.pipeline import (
     quantize_model,
 )
 from dllm_bench.recipes import CalibrationSpec, Recipe, load_recipe
-from dllm_sampler import DiffusionLM, tiny_config
+from dllm_sampler.testing import CHAR_VOCAB, random_char_model
 from dllm_weightquant import QuantLinear
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from torch import nn
 
-SPECIALS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>"]
-CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
-VOCAB = len(SPECIALS) + len(CHARS)
 SMALL_CALIBRATION = {"builder": "random", "params": {"num_samples": 6, "seq_len": 24}, "batch_size": 4}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def char_tokenizer() -> Tokenizer:
-    """Character-level tokenizer with the tiny models' special ids (pad 0, bos 1, eos 2, mask 3)."""
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(SPECIALS + CHARS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("[\\s\\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return tok
-
-
-def random_model(arch: str, seed: int = 0) -> DiffusionLM:
-    ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
-    extra = {"embedding_size": VOCAB} if arch == "llada" else {}
-    config = tiny_config(arch, vocab_size=VOCAB, **ids, **extra)
-    return DiffusionLM.from_config(config, seed=seed, tokenizer=char_tokenizer())
 
 
 def small(recipe: Recipe, scheme: str, **changes) -> Recipe:
@@ -64,7 +36,7 @@ def small(recipe: Recipe, scheme: str, **changes) -> Recipe:
 
 
 def probe(seed: int = 1) -> torch.Tensor:
-    return torch.randint(4, VOCAB, (3, 20), generator=torch.Generator().manual_seed(seed))
+    return torch.randint(4, CHAR_VOCAB, (3, 20), generator=torch.Generator().manual_seed(seed))
 
 
 def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -73,7 +45,7 @@ def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 def test_block_runner_reproduces_the_full_forward(arch: str) -> None:
-    dlm = random_model(arch)
+    dlm = random_char_model(arch)
     ids = probe()
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
@@ -93,7 +65,7 @@ def test_block_runner_reproduces_the_full_forward(arch: str) -> None:
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 @pytest.mark.parametrize("method", ["rtn", "gptq"])
 def test_quantizes_every_block_linear_except_ignored_and_stays_close_at_w8(arch: str, method: str) -> None:
-    dlm = random_model(arch)
+    dlm = random_char_model(arch)
     ids = probe()
     with torch.no_grad():
         reference = dlm.logits(ids)
@@ -118,7 +90,7 @@ def test_quantizes_every_block_linear_except_ignored_and_stays_close_at_w8(arch:
 
 def test_kill_midway_then_resume_gives_identical_weights(tmp_path) -> None:
     recipe = small(load_recipe("gptq"), "W4A16g16")
-    uninterrupted = random_model("llada")
+    uninterrupted = random_char_model("llada")
     quantize_model(uninterrupted, recipe, progress=False)
 
     def crash_after_first_block(index: int) -> None:
@@ -126,19 +98,19 @@ def test_kill_midway_then_resume_gives_identical_weights(tmp_path) -> None:
             raise KeyboardInterrupt("simulated kill")
 
     work = tmp_path / "work"
-    crashed = random_model("llada")
+    crashed = random_char_model("llada")
     with pytest.raises(KeyboardInterrupt):
         quantize_model(crashed, recipe, work_dir=work, progress=False, on_block_done=crash_after_first_block)
     assert json.loads((work / "progress.json").read_text()) == {"global_done": True, "next_block": 1}
     # block 1's saved inputs went through the quantized block 0, not the float one
     saved = torch.load(work / "hidden-0001.pt", weights_only=False)
     ids, mask = saved["input_ids"][0], saved["attention_mask"][0]
-    for dlm, same in ((crashed, True), (random_model("llada"), False)):
+    for dlm, same in ((crashed, True), (random_char_model("llada"), False)):
         runner = BlockRunner(dlm)
         through_block0 = runner.run(0, runner.embed(ids, mask), ids, mask)
         assert torch.equal(through_block0, saved["hidden"][0]) is same
 
-    resumed_model = random_model("llada")
+    resumed_model = random_char_model("llada")
     done: list[int] = []
     result = quantize_model(resumed_model, recipe, work_dir=work, progress=False, on_block_done=done.append)
     assert done == [1]  # block 0 came from its checkpoint
@@ -153,14 +125,14 @@ def test_kill_midway_then_resume_gives_identical_weights(tmp_path) -> None:
 
     with pytest.raises(ValueError, match="belongs to another run"):
         quantize_model(
-            random_model("llada"), small(load_recipe("rtn"), "W4A16g16"), work_dir=work, progress=False
+            random_char_model("llada"), small(load_recipe("rtn"), "W4A16g16"), work_dir=work, progress=False
         )
 
 
 def test_resume_restores_global_transforms_and_v_quantizers(tmp_path) -> None:
     recipe = small(load_recipe("dllmquant"), "W8A8")
     ids = probe()
-    uninterrupted = random_model("dream")
+    uninterrupted = random_char_model("dream")
     quantize_model(uninterrupted, recipe, progress=False)
 
     def crash(index: int) -> None:
@@ -168,8 +140,8 @@ def test_resume_restores_global_transforms_and_v_quantizers(tmp_path) -> None:
 
     work = tmp_path / "work"
     with pytest.raises(RuntimeError):
-        quantize_model(random_model("dream"), recipe, work_dir=work, progress=False, on_block_done=crash)
-    resumed = random_model("dream")
+        quantize_model(random_char_model("dream"), recipe, work_dir=work, progress=False, on_block_done=crash)
+    resumed = random_char_model("dream")
     result = quantize_model(resumed, recipe, work_dir=work, progress=False)
     assert sorted(result.vquant) == [0, 1]
     with torch.no_grad():
@@ -196,7 +168,7 @@ def test_resume_restores_global_transforms_and_v_quantizers(tmp_path) -> None:
 def test_activation_recipes_export_and_reload_with_their_wrappers(
     tmp_path, arch: str, name: str, changes: dict
 ) -> None:
-    dlm = random_model(arch)
+    dlm = random_char_model(arch)
     ids = probe()
     with torch.no_grad():
         reference = dlm.logits(ids)
@@ -222,7 +194,7 @@ def test_activation_recipes_export_and_reload_with_their_wrappers(
 
 
 def test_multibinary_recipe_exports_and_reloads(tmp_path) -> None:
-    dlm = random_model("llada")
+    dlm = random_char_model("llada")
     ids = probe()
     result = quantize_model(dlm, small(load_recipe("quant-dllm"), "W2A16g16"), progress=False)
     folder = export_model(result, tmp_path / "q")
@@ -232,7 +204,7 @@ def test_multibinary_recipe_exports_and_reloads(tmp_path) -> None:
 
 
 def test_calibration_from_a_saved_set_and_an_exported_list(tmp_path) -> None:
-    dlm = random_model("llada")
+    dlm = random_char_model("llada")
     cset = prepare_calibration(
         CalibrationSpec(builder="random", params={"num_samples": 5, "seq_len": 16}), dlm, seed=3
     )
@@ -250,7 +222,7 @@ def test_calibration_from_a_saved_set_and_an_exported_list(tmp_path) -> None:
 
 
 def test_tmas_runs_the_models_sampler_with_overrides() -> None:
-    dlm = random_model("llada")
+    dlm = random_char_model("llada")
     spec = CalibrationSpec(
         builder="tmas",
         params={"num_prompts": 2, "num_samples": 4, "on_short": "redistribute"},
@@ -260,11 +232,11 @@ def test_tmas_runs_the_models_sampler_with_overrides() -> None:
     assert len(cset) == 4 and cset.has_confidence
     assert all(0 <= s.step < 4 for s in cset)
     with pytest.raises(ValueError, match="max_new_tokens"):
-        prepare_calibration(spec, random_model("dream"), seed=0)
+        prepare_calibration(spec, random_char_model("dream"), seed=0)
 
 
 def test_an_activation_scheme_quantizes_activations_even_without_an_act_quant_step() -> None:
-    dlm = random_model("llada")
+    dlm = random_char_model("llada")
     result = quantize_model(dlm, small(load_recipe("gptq"), "W8A8g16"), progress=False)
     wrapped = [dlm.model.get_submodule(n) for n in dlm.topology.linear_names()]
     assert all(isinstance(m, ActQuantLinear) and m.config.bits == 8 for m in wrapped)
@@ -274,12 +246,12 @@ def test_an_activation_scheme_quantizes_activations_even_without_an_act_quant_st
 
 def test_recipes_without_statistics_never_touch_calibration() -> None:
     recipe = small(load_recipe("rtn"), "W4A16g16", calibration={"path": "/nonexistent/states.jsonl"})
-    result = quantize_model(random_model("dream"), recipe, progress=False)
+    result = quantize_model(random_char_model("dream"), recipe, progress=False)
     assert result.calibration is None and len(result.rows) == 14
 
 
 def test_shape_and_ignore_errors_name_the_layer() -> None:
-    dlm = random_model("llada")
+    dlm = random_char_model("llada")
     with pytest.raises(ValueError, match="does not divide the input width 32"):
         quantize_model(dlm, small(load_recipe("rtn"), "W4A16g128"), progress=False)
     with pytest.raises(ValueError, match="not a module of this llada model"):

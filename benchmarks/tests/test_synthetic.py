@@ -7,7 +7,6 @@ alone would be 1 GB in bfloat16).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,14 +53,6 @@ DREAM_7B = {
     "architectures": ["DreamModel"],
 }
 PUBLISHED = {"llada": ("llada-8b", LLADA_8B), "dream": ("dream-7b", DREAM_7B)}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _llada_parameters(d: int, layers: int, mlp: int, vocab: int) -> int:

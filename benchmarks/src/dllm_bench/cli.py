@@ -6,11 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dllm_bench.commands import analyze, bench, generate, quantize, results
+from dllm_bench.commands import analyze, bench, evaluate, generate, quantize, results
 
 COMMANDS = {
     "analyze": analyze,
     "bench": bench,
+    "eval": evaluate,
     "generate": generate,
     "quantize": quantize,
     "results": results,

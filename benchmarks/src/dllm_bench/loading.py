@@ -1,4 +1,5 @@
-"""`load_any`: a plain checkpoint (``dllm_sampler.load``) or a quantized one (``dllm_weightquant``)."""
+"""`load_any`: a plain checkpoint (``dllm_sampler.load``) or a quantized one (``dllm_weightquant``);
+`default_reference`: the float model a quantized folder was made from."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ from pathlib import Path
 
 import dllm_sampler
 import torch
-from dllm_sampler import DiffusionLM
-from dllm_weightquant import load_quantized
+from dllm_sampler import DiffusionLM, available_models
+from dllm_weightquant import load_quantized, read_provenance
 
 from dllm_bench.pipeline import restore_runtime
 
-__all__ = ["is_quantized_folder", "load_any"]
+__all__ = ["default_reference", "is_quantized_folder", "load_any"]
 
 
 def is_quantized_folder(path: str | Path) -> bool:
@@ -36,3 +37,38 @@ def load_any(
         return dllm_sampler.load(path_or_name, dtype=dtype, device=device)
     dlm = restore_runtime(load_quantized(path_or_name, device=device), path_or_name)
     return dlm if dtype is None else dlm.to(dtype)
+
+
+def _provenance_model(folder: str) -> str:
+    """The float model a quantized folder's provenance records (``model``, written by ``dllmq quantize``),
+    "" when there is none."""
+    try:
+        model = read_provenance(folder).get("model")
+    except FileNotFoundError:
+        return ""
+    return model if isinstance(model, str) else ""
+
+
+def _loadable_float_model(name: str) -> bool:
+    return name in available_models() or (Path(name).is_dir() and not is_quantized_folder(name))
+
+
+def default_reference(model: str) -> str:
+    """The float model a quantized folder's provenance names, when it is a shipped name or a folder.
+
+    Raises:
+        ValueError: if ``model`` is not a quantized folder or its provenance names no loadable float model.
+    """
+    if not is_quantized_folder(model):
+        raise ValueError(
+            f"--reference is required: {model} is not a quantized folder, so there is no float model to "
+            "compare it with by default"
+        )
+    named = _provenance_model(model)
+    if named and _loadable_float_model(named):
+        return named
+    found = f" (it records {named!r}, which does not load)" if named else ""
+    raise ValueError(
+        f"--reference is required: the provenance of {model} names no loadable float model{found}; pass "
+        "--reference with the shipped name or checkpoint folder the model was quantized from"
+    )

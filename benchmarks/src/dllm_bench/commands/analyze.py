@@ -20,9 +20,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from dllm_sampler import DiffusionLM, available_models
-from dllm_weightquant import read_provenance
+from dllm_sampler import DiffusionLM
 
+from dllm_bench.devices import parse_device
 from dllm_bench.evaluation import (
     OutlierRow,
     StepRow,
@@ -31,7 +31,7 @@ from dllm_bench.evaluation import (
     plot_step_error,
     step_error,
 )
-from dllm_bench.loading import is_quantized_folder, load_any
+from dllm_bench.loading import default_reference, load_any
 
 HELP = (
     "Analyze a model: activation outliers per layer and mask ratio (outliers), or the per-step error of a "
@@ -78,41 +78,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _provenance_model(folder: str) -> str:
-    """The float model a quantized folder's provenance records (``model``, written by ``dllmq quantize``),
-    "" when there is none."""
-    try:
-        model = read_provenance(folder).get("model")
-    except FileNotFoundError:
-        return ""
-    return model if isinstance(model, str) else ""
-
-
-def _loadable_float_model(name: str) -> bool:
-    return name in available_models() or (Path(name).is_dir() and not is_quantized_folder(name))
-
-
-def default_reference(model: str) -> str:
-    """The float model a quantized folder's provenance names, when it is a shipped name or a folder.
-
-    Raises:
-        ValueError: if ``model`` is not a quantized folder or its provenance names no loadable float model.
-    """
-    if not is_quantized_folder(model):
-        raise ValueError(
-            f"--reference is required: {model} is not a quantized folder, so there is no float model to "
-            "compare it with by default"
-        )
-    named = _provenance_model(model)
-    if named and _loadable_float_model(named):
-        return named
-    found = f" (it records {named!r}, which does not load)" if named else ""
-    raise ValueError(
-        f"--reference is required: the provenance of {model} names no loadable float model{found}; pass "
-        "--reference with the shipped name or checkpoint folder the model was quantized from"
-    )
-
-
 def _write_csv(rows: Sequence[StepRow] | Sequence[OutlierRow], path: Path) -> Path:
     """Write ``rows`` (dataclasses with ``to_dict``) as CSV, atomically."""
     records = [r.to_dict() for r in rows]
@@ -142,7 +107,7 @@ def _check_counts(args: argparse.Namespace) -> None:
 
 
 def _load(name: str, args: argparse.Namespace) -> DiffusionLM:
-    return load_any(name, dtype=_DTYPES[args.dtype] if args.dtype else None, device=args.device)
+    return load_any(name, dtype=_DTYPES[args.dtype] if args.dtype else None, device=parse_device(args.device))
 
 
 def _run_outliers(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import torch
 from dllm_sampler import DiffusionLM
 from dllm_sampler.registry import resolve
 
+from dllm_bench.devices import parse_device
 from dllm_bench.evaluation.memory import WeightMemory, weight_memory
 from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, sampler_speed
 from dllm_bench.loading import load_any
@@ -110,18 +111,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also quantize the synthetic model with RTN at this setting (W4A16, W8A8, W4A4, W4A16g64...)",
     )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the rows to this JSON file")
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asks for CUDA, but no CUDA device is available; use --device cpu")
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are present")
-    return device
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -278,7 +267,7 @@ def report(rows: list[BenchRow], settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = parse_device(args.device)
     _check_args(args)
     recipe = load_recipe("rtn", scheme=args.quantize) if args.quantize else None
     dtype = _DTYPES[args.dtype] if args.dtype else None

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from dllm_sampler.tasks import character_accuracy, generate_answers, heldout_problems, parse_answer
 
+from dllm_bench.devices import parse_device
 from dllm_bench.loading import load_any
 from dllm_bench.pipeline import LOG_FILE, export_model, quantize_model
 from dllm_bench.recipes import SCHEME_LABELS, available_recipes, load_recipe
@@ -82,18 +83,8 @@ def _scores(texts: list[str], reference: list[str] | None) -> str:
     return f"{exact:>8.1%} {chars:>14.1%} {same:>13}"
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        raise ValueError(f"--device {name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name} asks for CUDA, but no CUDA device is available; use --device cpu")
-    return device
-
-
 def run(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = parse_device(args.device)
     recipe = load_recipe(args.recipe, scheme=args.scheme)
     if args.calib_samples is not None:
         recipe = recipe.with_calibration_samples(args.calib_samples)

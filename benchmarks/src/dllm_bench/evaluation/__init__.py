@@ -6,7 +6,9 @@
   free-running (`step_error`);
 * ``outliers``: ``max|x| / RMS(x)`` of every block Linear input per layer and mask-ratio bucket
   (`activation_outliers`);
-* ``plots``: PNGs of the last two (`plot_step_error`, `plot_outliers`).
+* ``plots``: PNGs of the last two (`plot_step_error`, `plot_outliers`);
+* ``memory``: stored bytes and bits per weight of a (quantized) model (`weight_memory`);
+* ``speed``: ms per denoising step, tokens/s and peak memory of the real sampler (`sampler_speed`).
 
 Each result is a list of small frozen dataclass rows with ``to_dict()`` for JSON and CSV.
 """
@@ -21,16 +23,21 @@ from dllm_bench.evaluation.fidelity import (
     mask_exactly,
     mask_ratio_fidelity,
 )
+from dllm_bench.evaluation.memory import WeightMemory, resident_bytes, weight_memory
 from dllm_bench.evaluation.outliers import INPUT_ROLES, OutlierRow, activation_outliers, outlier_states
 from dllm_bench.evaluation.plots import plot_outliers, plot_step_error, save_figure
+from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, random_prompt, sampler_speed, speed_config
 from dllm_bench.evaluation.steps import StepRow, step_error, step_error_on_prompts
 
 __all__ = [
     "INPUT_ROLES",
+    "PEAK_SOURCES",
     "FidelityInputs",
     "FidelityRow",
     "OutlierRow",
+    "SpeedResult",
     "StepRow",
+    "WeightMemory",
     "activation_outliers",
     "arithmetic_inputs",
     "check_comparable",
@@ -41,7 +48,12 @@ __all__ = [
     "outlier_states",
     "plot_outliers",
     "plot_step_error",
+    "random_prompt",
+    "resident_bytes",
+    "sampler_speed",
     "save_figure",
+    "speed_config",
     "step_error",
     "step_error_on_prompts",
+    "weight_memory",
 ]
