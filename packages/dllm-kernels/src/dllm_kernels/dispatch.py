@@ -242,6 +242,34 @@ def _check_int_gemm(
     _check_tensor(w_scale, "w_scale", _float_dtypes(which), (w.shape[0],))
 
 
+_INT_GEMM_TRITON = {"int8_gemm": "int8_gemm", "w4a8_gemm": "w4a8_gemm", "w4a4_gemm": "w4a8_gemm"}
+"""Triton kernel of each integer GEMM: W4A4 runs the W4A8 kernel (Hopper has no int4 MMA)."""
+
+
+def _int_gemm(
+    name: str,
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    out_dtype: torch.dtype,
+    backend: Backend,
+    activation_bits: int,
+) -> torch.Tensor:
+    """Validate and run the integer GEMM ``name`` (one of `_INT_GEMM_TRITON`) on the chosen backend."""
+    which = resolve_backend(backend, [xq, x_scale, w, w_scale])
+    _check_int_gemm(which, xq, x_scale, w, w_scale, packed4=name != "int8_gemm")
+    if activation_bits == 4 and xq.device.type == "cpu" and xq.numel() and (xq.min() < -8 or xq.max() > 7):
+        raise ValueError(
+            f"{name} needs 4-bit activation codes in [-8, 7], got [{int(xq.min())}, {int(xq.max())}]; "
+            "quantize with quantize_per_token(x, 4) or use w4a8_gemm"
+        )
+    out_dtype = _check_out_dtype(out_dtype)
+    if which == "numba":
+        return getattr(ops_cpu, name)(xq, x_scale, w, w_scale).to(out_dtype)
+    return _run_triton(_INT_GEMM_TRITON[name], xq.device, xq, x_scale, w, w_scale, out_dtype)
+
+
 def int8_gemm(
     xq: torch.Tensor,
     x_scale: torch.Tensor,
@@ -254,12 +282,7 @@ def int8_gemm(
     """W8A8: int8 ``xq [M, K]`` x int8 ``wq [N, K]``, exact int32 accumulation, then
     ``(float32(acc) * x_scale[m]) * w_scale[n]``; returns ``[M, N]`` in ``out_dtype``.
     """
-    which = resolve_backend(backend, [xq, x_scale, wq, w_scale])
-    _check_int_gemm(which, xq, x_scale, wq, w_scale, packed4=False)
-    out_dtype = _check_out_dtype(out_dtype)
-    if which == "numba":
-        return ops_cpu.int8_gemm(xq, x_scale, wq, w_scale).to(out_dtype)
-    return _run_triton("int8_gemm", xq.device, xq, x_scale, wq, w_scale, out_dtype)
+    return _int_gemm("int8_gemm", xq, x_scale, wq, w_scale, out_dtype, backend, activation_bits=8)
 
 
 def w4a8_gemm(
@@ -274,12 +297,7 @@ def w4a8_gemm(
     """W4A8: int8 ``xq [M, K]`` x symmetric 4-bit weights packed int32 ``[N, ceil(K/8)]`` (offset-binary
     ``q + 8``), unpacked to int8 in registers for the int8 MMA; scales as in :func:`int8_gemm`.
     """
-    which = resolve_backend(backend, [xq, x_scale, w_packed, w_scale])
-    _check_int_gemm(which, xq, x_scale, w_packed, w_scale, packed4=True)
-    out_dtype = _check_out_dtype(out_dtype)
-    if which == "numba":
-        return ops_cpu.w4a8_gemm(xq, x_scale, w_packed, w_scale).to(out_dtype)
-    return _run_triton("w4a8_gemm", xq.device, xq, x_scale, w_packed, w_scale, out_dtype)
+    return _int_gemm("w4a8_gemm", xq, x_scale, w_packed, w_scale, out_dtype, backend, activation_bits=8)
 
 
 def w4a4_gemm(
@@ -295,17 +313,7 @@ def w4a4_gemm(
     ``quantize_per_token(x, 4)``). Hopper has no int4 MMA, so this runs the int8 MMA path; the range is
     checked for CPU tensors only.
     """
-    which = resolve_backend(backend, [xq, x_scale, w_packed, w_scale])
-    _check_int_gemm(which, xq, x_scale, w_packed, w_scale, packed4=True)
-    if xq.device.type == "cpu" and xq.numel() and (xq.min() < -8 or xq.max() > 7):
-        raise ValueError(
-            f"w4a4_gemm needs 4-bit activation codes in [-8, 7], got [{int(xq.min())}, {int(xq.max())}]; "
-            "quantize with quantize_per_token(x, 4) or use w4a8_gemm"
-        )
-    out_dtype = _check_out_dtype(out_dtype)
-    if which == "numba":
-        return ops_cpu.w4a4_gemm(xq, x_scale, w_packed, w_scale).to(out_dtype)
-    return _run_triton("w4a8_gemm", xq.device, xq, x_scale, w_packed, w_scale, out_dtype)
+    return _int_gemm("w4a4_gemm", xq, x_scale, w_packed, w_scale, out_dtype, backend, activation_bits=4)
 
 
 def quantize_per_token(

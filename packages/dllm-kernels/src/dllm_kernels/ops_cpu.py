@@ -15,6 +15,8 @@ valid here (use ``dllm_kernels.dispatch`` for Triton).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 
@@ -200,15 +202,27 @@ def wna16_gemm(
     return torch.from_numpy(out)
 
 
+def _int_gemm(
+    reference: Callable[..., np.ndarray],
+    xq: torch.Tensor,
+    x_scale: torch.Tensor,
+    w: torch.Tensor,
+    w_scale: torch.Tensor,
+    backend: str,
+    w_name: str,
+) -> torch.Tensor:
+    """Run an integer-GEMM reference on the tensors' NumPy views (``w_name`` names ``w`` in errors)."""
+    _check_backend(backend)
+    x_np, w_np = _int_np(xq, "xq"), _int_np(w, w_name)
+    x_scale_np, w_scale_np = _float_np(x_scale, "x_scale"), _float_np(w_scale, "w_scale")
+    return torch.from_numpy(reference(x_np, x_scale_np, w_np, w_scale_np))
+
+
 def int8_gemm(
     xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, *, backend: str = "auto"
 ) -> torch.Tensor:
     """W8A8 int8 GEMM with int32 accumulation -> float32 ``[M, N]``."""
-    _check_backend(backend)
-    out = ref.int8_gemm(
-        _int_np(xq, "xq"), _float_np(x_scale, "x_scale"), _int_np(wq, "wq"), _float_np(w_scale, "w_scale")
-    )
-    return torch.from_numpy(out)
+    return _int_gemm(ref.int8_gemm, xq, x_scale, wq, w_scale, backend, "wq")
 
 
 def w4a8_gemm(
@@ -220,14 +234,7 @@ def w4a8_gemm(
     backend: str = "auto",
 ) -> torch.Tensor:
     """int8 activations x packed symmetric int4 weights -> float32 ``[M, N]``."""
-    _check_backend(backend)
-    out = ref.w4a8_gemm(
-        _int_np(xq, "xq"),
-        _float_np(x_scale, "x_scale"),
-        _int_np(w_packed, "w_packed"),
-        _float_np(w_scale, "w_scale"),
-    )
-    return torch.from_numpy(out)
+    return _int_gemm(ref.w4a8_gemm, xq, x_scale, w_packed, w_scale, backend, "w_packed")
 
 
 def w4a4_gemm(
@@ -239,14 +246,7 @@ def w4a4_gemm(
     backend: str = "auto",
 ) -> torch.Tensor:
     """:func:`w4a8_gemm` with 4-bit activation codes (int8 in ``[-8, 7]``)."""
-    _check_backend(backend)
-    out = ref.w4a4_gemm(
-        _int_np(xq, "xq"),
-        _float_np(x_scale, "x_scale"),
-        _int_np(w_packed, "w_packed"),
-        _float_np(w_scale, "w_scale"),
-    )
-    return torch.from_numpy(out)
+    return _int_gemm(ref.w4a4_gemm, xq, x_scale, w_packed, w_scale, backend, "w_packed")
 
 
 def hadamard_matrix(n: int) -> torch.Tensor:
