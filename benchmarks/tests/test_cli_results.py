@@ -48,3 +48,51 @@ def test_results_rejects_an_empty_selection(tmp_path: Path, capsys: pytest.Captu
     assert main([*argv, "--out", str(tmp_path / "r.md")]) == 2
     assert "no cell of the matrix matches" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
+
+
+def _cell(recipe: str, setting: str, kl: float | None, exact: float = 0.5) -> dict:
+    return {
+        "model": "tiny-llada",
+        "recipe": recipe,
+        "setting": setting,
+        "exact": exact,
+        "chars": 0.9,
+        "code_nll": 5.0,
+        "top1": None if kl is None else 0.9,
+        "kl": kl,
+        "seconds": 1.0,
+    }
+
+
+def test_from_json_rerenders_without_running(tmp_path: Path) -> None:
+    raw = {
+        "command": "uv run dllmq results",
+        "date": "2026-01-01",
+        "machine": "test machine",
+        "settings": {"problems": 7, "code_chunks": 2, "mc_num": 2, "fidelity_ratios": [0.5]},
+        "seconds": 120.0,
+        "floats": {"tiny-llada": _cell("float", "-", None)},
+        "cells": [
+            _cell("rtn", "W4A4", 0.010),
+            _cell("quarot", "W4A4", 0.004),
+            _cell("dllmquant", "W4A4", 0.002),
+            _cell("gptq", "W2A16", 0.020),
+            _cell("quant-dllm", "W2A16", 0.030),
+            _cell("gptq", "W4A16", 0.001),
+            _cell("dllmquant", "W4A16", 0.00105),
+        ],
+    }
+    source = tmp_path / "raw.json"
+    source.write_text(json.dumps(raw))
+    out = tmp_path / "results.md"
+    assert main(["results", "--from-json", str(source), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Produced by `uv run dllmq results` on 2026-01-01 (test machine) in 2.0 minutes." in text
+    assert "first 7 problems" in text
+    # verdicts come from KL against the most faithful baseline at the same setting
+    assert "W4A4: dllmquant KL 0.0020 vs the best baseline quarot 0.0040 (0.50x): **helps**" in text
+    assert "W2A16: quant-dllm KL 0.0300 vs the best baseline gptq 0.0200 (1.50x): **hurts**" in text
+    assert "W4A16: dllmquant KL 0.0010 vs the best baseline gptq 0.0010 (1.05x): **ties**" in text
+    # exact-match grids: weight-only columns W4A16 W3A16 W2A16, activation columns W8A8 W4A8 W4A4
+    assert "| dllmquant | 50.0 | n/a | n/a |" in text and "| quant-dllm | n/a | n/a | 50.0 |" in text
+    assert "| quarot | n/a | n/a | 50.0 |" in text and "| awq | n/a | n/a | n/a |" in text

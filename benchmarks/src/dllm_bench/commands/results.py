@@ -3,6 +3,7 @@
 Everything after the ``<!-- generated -->`` line of the output file is replaced (the hand-written text
 above it stays); the raw numbers go to a JSON file next to it. The default budget (128 problems, every
 cell of `dllm_bench.results.default_cells`) is sized to finish within an hour on a 2-core CPU.
+``--from-json FILE`` re-renders the markdown from a previous run's raw numbers without running anything.
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-samples", type=int, help="calibration states per recipe (default: recipe's)")
     parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="markdown file to update")
     parser.add_argument("--json", type=Path, help="raw numbers (default: --out with .json)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="FILE",
+        help="only re-render --out from the raw numbers a previous run wrote (no quantization)",
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -52,21 +59,28 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _header(args: argparse.Namespace, settings: EvalSettings, seconds: float) -> str:
-    command = " ".join(["uv run dllmq results", *_flags(args)])
+def _header(raw: dict) -> str:
+    """How the numbers in ``raw`` (the JSON a run writes) were produced."""
+    settings = raw["settings"]
     return "\n".join(
         [
             MARKER,
             "",
-            f"Produced by `{command}` on {datetime.date.today().isoformat()} "
-            f"({platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads) in {seconds / 60:.1f} minutes.",
-            f"Arithmetic: the first {settings.problems} problems of `heldout_problems()`, default sampler; "
-            f"code NLL: {settings.code_chunks} held-out stdlib chunks x {settings.mc_num} Monte-Carlo "
-            f"samples; top-1 / KL: masked positions at mask ratios "
-            f"{', '.join(map(str, settings.fidelity_ratios))} against the float model (mean over ratios and "
-            "over arithmetic and code inputs). Quantize s: calibration + quantization wall time.",
+            f"Produced by `{raw['command']}` on {raw['date']} ({raw['machine']}) in "
+            f"{raw['seconds'] / 60:.1f} minutes.",
+            f"Arithmetic: the first {settings['problems']} problems of `heldout_problems()`, default "
+            f"sampler; code NLL: {settings['code_chunks']} held-out stdlib chunks x {settings['mc_num']} "
+            f"Monte-Carlo samples; top-1 / KL: masked positions at mask ratios "
+            f"{', '.join(map(str, settings['fidelity_ratios']))} against the float model (mean over ratios "
+            "and over arithmetic and code inputs). Quantize s: calibration + quantization wall time.",
         ]
+    )
+
+
+def _machine() -> str:
+    return (
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
     )
 
 
@@ -99,7 +113,8 @@ def _cells(args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
-def run(args: argparse.Namespace) -> int:
+def _measure_all(args: argparse.Namespace) -> dict:
+    """Run every selected cell; returns the raw record that `_render` turns into markdown."""
     settings = EvalSettings(
         problems=args.problems,
         code_chunks=args.code_chunks,
@@ -127,18 +142,35 @@ def run(args: argparse.Namespace) -> int:
             f"{result.seconds:.1f} s quantize ({time.perf_counter() - start:.0f} s so far)",
             flush=True,
         )
-    seconds = time.perf_counter() - start
-    generated = render_results(floats, results, settings.problems, _header(args, settings, seconds))
-    previous = args.out.read_text(encoding="utf-8") if args.out.is_file() else "# Results\n\n"
-    kept = previous.split(MARKER)[0].rstrip() + "\n\n"
-    _write_atomic(args.out, kept + generated + "\n")
-    raw = {
+    return {
+        "command": " ".join(["uv run dllmq results", *_flags(args)]),
+        "date": datetime.date.today().isoformat(),
+        "machine": _machine(),
         "settings": {**vars(settings), "fidelity_ratios": list(settings.fidelity_ratios)},
-        "seconds": seconds,
+        "seconds": time.perf_counter() - start,
         "floats": {m: r.to_dict() for m, r in floats.items()},
         "cells": [r.to_dict() for r in results],
     }
+
+
+def _render(raw: dict, out: Path) -> None:
+    """Replace everything after `MARKER` in ``out`` with the tables of ``raw``."""
+    floats = {m: CellResult(**r) for m, r in raw["floats"].items()}
+    results = [CellResult(**r) for r in raw["cells"]]
+    generated = render_results(floats, results, raw["settings"]["problems"], _header(raw))
+    previous = out.read_text(encoding="utf-8") if out.is_file() else "# Results\n\n"
+    kept = previous.split(MARKER)[0].rstrip() + "\n\n"
+    _write_atomic(out, kept + generated + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.from_json is not None:
+        _render(json.loads(args.from_json.read_text(encoding="utf-8")), args.out)
+        print(f"re-rendered {args.out} from {args.from_json}")
+        return 0
+    raw = _measure_all(args)
     json_path = args.json or args.out.with_suffix(".json")
     _write_atomic(json_path, json.dumps(raw, indent=1) + "\n")
-    print(f"wrote {args.out} and {json_path} in {seconds / 60:.1f} minutes")
+    _render(raw, args.out)
+    print(f"wrote {args.out} and {json_path} in {raw['seconds'] / 60:.1f} minutes")
     return 0
