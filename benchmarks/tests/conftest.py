@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
+from dllm_bench.cli import main
+from dllm_sampler import save
+from dllm_sampler.testing import random_char_model
 from hypothesis import settings
 
 settings.register_profile("ci", max_examples=15, deadline=None, derandomize=True)
@@ -25,3 +29,14 @@ def _single_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def rtn_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A saved random tiny LLaDA (character tokenizer) and its RTN W4A16g16 quantization by
+    ``dllmq quantize``; tests must not modify them (copy first)."""
+    root = tmp_path_factory.mktemp("rtn-folders")
+    save(random_char_model("llada"), root / "float")
+    argv = ["quantize", "--model", str(root / "float"), "--out", str(root / "q"), "--no-progress"]
+    assert main([*argv, "--recipe", "rtn", "--scheme", "W4A16g16"]) == 0
+    return root / "float", root / "q"

@@ -13,21 +13,9 @@ from pathlib import Path
 import pytest
 from dllm_bench.cli import main
 from dllm_bench.evaluation import OutlierRow, StepRow
-from dllm_sampler import save
 from dllm_sampler.tasks import answer_generation_config
-from dllm_sampler.testing import random_char_model
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A saved random tiny LLaDA with a character tokenizer, and its RTN W4 quantization by dllmq."""
-    root = tmp_path_factory.mktemp("analyze")
-    save(random_char_model("llada"), root / "float")
-    argv = ["quantize", "--model", str(root / "float"), "--out", str(root / "q"), "--no-progress"]
-    assert main([*argv, "--recipe", "rtn", "--scheme", "W4A16g16"]) == 0
-    return root / "float", root / "q"
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -41,8 +29,8 @@ def assert_png(path: Path) -> None:
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_outliers_writes_a_png_and_a_csv(folders, tmp_path, capsys) -> None:
-    _, quantized = folders
+def test_outliers_writes_a_png_and_a_csv(rtn_folders, tmp_path, capsys) -> None:
+    _, quantized = rtn_folders
     out = tmp_path / "out"
     argv = ["analyze", "outliers", "--model", str(quantized), "--out", str(out), "--problems", "2"]
     assert main([*argv, "--buckets", "2"]) == 0
@@ -56,8 +44,8 @@ def test_outliers_writes_a_png_and_a_csv(folders, tmp_path, capsys) -> None:
     assert all(role in printed for role in ("qkv", "gate_up", "down")) and str(out) in printed
 
 
-def test_steps_takes_the_reference_from_the_provenance(folders, tmp_path, capsys) -> None:
-    reference, quantized = folders
+def test_steps_takes_the_reference_from_the_provenance(rtn_folders, tmp_path, capsys) -> None:
+    reference, quantized = rtn_folders
     copy = shutil.copytree(quantized, tmp_path / "q")
     provenance_file = copy / "dllmq_provenance.json"
     provenance = json.loads(provenance_file.read_text())
@@ -82,8 +70,8 @@ def test_steps_takes_the_reference_from_the_provenance(folders, tmp_path, capsys
     assert "--reference is required" in err and "moved-away" in err
 
 
-def test_steps_of_a_model_against_itself_are_zero(folders, tmp_path) -> None:
-    reference, _ = folders
+def test_steps_of_a_model_against_itself_are_zero(rtn_folders, tmp_path) -> None:
+    reference, _ = rtn_folders
     argv = ["analyze", "steps", "--model", str(reference), "--reference", str(reference)]
     assert main([*argv, "--problems", "1", "--out", str(tmp_path)]) == 0
     rows = read_csv(tmp_path / "steps.csv")
@@ -91,16 +79,16 @@ def test_steps_of_a_model_against_itself_are_zero(folders, tmp_path) -> None:
     assert all(float(r["kl"]) == float(r["disagreement"]) == float(r["divergence"]) == 0.0 for r in rows)
 
 
-def test_default_output_folder_is_under_runs(folders, tmp_path, monkeypatch) -> None:
-    _, quantized = folders
+def test_default_output_folder_is_under_runs(rtn_folders, tmp_path, monkeypatch) -> None:
+    _, quantized = rtn_folders
     monkeypatch.chdir(tmp_path)
     assert main(["analyze", "outliers", "--model", str(quantized), "--problems", "1", "--buckets", "1"]) == 0
     assert_png(tmp_path / "runs" / "analyze-q-outliers" / "outliers.png")
     assert len(read_csv(tmp_path / "runs" / "analyze-q-outliers" / "outliers.csv")) == 2 * 4
 
 
-def test_bad_invocations_give_clear_errors(folders, tmp_path, capsys) -> None:
-    reference, quantized = folders
+def test_bad_invocations_give_clear_errors(rtn_folders, tmp_path, capsys) -> None:
+    reference, quantized = rtn_folders
     assert main(["analyze", "steps", "--model", str(reference), "--out", str(tmp_path)]) == 2
     assert "not a quantized folder" in capsys.readouterr().err
     assert main(["analyze", "outliers", "--model", str(quantized), "--problems", "0"]) == 2

@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import pytest
 from dllm_bench.cli import main
-from dllm_sampler import save
-from dllm_sampler.testing import random_char_model
 
 SMALL = ["--code-chunks", "2", "--mc-num", "2", "--ratios", "0.5", "1.0"]
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A saved random tiny LLaDA and its RTN W4A16g16 quantization by ``dllmq quantize``."""
-    root = tmp_path_factory.mktemp("eval")
-    save(random_char_model("llada"), root / "float")
-    argv = ["quantize", "--model", str(root / "float"), "--out", str(root / "q"), "--no-progress"]
-    assert main([*argv, "--recipe", "rtn", "--scheme", "W4A16g16"]) == 0
-    return root / "float", root / "q"
-
-
-def test_eval_compares_a_quantized_folder_with_its_source(folders, tmp_path, capsys) -> None:
-    reference, quantized = folders
+def test_eval_compares_a_quantized_folder_with_its_source(rtn_folders, tmp_path, capsys) -> None:
+    reference, quantized = rtn_folders
     out = tmp_path / "eval.json"
     assert main(["eval", "--model", str(quantized), *SMALL, "--json", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -41,8 +27,8 @@ def test_eval_compares_a_quantized_folder_with_its_source(folders, tmp_path, cap
     assert "ΔNLL" in printed and "bits/weight" in printed and "top-1 agreement" in printed
 
 
-def test_eval_of_a_model_against_itself_is_exact(folders, tmp_path) -> None:
-    reference, _ = folders
+def test_eval_of_a_model_against_itself_is_exact(rtn_folders, tmp_path) -> None:
+    reference, _ = rtn_folders
     out = tmp_path / "self.json"
     argv = ["eval", "--model", str(reference), "--reference", str(reference), *SMALL, "--json", str(out)]
     assert main(argv) == 0
@@ -61,8 +47,8 @@ def test_eval_scores_arithmetic_for_task_models(tmp_path) -> None:
     assert 0.0 <= scores["exact"] <= 1.0 and 0.5 < scores["chars"] <= 1.0  # the trained model copies operands
 
 
-def test_eval_rejects_bad_arguments(folders, capsys) -> None:
-    reference, _ = folders
+def test_eval_rejects_bad_arguments(rtn_folders, capsys) -> None:
+    reference, _ = rtn_folders
     assert main(["eval", "--model", str(reference), "--ratios", "0"]) == 2
     assert "--ratios must lie in (0, 1]" in capsys.readouterr().err
     assert main(["eval", "--model", str(reference), "--mc-num", "0"]) == 2
