@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from dllm_actquant.modules import replace_module
 from dllm_sampler import DiffusionLM
 from torch import Tensor, nn
 
@@ -50,24 +51,16 @@ class _Feed(nn.Module):
         return self.hidden
 
 
-def _set(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    old = parent.get_submodule(child)
-    setattr(parent, child, module)
-    return old
-
-
 @contextmanager
 def _swapped(root: nn.Module, replacements: dict[str, nn.Module]) -> Iterator[None]:
     old: dict[str, nn.Module] = {}
     try:
         for name, module in replacements.items():
-            old[name] = _set(root, name, module)
+            old[name] = replace_module(root, name, module)
         yield
     finally:
         for name, module in old.items():
-            _set(root, name, module)
+            replace_module(root, name, module)
 
 
 class BlockRunner:

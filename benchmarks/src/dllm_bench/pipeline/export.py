@@ -33,6 +33,7 @@ from dllm_actquant import (
     VQuantParams,
     attach_v_quantizers,
 )
+from dllm_actquant.modules import replace_module
 from dllm_sampler import DiffusionLM
 from dllm_weightquant import QuantProvenance, export_quantized
 from safetensors.torch import load_file, save_file
@@ -47,11 +48,6 @@ RUNTIME_FILE = "dllmq_runtime.json"
 RUNTIME_TENSORS = "dllmq_runtime.safetensors"
 RECIPE_FILE = "dllmq_recipe.yaml"
 _FORMAT = 1
-
-
-def _set(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 class _Rotations:
@@ -105,11 +101,11 @@ def _plain_linears(dlm: DiffusionLM, tensors: dict[str, Tensor]) -> Iterator[dic
             inner, entry = _unwrap(name, outer, rotations)
             if entry:
                 wrapped[name], records[name] = outer, entry
-                _set(root, name, inner)
+                replace_module(root, name, inner)
         yield records
     finally:
         for name, outer in wrapped.items():
-            _set(root, name, outer)
+            replace_module(root, name, outer)
 
 
 def _vquant_record(result: QuantizeResult, tensors: dict[str, Tensor]) -> dict[str, Any] | None:
@@ -190,7 +186,7 @@ def restore_runtime(dlm: DiffusionLM, folder: str | Path) -> DiffusionLM:
             if key not in shared:
                 shared[key] = _rotation(entry["rotation"], tensors).to(dlm.device)
             module = OnlineRotation(module, shared[key])
-        _set(root, name, module)
+        replace_module(root, name, module)
     vquant = runtime.get("vquant")
     if vquant:
         config = VQuantConfig(**vquant["config"])
