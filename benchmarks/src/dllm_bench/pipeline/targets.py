@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 
-from dllm_actquant import check_hadamard_size
+from dllm_actquant import check_quarot_sizes
 from dllm_sampler import DiffusionLM
 
 from dllm_bench.recipes import IGNORE_ALIASES, Recipe
@@ -70,11 +70,4 @@ def check_fits(recipe: Recipe, dlm: DiffusionLM, ignored: set[str]) -> None:
     for step in recipe.steps_in("global"):
         if step.method != "quarot":
             continue
-        config = step.config(recipe.seed)
-        dims = dlm.config.dims()
-        if config.rotate_residual:
-            check_hadamard_size(dims.hidden_size, "QuaRot R1: the hidden size")
-        if config.rotate_vo:
-            check_hadamard_size(dims.head_dim, "QuaRot R2: the head dim")
-        if config.online_down:
-            check_hadamard_size(dims.intermediate_size, "QuaRot R4: the MLP width")
+        check_quarot_sizes(dlm.topology, step.config(recipe.seed))

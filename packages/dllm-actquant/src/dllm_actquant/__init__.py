@@ -33,7 +33,7 @@ from dllm_actquant.iaaq import IAAQAccumulator, IAAQConfig, IAAQResult, calibrat
 from dllm_actquant.linear import ActQuantLinear
 from dllm_actquant.metrics import channel_spread, outlier_ratio, range_imbalance
 from dllm_actquant.modules import linear_targets, unwrap
-from dllm_actquant.quarot import QuaRotConfig, QuaRotResult, apply_quarot
+from dllm_actquant.quarot import QuaRotConfig, QuaRotResult, apply_quarot, check_quarot_sizes
 from dllm_actquant.rotation import (
     BlockRotation,
     HadamardRotation,
@@ -83,6 +83,7 @@ __all__ = [
     "capture_inputs",
     "channel_spread",
     "check_hadamard_size",
+    "check_quarot_sizes",
     "duquant_rotation",
     "effective_block_size",
     "fake_quantize_activation",

@@ -31,7 +31,7 @@ from dllm_actquant.hadamard import check_hadamard_size, hadamard, random_hadamar
 from dllm_actquant.modules import as_topology, check_transformable, replace_module
 from dllm_actquant.rotation import HadamardRotation, fold_rotation
 
-__all__ = ["QuaRotConfig", "QuaRotResult", "apply_quarot"]
+__all__ = ["QuaRotConfig", "QuaRotResult", "apply_quarot", "check_quarot_sizes"]
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +76,9 @@ class QuaRotResult:
     online: list[str] = field(default_factory=list)
 
 
-def _check_sizes(topology: Topology, config: QuaRotConfig) -> None:
+def check_quarot_sizes(topology: Topology, config: QuaRotConfig) -> None:
+    """Raise ValueError when a rotation ``config`` asks for has no Hadamard construction at the model's
+    sizes (hidden size for R1, head dim for R2, MLP width for R4)."""
     dims = topology.model.config.dims()  # type: ignore[union-attr]
     if config.rotate_residual:
         check_hadamard_size(dims.hidden_size, "QuaRot R1: the hidden size")
@@ -95,7 +97,7 @@ def apply_quarot(
     check_transformable(topology, "QuaRot")
     if topology.head is not None:
         require_float_linears([(topology.head_name or "head", topology.head)], "QuaRot")
-    _check_sizes(topology, config)
+    check_quarot_sizes(topology, config)
     dims = topology.model.config.dims()  # type: ignore[union-attr]
     gen = torch.Generator().manual_seed(config.seed)
     result = QuaRotResult()
