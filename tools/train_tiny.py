@@ -3,13 +3,18 @@
     uv run python tools/train_tiny.py --arch llada --out runs/tiny-llada [--steps N] [--minutes M] [--seed S]
 
 Recipe (see docs/tiny_models.md): byte-level BPE tokenizer with single-digit tokens; arithmetic word
-problems with answers written as 4 digits, least significant first; LLaDA's SFT masked-diffusion loss on the
-answer (prompt never masked, EOS padding part of the answer) with a stratified time per row; one batch in
-``--code-every`` is stdlib code with full-sequence masking (BOS kept); curriculum on operand widths; AdamW
-with linear warm-up and cosine decay; bf16 autocast. Dream is trained through ``DiffusionLM.logits``, which
-applies its one-position shift (the prediction for position i comes from hidden state i - 1). Held-out
-accuracy (real sampler, default settings) is logged every ``--eval-every`` steps on 100 problems that are
-not among the 500 of the final evaluation. The checkpoint is written by ``dllm_sampler.save`` in bf16.
+problems whose answers restate the operands and write each carry row (4 digits per number, least
+significant first); a masked-diffusion loss on the answer (prompt never masked, EOS part of the answer) with
+a stratified time per row. A ``--focus`` fraction of the rows masks only the computed tokens (carries and
+results), a ``--copy-focus`` fraction masks every computed token and noises the operand copies (the early
+states of generation), and ``--aux-batch`` extra answer-only rows per step train the digit arithmetic at
+half the cost of a full row;
+one batch in ``--code-every`` is stdlib code with full-sequence masking (BOS kept); AdamW with linear
+warm-up and cosine decay; bf16 autocast. Dream is trained through ``DiffusionLM.logits``, which applies its
+one-position shift (the prediction for position i comes from hidden state i - 1). Every ``--eval-every``
+steps the log gets the held-out accuracy (real sampler, default settings) and the teacher-forced accuracy of
+each computed token, on 64 problems that are not among the 500 of the final evaluation. The checkpoint is
+written by ``dllm_sampler.save`` in bf16.
 """
 
 from __future__ import annotations
@@ -27,8 +32,12 @@ from dllm_sampler import DreamConfig, LLaDAConfig, forward_noise, llada_loss
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.tasks import (
     ANSWER_TOKENS,
+    ANSWER_WIDTH,
+    Problem,
     character_accuracy,
     chunk_ids,
+    computed_offsets,
+    format_answer,
     generate_answers,
     heldout_problems,
     parse_answer,
@@ -36,6 +45,7 @@ from dllm_sampler.tasks import (
     train_split,
 )
 from dllm_sampler.tasks.tokenizer import BOS, EOS, MASK, PAD, train_tokenizer
+from tokenizers import Tokenizer
 
 CURRICULUM = ((0.0, (2, 3)),)
 """(fraction of training, operand widths) stages. A short-operands-first curriculum was tried and slowed
@@ -102,6 +112,74 @@ def masked_mean_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tenso
     return torch.nn.functional.cross_entropy(logits[masked].float(), x0[masked])
 
 
+def focus_noise(
+    x0: torch.Tensor,
+    answer_start: int,
+    positions: list[int],
+    t: torch.Tensor,
+    mask_id: int,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask only the computed answer tokens, each with its row's probability ``t`` [B]; the operand copies
+    and separators stay visible. These are the states the low-confidence sampler reaches once it has
+    committed the copies, which makes every masked result digit a clean example of digit arithmetic.
+
+    Args:
+        x0: clean SFT rows [B, L] whose answer starts at column ``answer_start`` in every row.
+        positions: answer offsets of the computed tokens (:func:`dllm_sampler.tasks.computed_offsets`).
+
+    Returns:
+        ``(noisy [B, L], masked [B, L] bool)``.
+    """
+    columns = (answer_start + torch.tensor(positions)).expand(x0.shape[0], -1).to(x0.device)
+    draw = (torch.rand(columns.shape, generator=generator) < t[:, None].cpu()).to(x0.device)
+    masked = torch.zeros_like(x0, dtype=torch.bool).scatter_(1, columns, draw)
+    return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
+
+
+@torch.no_grad()
+def teacher_forced(
+    dlm: DiffusionLM, tokenizer: Tokenizer, problems: list[Problem], positions: list[int], mask_id: int
+) -> dict[str, list[float]]:
+    """Teacher-forced top-1 accuracy of each computed token: for each group of ``ANSWER_WIDTH`` computed
+    tokens (first carry row ``c1``, intermediate result ``r``, second carry row ``c2``, final result ``f``),
+    that group is masked and every other answer token is given. Returns group -> accuracy per place."""
+    x0, _, attention_mask = sft_batch(tokenizer, problems)
+    start = x0.shape[1] - (ANSWER_TOKENS + 1)
+    out = {}
+    for g, name in enumerate(("c1", "r", "c2", "f")):
+        cols = [start + p for p in positions[ANSWER_WIDTH * g : ANSWER_WIDTH * (g + 1)]]
+        noisy = x0.clone()
+        noisy[:, cols] = mask_id
+        pred = dlm.logits(noisy, attention_mask).argmax(-1)
+        out[name] = [round((pred[:, c] == x0[:, c]).float().mean().item(), 3) for c in cols]
+    return out
+
+
+def answer_only_rows(
+    tokenizer: Tokenizer,
+    problems: list[Problem],
+    positions: list[int],
+    ids: dict[str, int],
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Noised rows ``[bos] answer eos`` without the word problem: the operands and separators are given,
+    the computed tokens and EOS are masked with a stratified time per row. Half as long as an SFT row, and
+    with RoPE the digit circuit they train is the one the full rows use (same relative offsets).
+
+    Returns:
+        ``(x0 [B, L], noisy [B, L], masked [B, L] bool)`` with ``L = ANSWER_TOKENS + 2``.
+    """
+    answers = tokenizer.encode_batch([format_answer(p) for p in problems], add_special_tokens=False)
+    x0 = torch.tensor([[ids[BOS], *a.ids, ids[EOS]] for a in answers])
+    given = torch.ones_like(x0, dtype=torch.bool)
+    given[:, [1 + p for p in positions]] = False
+    given[:, -1] = False
+    t = stratified_t(x0.shape[0], generator)
+    noisy, masked, _ = forward_noise(x0, t, ids[MASK], given)
+    return x0, noisy, masked
+
+
 def stratified_t(batch: int, generator: torch.Generator) -> torch.Tensor:
     """Times ``(u0 + j / B) mod 1`` for j < B: uniform marginals, evenly spread over the batch ([B])."""
     u0 = torch.rand((), generator=generator)
@@ -114,11 +192,11 @@ def main() -> None:
     )
     parser.add_argument("--arch", choices=("llada", "dream"), required=True)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (created)")
-    parser.add_argument("--steps", type=int, default=2400, help="optimizer steps (the LR schedule's length)")
+    parser.add_argument("--steps", type=int, default=12000, help="optimizer steps (the LR schedule's length)")
     parser.add_argument(
         "--minutes",
         type=float,
-        default=44.0,
+        default=34.0,
         help="wall-clock budget: schedule progress is max(step / steps, elapsed / budget), so on a slow or "
         "shared machine the cosine schedule and curriculum finish within the budget (training stops there)",
     )
@@ -138,12 +216,34 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--mlp", type=int, default=768)
-    parser.add_argument("--code-every", type=int, default=8, help="every k-th step is a code batch (0: none)")
+    parser.add_argument(
+        "--code-every", type=int, default=10, help="every k-th step is a code batch (0: none)"
+    )
     parser.add_argument("--code-batch", type=int, default=16)
     parser.add_argument("--code-tokens", type=int, default=63, help="code chunk length (BOS is added)")
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--log-every", type=int, default=50)
+    parser.add_argument("--eval-every", type=int, default=500)
+    parser.add_argument("--log-every", type=int, default=100)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--autocast", choices=("bf16", "none"), default="bf16")
+    parser.add_argument(
+        "--focus",
+        type=float,
+        default=0.4,
+        help="fraction of arithmetic rows whose noise masks only the computed tokens (carries, results)",
+    )
+    parser.add_argument(
+        "--copy-focus",
+        type=float,
+        default=0.3,
+        help="fraction of arithmetic rows with every computed token masked and the rest noised as usual: "
+        "the early states of generation, where the operands are copied from the prompt",
+    )
+    parser.add_argument(
+        "--aux-batch",
+        type=int,
+        default=64,
+        help="extra answer-only rows per arithmetic step ([bos] answer eos, operands given, computed masked)",
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -168,6 +268,7 @@ def main() -> None:
     code = chunk_ids(lambda s: tokenizer.encode(s, add_special_tokens=False).ids, "train", args.code_tokens)
     code_rng = random.Random(args.seed)
     monitor = heldout_problems(564)[500:]
+    focus_positions = computed_offsets()
     streams = {digits: train_split(args.seed * 1000 + i, digits) for i, (_, digits) in enumerate(CURRICULUM)}
     noise_gen = torch.Generator().manual_seed(args.seed)
 
@@ -202,12 +303,38 @@ def main() -> None:
         x0, prompt_mask = x0.to(args.device), prompt_mask.to(args.device)
         t = stratified_t(x0.shape[0], noise_gen).to(args.device)
         noisy, masked, p_mask = forward_noise(x0, t, ids[MASK], prompt_mask)
-        with torch.autocast(device_type=x0.device.type, dtype=torch.bfloat16):
+        if not is_code and args.focus + args.copy_focus > 0:
+            kind = torch.rand(x0.shape[0], generator=noise_gen).to(x0.device)[:, None]
+            answer_start = x0.shape[1] - (ANSWER_TOKENS + 1)
+            fnoisy, fmasked = focus_noise(x0, answer_start, focus_positions, t, ids[MASK], noise_gen)
+            computed = torch.zeros_like(masked)
+            computed[:, [answer_start + p for p in focus_positions]] = True
+            copy_masked = masked | computed
+            copy_noisy = torch.where(copy_masked, torch.full_like(x0, ids[MASK]), x0)
+            focus_rows, copy_rows = (
+                kind < args.focus,
+                (kind >= args.focus) & (kind < args.focus + args.copy_focus),
+            )
+            noisy = torch.where(focus_rows, fnoisy, torch.where(copy_rows, copy_noisy, noisy))
+            masked = torch.where(focus_rows, fmasked, torch.where(copy_rows, copy_masked, masked))
+        aux = None
+        if not is_code and args.aux_batch > 0:
+            aux_problems = [next(streams[digits]) for _ in range(args.aux_batch)]
+            aux = [
+                r.to(args.device)
+                for r in answer_only_rows(tokenizer, aux_problems, focus_positions, ids, noise_gen)
+            ]
+        with torch.autocast(
+            device_type=x0.device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"
+        ):
             logits = dlm.logits(noisy, attention_mask)
+            aux_logits = None if aux is None else dlm.logits(aux[1])
         if args.loss == "llada":
             loss = llada_loss(logits, x0, masked, p_mask, "tokens" if is_code else "answer", prompt_mask)
         else:
             loss = masked_mean_loss(logits, x0, masked)
+        if aux is not None:
+            loss = loss + masked_mean_loss(aux_logits, aux[0], aux[2])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dlm.model.parameters(), 1.0)
@@ -231,6 +358,7 @@ def main() -> None:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             dlm.model.eval()
             texts = generate_answers(dlm, monitor)
+            forced = teacher_forced(dlm, tokenizer, monitor, focus_positions, ids[MASK])
             dlm.model.train()
             exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, monitor, strict=True)) / len(
                 monitor
@@ -241,6 +369,7 @@ def main() -> None:
                     "step": step + 1,
                     "accuracy": exact,
                     "char_accuracy": round(character_accuracy(texts, monitor), 4),
+                    "teacher_forced": forced,
                 }
             )
 

@@ -10,6 +10,7 @@ import pytest
 from dllm_sampler.tasks.arithmetic import (
     ANSWER_TOKENS,
     Problem,
+    computed_offsets,
     format_answer,
     format_prompt,
     heldout_problems,
@@ -163,3 +164,16 @@ def test_format_prompt_ends_with_answer_cue():
     p = heldout_problems(1)[0]
     assert format_prompt(p).startswith(p.text)
     assert format_prompt(p).endswith("\nA:")
+
+
+@given(st.integers(0, 999), st.integers(0, 999), st.integers(0, 999), st.sampled_from(["+", "-"]))
+def test_computed_offsets_pick_the_carry_rows_and_results(a, b, c, op2):
+    intermediate = a + b
+    if op2 == "-" and c > intermediate:
+        c = intermediate
+    answer = format_answer(Problem(text="", a=a, b=b, c=c, ops=("+", op2), template=0))
+    offsets = computed_offsets()
+    groups = re.findall(r"[:=]([0-9]+)", answer)
+    assert [answer[i] for i in offsets] == list("".join(groups))
+    assert len(offsets) == 16 and len(groups) == 4
+    assert all(answer[i - 1] in ":=" for i in offsets[::4])

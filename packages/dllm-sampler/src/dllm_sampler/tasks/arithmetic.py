@@ -34,6 +34,7 @@ __all__ = [
     "ANSWER_WIDTH",
     "HELDOUT_MODULUS",
     "Problem",
+    "computed_offsets",
     "format_answer",
     "format_prompt",
     "heldout_problems",
@@ -234,6 +235,20 @@ def format_answer(problem: Problem) -> str:
     carries1 = "".join(map(str, _carry_digits(problem.a, op1, problem.b, places)))
     carries2 = "".join(map(str, _carry_digits(problem.intermediate, op2, problem.c, places)))
     return f"{a}{op1}{b}:{carries1}={r}{op2}{c}:{carries2}={f}"
+
+
+def computed_offsets() -> list[int]:
+    """Offsets, inside every answer of :func:`format_answer`, of the tokens that are computed rather than
+    copied from the prompt: the two carry rows (after ``:``) and the two results (after ``=``), in answer
+    order, ``ANSWER_WIDTH`` per group (16 tokens). The rest are the restated operands, the signs and the
+    separators. The layout is the same for every problem, and each character is one token."""
+    layout = format_answer(Problem(text="", a=0, b=0, c=0, ops=("+", "+"), template=0))
+    out, computed = [], False
+    for i, ch in enumerate(layout):
+        computed = ch in ":=" or (computed and ch.isdigit())
+        if computed and ch.isdigit():
+            out.append(i)
+    return out
 
 
 def parse_answer(text: str) -> int | None:
