@@ -8,10 +8,10 @@ significant first); a masked-diffusion loss on the answer (prompt never masked, 
 a stratified time per row. A ``--focus`` fraction of the rows masks only the computed tokens (carries and
 results), a ``--copy-focus`` fraction masks every computed token and noises the operand copies (the early
 states of generation), and ``--aux-batch`` extra answer-only rows per step train the digit arithmetic at
-half the cost of a full row;
-one batch in ``--code-every`` is stdlib code with full-sequence masking (BOS kept); AdamW with linear
-warm-up and cosine decay; bf16 autocast. Dream is trained through ``DiffusionLM.logits``, which applies its
-one-position shift (the prediction for position i comes from hidden state i - 1). Every ``--eval-every``
+half the cost of a full row; one batch in ``--code-every`` is stdlib code with full-sequence masking (BOS
+kept); AdamW with linear warm-up and cosine decay; bf16 autocast. Dream is trained through
+``DiffusionLM.logits``, which applies its one-position shift (the prediction for position i comes from
+hidden state i - 1). Every ``--eval-every``
 steps the log gets the held-out accuracy (real sampler, default settings) and the teacher-forced accuracy of
 each computed token, on 64 problems that are not among the 500 of the final evaluation. The checkpoint is
 written by ``dllm_sampler.save`` in bf16.
@@ -112,28 +112,40 @@ def masked_mean_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tenso
     return torch.nn.functional.cross_entropy(logits[masked].float(), x0[masked])
 
 
-def focus_noise(
+def arithmetic_noise(
     x0: torch.Tensor,
-    answer_start: int,
-    positions: list[int],
+    masked: torch.Tensor,
     t: torch.Tensor,
+    columns: list[int],
+    focus: float,
+    copy_focus: float,
     mask_id: int,
     generator: torch.Generator,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mask only the computed answer tokens, each with its row's probability ``t`` [B]; the operand copies
-    and separators stay visible. These are the states the low-confidence sampler reaches once it has
-    committed the copies, which makes every masked result digit a clean example of digit arithmetic.
+    """Replace the usual answer noise ``masked`` of some SFT rows by the two structured kinds:
+
+    - focus rows (a ``focus`` fraction): only the computed tokens are masked, each with its row's
+      probability ``t`` [B]; the operand copies and separators stay visible. These are the states the
+      low-confidence sampler reaches once it has committed the copies, so every masked result digit whose
+      inputs are given is a clean example of digit arithmetic;
+    - copy rows (a ``copy_focus`` fraction): every computed token is masked on top of the usual noise, the
+      early states of generation, where the operands are copied from the prompt.
 
     Args:
-        x0: clean SFT rows [B, L] whose answer starts at column ``answer_start`` in every row.
-        positions: answer offsets of the computed tokens (:func:`dllm_sampler.tasks.computed_offsets`).
+        x0: clean SFT rows [B, L]; ``masked`` [B, L] bool is their usual noise.
+        columns: the columns of the computed tokens, the same in every row (the answer is right-aligned).
 
     Returns:
         ``(noisy [B, L], masked [B, L] bool)``.
     """
-    columns = (answer_start + torch.tensor(positions)).expand(x0.shape[0], -1).to(x0.device)
-    draw = (torch.rand(columns.shape, generator=generator) < t[:, None].cpu()).to(x0.device)
-    masked = torch.zeros_like(x0, dtype=torch.bool).scatter_(1, columns, draw)
+    kind = torch.rand(x0.shape[0], generator=generator).to(x0.device)[:, None]
+    draw = (torch.rand((x0.shape[0], len(columns)), generator=generator) < t[:, None].cpu()).to(x0.device)
+    focus_masked = torch.zeros_like(masked)
+    focus_masked[:, columns] = draw
+    copy_masked = masked.clone()
+    copy_masked[:, columns] = True
+    focus_rows, copy_rows = kind < focus, (kind >= focus) & (kind < focus + copy_focus)
+    masked = torch.where(focus_rows, focus_masked, torch.where(copy_rows, copy_masked, masked))
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
@@ -304,19 +316,17 @@ def main() -> None:
         t = stratified_t(x0.shape[0], noise_gen).to(args.device)
         noisy, masked, p_mask = forward_noise(x0, t, ids[MASK], prompt_mask)
         if not is_code and args.focus + args.copy_focus > 0:
-            kind = torch.rand(x0.shape[0], generator=noise_gen).to(x0.device)[:, None]
             answer_start = x0.shape[1] - (ANSWER_TOKENS + 1)
-            fnoisy, fmasked = focus_noise(x0, answer_start, focus_positions, t, ids[MASK], noise_gen)
-            computed = torch.zeros_like(masked)
-            computed[:, [answer_start + p for p in focus_positions]] = True
-            copy_masked = masked | computed
-            copy_noisy = torch.where(copy_masked, torch.full_like(x0, ids[MASK]), x0)
-            focus_rows, copy_rows = (
-                kind < args.focus,
-                (kind >= args.focus) & (kind < args.focus + args.copy_focus),
+            noisy, masked = arithmetic_noise(
+                x0,
+                masked,
+                t,
+                [answer_start + p for p in focus_positions],
+                args.focus,
+                args.copy_focus,
+                ids[MASK],
+                noise_gen,
             )
-            noisy = torch.where(focus_rows, fnoisy, torch.where(copy_rows, copy_noisy, noisy))
-            masked = torch.where(focus_rows, fmasked, torch.where(copy_rows, copy_masked, masked))
         aux = None
         if not is_code and args.aux_batch > 0:
             aux_problems = [next(streams[digits]) for _ in range(args.aux_batch)]
