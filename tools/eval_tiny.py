@@ -115,10 +115,26 @@ def main() -> None:
     parser.add_argument("--mc-num", type=int, default=32, help="Monte-Carlo samples per code chunk")
     parser.add_argument("--doc", type=Path, default=Path("docs/tiny_models.md"))
     parser.add_argument("--json", type=Path, default=Path("runs/eval_tiny.json"))
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        nargs="+",
+        help="render the results section from these saved --json files instead of evaluating (e.g. one "
+        "file per model, evaluated side by side)",
+    )
     args = parser.parse_args()
-    results = [evaluate(name, args.n, args.threads, args.code_chunks, args.mc_num) for name in args.models]
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    if args.from_json:
+        results = [r for path in args.from_json for r in json.loads(path.read_text())]
+        for r in results:
+            evaluated = sum(total for _, total in r["float32"]["by_difficulty"].values())
+            if evaluated != args.n:
+                parser.error(f"{r['model']} was evaluated on {evaluated} problems, not --n {args.n}")
+    else:
+        results = [
+            evaluate(name, args.n, args.threads, args.code_chunks, args.mc_num) for name in args.models
+        ]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
     for r in results:
         print(json.dumps({k: r[k] for k in ("model", "float32", "bfloat16", "code_nll")}))
     marker = "<!-- results -->"

@@ -47,6 +47,13 @@ from dllm_sampler.tasks import (
 from dllm_sampler.tasks.tokenizer import BOS, EOS, MASK, PAD, train_tokenizer
 from tokenizers import Tokenizer
 
+RECIPES: dict[str, dict[str, float]] = {
+    "llada": {"minutes": 45.0, "focus": 0.25, "copy_focus": 0.45},
+    "dream": {"minutes": 34.0, "focus": 0.4, "copy_focus": 0.3},
+}
+"""Per-layout defaults of the options that differ between the shipped checkpoints (docs/tiny_models.md):
+the time budget and the shares of focus and copy rows."""
+
 CURRICULUM = ((0.0, (2, 3)),)
 """(fraction of training, operand widths) stages. A short-operands-first curriculum was tried and slowed
 learning (docs/tiny_models.md); the evaluated 2-3 digit operands are used from the start."""
@@ -208,9 +215,10 @@ def main() -> None:
     parser.add_argument(
         "--minutes",
         type=float,
-        default=34.0,
-        help="wall-clock budget: schedule progress is max(step / steps, elapsed / budget), so on a slow or "
-        "shared machine the cosine schedule and curriculum finish within the budget (training stops there)",
+        default=None,
+        help="wall-clock budget (default: the arch's RECIPES entry): schedule progress is "
+        "max(step / steps, elapsed / budget), so on a slow or shared machine the cosine schedule finishes "
+        "within the budget (training stops there)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -240,15 +248,17 @@ def main() -> None:
     parser.add_argument(
         "--focus",
         type=float,
-        default=0.4,
-        help="fraction of arithmetic rows whose noise masks only the computed tokens (carries, results)",
+        default=None,
+        help="fraction of arithmetic rows whose noise masks only the computed tokens (carries, results); "
+        "default: the arch's RECIPES entry",
     )
     parser.add_argument(
         "--copy-focus",
         type=float,
-        default=0.3,
+        default=None,
         help="fraction of arithmetic rows with every computed token masked and the rest noised as usual: "
-        "the early states of generation, where the operands are copied from the prompt",
+        "the early states of generation, where the operands are copied from the prompt; default: the "
+        "arch's RECIPES entry",
     )
     parser.add_argument(
         "--aux-batch",
@@ -257,6 +267,9 @@ def main() -> None:
         help="extra answer-only rows per arithmetic step ([bos] answer eos, operands given, computed masked)",
     )
     args = parser.parse_args()
+    for key, value in RECIPES[args.arch].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
