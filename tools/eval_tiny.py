@@ -124,6 +124,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.from_json:
+        missing = [str(path) for path in args.from_json if not path.is_file()]
+        if missing:
+            parser.error(f"no such --from-json file: {', '.join(missing)} (write one with --json)")
         results = [r for path in args.from_json for r in json.loads(path.read_text())]
         for r in results:
             evaluated = sum(total for _, total in r["float32"]["by_difficulty"].values())
