@@ -37,10 +37,10 @@ from dllm_sampler.tasks import (
     character_accuracy,
     chunk_ids,
     computed_offsets,
+    exact_accuracy,
     format_answer,
     generate_answers,
     heldout_problems,
-    parse_answer,
     sft_batch,
     train_split,
 )
@@ -384,9 +384,7 @@ def main() -> None:
             texts = generate_answers(dlm, monitor)
             forced = teacher_forced(dlm, tokenizer, monitor, focus_positions, ids[MASK])
             dlm.model.train()
-            exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, monitor, strict=True)) / len(
-                monitor
-            )
+            exact = exact_accuracy(texts, monitor)
             log(
                 {
                     "event": "eval",

@@ -27,9 +27,9 @@ from dllm_kernels import QuantSpec
 from dllm_sampler import available_models, load
 from dllm_sampler.tasks import (
     character_accuracy,
+    exact_accuracy,
     generate_answers,
     heldout_problems,
-    parse_answer,
     sft_batch,
     train_split,
 )
@@ -70,10 +70,7 @@ def test_w8a8_smoothquant_keeps_arithmetic_accuracy(tiny_llada) -> None:
     quantize_activations(dlm, ActQuantConfig(bits=8, symmetric=True))
     quant_texts = generate_answers(dlm, problems)
     float_chars, quant_chars = (character_accuracy(t, problems) for t in (float_texts, quant_texts))
-    float_exact, quant_exact = (
-        sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True)) / len(problems)
-        for texts in (float_texts, quant_texts)
-    )
+    float_exact, quant_exact = (exact_accuracy(t, problems) for t in (float_texts, quant_texts))
     assert float_chars > 0.7, f"the float model should get most answer characters right ({float_chars:.3f})"
     assert float_exact > 0.5, f"the float model should answer most problems exactly ({float_exact:.3f})"
     assert quant_chars >= float_chars - 0.02, (

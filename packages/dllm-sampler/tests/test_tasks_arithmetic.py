@@ -7,6 +7,7 @@ import random
 import re
 
 import pytest
+from dllm_sampler.tasks import exact_accuracy
 from dllm_sampler.tasks.arithmetic import (
     ANSWER_TOKENS,
     Problem,
@@ -177,3 +178,11 @@ def test_computed_offsets_pick_the_carry_rows_and_results(a, b, c, op2):
     assert [answer[i] for i in offsets] == list("".join(groups))
     assert len(offsets) == 16 and len(groups) == 4
     assert all(answer[i - 1] in ":=" for i in offsets[::4])
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=12))
+def test_exact_accuracy_counts_the_right_final_answers(right):
+    problems = heldout_problems(len(right))
+    # a wrong text keeps the scratchpad but ends in another final answer
+    texts = [format_answer(p) + ("<|eos|>" if ok else "1") for p, ok in zip(problems, right, strict=True)]
+    assert exact_accuracy(texts, problems) == sum(right) / len(right)

@@ -11,10 +11,10 @@ from dllm_sampler import load
 from dllm_sampler.registry import available_models, resolve
 from dllm_sampler.tasks import (
     character_accuracy,
+    exact_accuracy,
     format_answer,
     generate_answers,
     heldout_problems,
-    parse_answer,
 )
 
 # Fraction of answer characters (the 34-token scratchpad) the default sampler must get right on the first
@@ -50,7 +50,7 @@ def test_answers_heldout_problems(name):
     problems = heldout_problems(20)
     texts = generate_answers(dlm, problems)
     accuracy = character_accuracy(texts, problems)
-    exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True)) / len(problems)
+    exact = exact_accuracy(texts, problems)
     shown = (texts[:3], [format_answer(p) for p in problems[:3]])
     assert accuracy >= MIN_CHAR_ACCURACY[name], (accuracy, shown)
     assert exact >= MIN_EXACT[name], (exact, shown)

@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 from dllm_sampler import DiffusionLM
-from dllm_sampler.tasks import character_accuracy, code_nll, generate_answers, heldout_problems, parse_answer
+from dllm_sampler.tasks import (
+    character_accuracy,
+    code_nll,
+    exact_accuracy,
+    generate_answers,
+    heldout_problems,
+)
 
 from dllm_bench.devices import parse_device
 from dllm_bench.evaluation import mask_ratio_fidelity, sampler_speed, weight_memory
@@ -60,8 +66,7 @@ def _task_scores(dlm: DiffusionLM, args: argparse.Namespace) -> dict[str, float]
     if args.problems and dlm.generation_defaults.get("dllmq_task") == "arithmetic":
         problems = heldout_problems(args.problems)
         texts = generate_answers(dlm, problems)
-        hits = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True))
-        scores["exact"] = hits / len(problems)
+        scores["exact"] = exact_accuracy(texts, problems)
         scores["chars"] = character_accuracy(texts, problems)
     if args.code_chunks:
         scores["code_nll"] = code_nll(dlm, n_chunks=args.code_chunks, mc_num=args.mc_num)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from dllm_sampler.tasks import character_accuracy, generate_answers, heldout_problems, parse_answer
+from dllm_sampler.tasks import character_accuracy, exact_accuracy, generate_answers, heldout_problems
 
 from dllm_bench.devices import parse_device
 from dllm_bench.loading import load_any
@@ -73,7 +73,7 @@ def _answers(dlm, n: int) -> list[str]:
 def _scores(texts: list[str], reference: list[str] | None) -> str:
     """Exact answers, answer characters right and (against ``reference``) identical generations."""
     problems = heldout_problems(len(texts))
-    exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True)) / len(texts)
+    exact = exact_accuracy(texts, problems)
     chars = character_accuracy(texts, problems)
     same = (
         "-"

@@ -13,7 +13,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 from dllm_sampler import DiffusionLM
-from dllm_sampler.tasks import character_accuracy, code_nll, generate_answers, heldout_problems, parse_answer
+from dllm_sampler.tasks import (
+    character_accuracy,
+    code_nll,
+    exact_accuracy,
+    generate_answers,
+    heldout_problems,
+)
 
 from dllm_bench.evaluation import mask_ratio_fidelity
 from dllm_bench.loading import load_any
@@ -120,7 +126,7 @@ def measure(
     """Score ``dlm`` (fidelity against ``reference`` when given)."""
     problems = heldout_problems(settings.problems)
     texts = generate_answers(dlm, problems)
-    exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True)) / len(problems)
+    exact = exact_accuracy(texts, problems)
     result = CellResult(
         model=cell.model,
         recipe=cell.recipe,

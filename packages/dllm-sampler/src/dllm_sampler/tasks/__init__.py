@@ -23,6 +23,7 @@ from dllm_sampler.tasks.evaluate import (
     arithmetic_accuracy,
     character_accuracy,
     code_nll,
+    exact_accuracy,
     generate_answers,
     solve,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "code_nll",
     "code_texts",
     "computed_offsets",
+    "exact_accuracy",
     "format_answer",
     "format_prompt",
     "generate_answers",

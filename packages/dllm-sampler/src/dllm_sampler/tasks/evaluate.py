@@ -29,6 +29,7 @@ __all__ = [
     "arithmetic_accuracy",
     "character_accuracy",
     "code_nll",
+    "exact_accuracy",
     "generate_answers",
     "solve",
 ]
@@ -119,6 +120,12 @@ def arithmetic_accuracy(
     for problem, answer in zip(problems, solve(model, problems, batch_size, config), strict=True):
         report.add(problem.difficulty, answer == problem.answer)
     return report
+
+
+def exact_accuracy(texts: Sequence[str], problems: Sequence[Problem]) -> float:
+    """Fraction of generated ``texts`` whose final answer (`parse_answer`) equals its problem's answer."""
+    hits = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True))
+    return hits / max(1, len(problems))
 
 
 def character_accuracy(texts: Sequence[str], problems: Sequence[Problem]) -> float:
