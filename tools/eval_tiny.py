@@ -6,7 +6,8 @@ For each model (a packaged name or a checkpoint folder): exact-match accuracy on
 arithmetic problems with the architecture's default sampler (answer length, steps and block set to the
 answer and its EOS, ``ANSWER_TOKENS + 1`` tokens; see ``dllm_sampler.tasks.evaluate``), overall and by
 difficulty, in float32 and in the stored bf16; the held-out stdlib code ELBO NLL per token (the model's
-own estimator); and the accuracy-vs-steps curve from the ``train_log.jsonl`` saved next to the checkpoint.
+own estimator); the accuracy of every digit of the generated answers (fp32), by part of the answer; and the
+accuracy-vs-steps curve from the ``train_log.jsonl`` saved next to the checkpoint.
 Results also go to ``--json``.
 """
 
@@ -20,7 +21,14 @@ from pathlib import Path
 import torch
 from dllm_sampler import load
 from dllm_sampler.registry import resolve
-from dllm_sampler.tasks import arithmetic_accuracy, code_nll, heldout_problems
+from dllm_sampler.tasks import (
+    ANSWER_PARTS,
+    answer_part_accuracy,
+    code_nll,
+    generate_answers,
+    heldout_problems,
+    score_answers,
+)
 from dllm_sampler.tasks.code import corpus_id
 
 DIFFICULTIES = ("easy", "medium", "hard")
@@ -35,10 +43,12 @@ def evaluate(name: str, n: int, threads: int, code_chunks: int, mc_num: int) -> 
     for dtype in ("float32", "bfloat16"):
         dlm = load(name, dtype=dtype)
         start = time.time()
-        report = arithmetic_accuracy(dlm, problems)
+        texts = generate_answers(dlm, problems)
+        report = score_answers(texts, problems)
         result[dtype] = {
             "accuracy": report.accuracy,
             "by_difficulty": {k: list(v) for k, v in sorted(report.by_difficulty.items())},
+            "parts": answer_part_accuracy(texts, problems),
             "seconds": round(time.time() - start, 1),
         }
     dlm = load(name, dtype="float32")
@@ -86,6 +96,18 @@ def render(results: list[dict], n: int) -> str:
         "hard 4 or more. Code NLL (nats/token) is the model's own ELBO estimator (LLaDA's or Dream's) over",
         f"{chunks} held-out 63-token chunks, {mc} Monte-Carlo samples each, BOS as the prefix; compare a",
         "model with itself (e.g. before and after quantization), not LLaDA with Dream.",
+        "",
+        "Where the generated answers (fp32) go wrong: % of problems with the right digit in each group of",
+        "the answer, places least significant first (operands a, b, c; carry rows; results r and f).",
+        "",
+        f"| model | {' | '.join(ANSWER_PARTS)} |",
+        "|---|" + "---|" * len(ANSWER_PARTS),
+    ]
+    for r in results:
+        parts = r["float32"].get("parts")
+        cells = [" ".join(f"{100 * v:.0f}" for v in parts[name]) if parts else "-" for name in ANSWER_PARTS]
+        lines.append(f"| {r['model']} | {' | '.join(cells)} |")
+    lines += [
         "",
         "### Held-out accuracy during training (64 monitoring problems, not among the evaluated ones)",
         "",

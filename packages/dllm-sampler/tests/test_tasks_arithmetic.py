@@ -7,10 +7,13 @@ import random
 import re
 
 import pytest
-from dllm_sampler.tasks import exact_accuracy
+from dllm_sampler.tasks import answer_part_accuracy, exact_accuracy, score_answers
 from dllm_sampler.tasks.arithmetic import (
+    ANSWER_PARTS,
     ANSWER_TOKENS,
+    ANSWER_WIDTH,
     Problem,
+    answer_parts,
     computed_offsets,
     format_answer,
     format_prompt,
@@ -167,12 +170,15 @@ def test_format_prompt_ends_with_answer_cue():
     assert format_prompt(p).endswith("\nA:")
 
 
+def _problem(a: int, b: int, c: int, op2: str) -> Problem:
+    if op2 == "-" and c > a + b:
+        c = a + b
+    return Problem(text="", a=a, b=b, c=c, ops=("+", op2), template=0)
+
+
 @given(st.integers(0, 999), st.integers(0, 999), st.integers(0, 999), st.sampled_from(["+", "-"]))
 def test_computed_offsets_pick_the_carry_rows_and_results(a, b, c, op2):
-    intermediate = a + b
-    if op2 == "-" and c > intermediate:
-        c = intermediate
-    answer = format_answer(Problem(text="", a=a, b=b, c=c, ops=("+", op2), template=0))
+    answer = format_answer(_problem(a, b, c, op2))
     offsets = computed_offsets()
     groups = re.findall(r"[:=]([0-9]+)", answer)
     assert [answer[i] for i in offsets] == list("".join(groups))
@@ -186,3 +192,36 @@ def test_exact_accuracy_counts_the_right_final_answers(right):
     # a wrong text keeps the scratchpad but ends in another final answer
     texts = [format_answer(p) + ("<|eos|>" if ok else "1") for p, ok in zip(problems, right, strict=True)]
     assert exact_accuracy(texts, problems) == sum(right) / len(right)
+
+
+@given(st.integers(0, 999), st.integers(0, 999), st.integers(0, 999), st.sampled_from(["+", "-"]))
+def test_answer_parts_read_back_every_number(a, b, c, op2):
+    p = _problem(a, b, c, op2)
+    answer, parts = format_answer(p), answer_parts()
+    assert tuple(parts) == ANSWER_PARTS
+    assert all(len(offsets) == ANSWER_WIDTH for offsets in parts.values())
+    read = {name: "".join(answer[i] for i in offsets) for name, offsets in parts.items()}
+    numbers = {"a": p.a, "b": p.b, "r": p.intermediate, "c": p.c, "f": p.answer}
+    assert {name: int(read[name][::-1]) for name in numbers} == numbers
+    assert sorted(i for offsets in parts.values() for i in offsets) == [
+        i for i, ch in enumerate(answer) if ch.isdigit()
+    ]
+
+
+@given(st.lists(st.tuples(st.sampled_from(ANSWER_PARTS), st.integers(0, ANSWER_WIDTH - 1)), max_size=8))
+def test_answer_part_accuracy_finds_each_wrong_digit(errors):
+    problems = heldout_problems(len(errors) + 2)
+    texts = [format_answer(p) for p in problems]
+    parts = answer_parts()
+    for k, (name, place) in enumerate(errors):  # problem k gets one wrong digit
+        i = parts[name][place]
+        texts[k] = texts[k][:i] + str((int(texts[k][i]) + 1) % 10) + texts[k][i + 1 :]
+    texts[-1] = texts[-1][: parts["f"][0]]  # truncated: the final answer's places count as wrong
+    accuracy = answer_part_accuracy(texts, problems)
+    for name in ANSWER_PARTS:
+        for place in range(ANSWER_WIDTH):
+            wrong = sum(e == (name, place) for e in errors) + (name == "f")
+            assert accuracy[name][place] == pytest.approx(1 - wrong / len(problems))
+    report = score_answers(texts, problems)
+    assert report.total == len(problems)
+    assert report.correct == len(problems) - 1 - sum(name == "f" for name, _ in errors)

@@ -5,9 +5,11 @@ Submodules: ``arithmetic`` (problem generator and answer format), ``code`` (stdl
 """
 
 from dllm_sampler.tasks.arithmetic import (
+    ANSWER_PARTS,
     ANSWER_TOKENS,
     ANSWER_WIDTH,
     Problem,
+    answer_parts,
     computed_offsets,
     format_answer,
     format_prompt,
@@ -20,16 +22,19 @@ from dllm_sampler.tasks.code import HELDOUT_MODULES, chunk_ids, code_modules, co
 from dllm_sampler.tasks.evaluate import (
     ArithmeticReport,
     answer_generation_config,
+    answer_part_accuracy,
     arithmetic_accuracy,
     character_accuracy,
     code_nll,
     exact_accuracy,
     generate_answers,
+    score_answers,
     solve,
 )
 from dllm_sampler.tasks.tokenizer import SPECIAL_TOKENS, train_tokenizer
 
 __all__ = [
+    "ANSWER_PARTS",
     "ANSWER_TOKENS",
     "ANSWER_WIDTH",
     "HELDOUT_MODULES",
@@ -37,6 +42,8 @@ __all__ = [
     "ArithmeticReport",
     "Problem",
     "answer_generation_config",
+    "answer_part_accuracy",
+    "answer_parts",
     "arithmetic_accuracy",
     "character_accuracy",
     "chunk_ids",
@@ -51,6 +58,7 @@ __all__ = [
     "generation_prompts",
     "heldout_problems",
     "parse_answer",
+    "score_answers",
     "sft_batch",
     "solve",
     "train_split",

@@ -30,10 +30,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 __all__ = [
+    "ANSWER_PARTS",
     "ANSWER_TOKENS",
     "ANSWER_WIDTH",
     "HELDOUT_MODULUS",
     "Problem",
+    "answer_parts",
     "computed_offsets",
     "format_answer",
     "format_prompt",
@@ -237,18 +239,30 @@ def format_answer(problem: Problem) -> str:
     return f"{a}{op1}{b}:{carries1}={r}{op2}{c}:{carries2}={f}"
 
 
-def computed_offsets() -> list[int]:
-    """Offsets, inside every answer of :func:`format_answer`, of the tokens that are computed rather than
-    copied from the prompt: the two carry rows (after ``:``) and the two results (after ``=``), in answer
-    order, ``ANSWER_WIDTH`` per group (16 tokens). The rest are the restated operands, the signs and the
-    separators. The layout is the same for every problem, and each character is one token."""
+ANSWER_PARTS = ("a", "b", "carries1", "r", "c", "carries2", "f")
+"""The digit groups of :func:`format_answer`, in answer order: the three operands ``a``, ``b`` and ``c``, the
+intermediate result ``r``, the final answer ``f`` and the carry (or borrow) rows of the two equations."""
+_COMPUTED_PARTS = ("carries1", "r", "carries2", "f")
+
+
+def answer_parts() -> dict[str, list[int]]:
+    """Offsets, inside every answer of :func:`format_answer`, of each digit group of ``ANSWER_PARTS``:
+    ``ANSWER_WIDTH`` offsets per group, least significant place first. The layout is the same for every
+    problem, and each character is one token."""
     layout = format_answer(Problem(text="", a=0, b=0, c=0, ops=("+", "+"), template=0))
-    out, computed = [], False
-    for i, ch in enumerate(layout):
-        computed = ch in ":=" or (computed and ch.isdigit())
-        if computed and ch.isdigit():
-            out.append(i)
-    return out
+    groups = [m.start() for m in re.finditer(r"[0-9]+", layout)]
+    return {
+        name: list(range(start, start + ANSWER_WIDTH))
+        for name, start in zip(ANSWER_PARTS, groups, strict=True)
+    }
+
+
+def computed_offsets() -> list[int]:
+    """Offsets of the answer tokens that are computed rather than copied from the prompt: the two carry
+    rows and the two results, in answer order (16 tokens). The rest are the restated operands, the signs
+    and the separators."""
+    parts = answer_parts()
+    return sorted(offset for name in _COMPUTED_PARTS for offset in parts[name])
 
 
 def parse_answer(text: str) -> int | None:

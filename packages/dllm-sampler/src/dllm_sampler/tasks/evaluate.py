@@ -18,7 +18,13 @@ from dllm_sampler.generate import GenerationConfig, default_generation_config, g
 from dllm_sampler.generate_dream import DreamGenerationConfig
 from dllm_sampler.likelihood import elbo_nll_per_token
 from dllm_sampler.step import MaskPredictor
-from dllm_sampler.tasks.arithmetic import ANSWER_TOKENS, Problem, format_answer, parse_answer
+from dllm_sampler.tasks.arithmetic import (
+    ANSWER_TOKENS,
+    Problem,
+    answer_parts,
+    format_answer,
+    parse_answer,
+)
 from dllm_sampler.tasks.batching import generation_prompts, special_id
 from dllm_sampler.tasks.code import chunk_ids
 from dllm_sampler.tasks.tokenizer import BOS
@@ -26,11 +32,13 @@ from dllm_sampler.tasks.tokenizer import BOS
 __all__ = [
     "ArithmeticReport",
     "answer_generation_config",
+    "answer_part_accuracy",
     "arithmetic_accuracy",
     "character_accuracy",
     "code_nll",
     "exact_accuracy",
     "generate_answers",
+    "score_answers",
     "solve",
 ]
 
@@ -116,9 +124,14 @@ def arithmetic_accuracy(
     config: GenerationConfig | None = None,
 ) -> ArithmeticReport:
     """Exact-match accuracy of `solve` on ``problems``, overall and per ``problem.difficulty``."""
+    return score_answers(generate_answers(model, problems, batch_size, config), problems)
+
+
+def score_answers(texts: Sequence[str], problems: Sequence[Problem]) -> ArithmeticReport:
+    """The `ArithmeticReport` of generated ``texts`` (`parse_answer` of each against its problem)."""
     report = ArithmeticReport()
-    for problem, answer in zip(problems, solve(model, problems, batch_size, config), strict=True):
-        report.add(problem.difficulty, answer == problem.answer)
+    for text, problem in zip(texts, problems, strict=True):
+        report.add(problem.difficulty, parse_answer(text) == problem.answer)
     return report
 
 
@@ -134,6 +147,20 @@ def character_accuracy(texts: Sequence[str], problems: Sequence[Problem]) -> flo
     targets = [format_answer(p) for p in problems]
     right = sum(sum(map(str.__eq__, t, want)) for t, want in zip(texts, targets, strict=True))
     return right / max(1, sum(len(want) for want in targets))
+
+
+def answer_part_accuracy(texts: Sequence[str], problems: Sequence[Problem]) -> dict[str, list[float]]:
+    """Where generated answers go wrong: for each digit group of the answer (`ANSWER_PARTS`: operands,
+    carry rows, results) the fraction of ``texts`` whose character at each place (least significant
+    first, ``ANSWER_WIDTH`` places) equals `format_answer`'s. A text too short to reach a place counts as
+    wrong there."""
+    targets = [format_answer(p) for p in problems]
+    pairs = list(zip(texts, targets, strict=True))
+    n = max(1, len(pairs))
+    return {
+        name: [sum(i < len(t) and t[i] == want[i] for t, want in pairs) / n for i in offsets]
+        for name, offsets in answer_parts().items()
+    }
 
 
 @torch.no_grad()
