@@ -157,6 +157,13 @@ def arithmetic_noise(
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
+def answer_columns(x0: torch.Tensor, offsets: list[int]) -> list[int]:
+    """Columns of ``x0`` (rows of `sft_batch`, left-padded so every answer ends the row) that hold the
+    answer ``offsets`` (offsets inside `format_answer`'s text, one token per character)."""
+    start = x0.shape[1] - (ANSWER_TOKENS + 1)
+    return [start + p for p in offsets]
+
+
 @torch.no_grad()
 def teacher_forced(
     dlm: DiffusionLM, tokenizer: Tokenizer, problems: list[Problem], positions: list[int], mask_id: int
@@ -165,10 +172,9 @@ def teacher_forced(
     tokens (first carry row ``c1``, intermediate result ``r``, second carry row ``c2``, final result ``f``),
     that group is masked and every other answer token is given. Returns group -> accuracy per place."""
     x0, _, attention_mask = sft_batch(tokenizer, problems)
-    start = x0.shape[1] - (ANSWER_TOKENS + 1)
     out = {}
     for g, name in enumerate(("c1", "r", "c2", "f")):
-        cols = [start + p for p in positions[ANSWER_WIDTH * g : ANSWER_WIDTH * (g + 1)]]
+        cols = answer_columns(x0, positions[ANSWER_WIDTH * g : ANSWER_WIDTH * (g + 1)])
         noisy = x0.clone()
         noisy[:, cols] = mask_id
         pred = dlm.logits(noisy, attention_mask).argmax(-1)
@@ -330,12 +336,11 @@ def main() -> None:
         t = stratified_t(x0.shape[0], noise_gen).to(args.device)
         noisy, masked, p_mask = forward_noise(x0, t, ids[MASK], prompt_mask)
         if not is_code and args.focus + args.copy_focus > 0:
-            answer_start = x0.shape[1] - (ANSWER_TOKENS + 1)
             noisy, masked = arithmetic_noise(
                 x0,
                 masked,
                 t,
-                [answer_start + p for p in focus_positions],
+                answer_columns(x0, focus_positions),
                 args.focus,
                 args.copy_focus,
                 ids[MASK],
