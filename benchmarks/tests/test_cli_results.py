@@ -96,3 +96,54 @@ def test_from_json_rerenders_without_running(tmp_path: Path) -> None:
     # exact-match grids: weight-only columns W4A16 W3A16 W2A16, activation columns W8A8 W4A8 W4A4
     assert "| dllmquant | 50.0 | n/a | n/a |" in text and "| quant-dllm | n/a | n/a | 50.0 |" in text
     assert "| quarot | n/a | n/a | 50.0 |" in text and "| awq | n/a | n/a | n/a |" in text
+
+
+def _raw(model: str, seconds: float, problems: int = 7) -> dict:
+    def cell(recipe: str, setting: str, kl: float | None) -> dict:
+        return {**_cell(recipe, setting, kl), "model": model}
+
+    return {
+        "command": f"uv run dllmq results --models {model}",
+        "date": "2026-01-01",
+        "machine": "test machine, 1 threads",
+        "settings": {"problems": problems, "code_chunks": 2, "mc_num": 2, "fidelity_ratios": [0.5]},
+        "seconds": seconds,
+        "floats": {model: cell("float", "-", None)},
+        "cells": [cell("rtn", "W4A16", 0.01), cell("gptq", "W4A16", 0.002)],
+    }
+
+
+def test_from_json_merges_runs_made_side_by_side(tmp_path: Path) -> None:
+    files = []
+    for model, seconds in (("tiny-llada", 600.0), ("tiny-dream", 900.0)):
+        files.append(tmp_path / f"{model}.json")
+        files[-1].write_text(json.dumps(_raw(model, seconds)))
+    out = tmp_path / "results.md"
+    assert main(["results", "--from-json", *map(str, files), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert (
+        "Produced by `uv run dllmq results --models tiny-llada` and `uv run dllmq results --models "
+        "tiny-dream`, side by side, on 2026-01-01 (test machine, 1 threads) in 15.0 minutes." in text
+    )
+    assert "## tiny-llada" in text and "## tiny-dream" in text
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (_raw("tiny-dream", 1.0, problems=8), "different evaluation settings"),
+        (_raw("tiny-llada", 1.0), "measured by more than one run"),
+    ],
+)
+def test_from_json_refuses_runs_that_do_not_merge(
+    tmp_path: Path, capsys: pytest.CaptureFixture, second: dict, message: str
+) -> None:
+    files = [tmp_path / "a.json", tmp_path / "b.json"]
+    files[0].write_text(json.dumps(_raw("tiny-llada", 1.0)))
+    files[1].write_text(json.dumps(second))
+    out = tmp_path / "results.md"
+    assert main(["results", "--from-json", *map(str, files), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+    missing = [str(files[0]), str(tmp_path / "nope.json")]
+    assert main(["results", "--from-json", *missing, "--out", str(out)]) == 2
+    assert "nope.json" in capsys.readouterr().err and not out.exists()

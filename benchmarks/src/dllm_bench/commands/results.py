@@ -47,8 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--from-json",
         type=Path,
+        nargs="+",
         metavar="FILE",
-        help="only re-render --out from the raw numbers a previous run wrote (no quantization)",
+        help="only re-render --out from the raw numbers previous runs wrote (no quantization); several "
+        "files, e.g. one run per model side by side, are merged",
     )
 
 
@@ -62,12 +64,13 @@ def _write_atomic(path: Path, text: str) -> None:
 def _header(raw: dict) -> str:
     """How the numbers in ``raw`` (the JSON a run writes) were produced."""
     settings = raw["settings"]
+    commands = raw["command"] if isinstance(raw["command"], list) else [raw["command"]]
+    how = " and ".join(f"`{c}`" for c in commands) + (", side by side," if len(commands) > 1 else "")
     return "\n".join(
         [
             MARKER,
             "",
-            f"Produced by `{raw['command']}` on {raw['date']} ({raw['machine']}) in "
-            f"{raw['seconds'] / 60:.1f} minutes.",
+            f"Produced by {how} on {raw['date']} ({raw['machine']}) in {raw['seconds'] / 60:.1f} minutes.",
             f"Arithmetic: the first {settings['problems']} problems of `heldout_problems()`, default "
             f"sampler; code NLL: {settings['code_chunks']} held-out stdlib chunks x {settings['mc_num']} "
             f"Monte-Carlo samples; top-1 / KL: masked positions at mask ratios "
@@ -153,6 +156,36 @@ def _measure_all(args: argparse.Namespace) -> dict:
     }
 
 
+def merge_runs(raws: list[dict]) -> dict:
+    """One raw record of several runs made side by side (e.g. one per model): their floats and cells
+    together, every command, and the longest wall time. The runs must share the evaluation settings and
+    must not measure the same cell twice."""
+    first = raws[0]
+    for raw in raws[1:]:
+        if raw["settings"] != first["settings"]:
+            raise ValueError(
+                f"the runs used different evaluation settings ({first['settings']} vs {raw['settings']}); "
+                "merge only runs made with the same --problems / --code-chunks / --mc-num"
+            )
+    keys = [(c["model"], c["recipe"], c["setting"]) for raw in raws for c in raw["cells"]]
+    keys += [(model, "float", "-") for raw in raws for model in raw["floats"]]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"these cells were measured by more than one run: {repeated}")
+    if len(raws) == 1:
+        return first
+    machines = sorted({raw["machine"] for raw in raws})
+    return {
+        "command": [raw["command"] for raw in raws],
+        "date": max(raw["date"] for raw in raws),
+        "machine": "; ".join(machines),
+        "settings": first["settings"],
+        "seconds": max(raw["seconds"] for raw in raws),
+        "floats": {m: r for raw in raws for m, r in raw["floats"].items()},
+        "cells": [c for raw in raws for c in raw["cells"]],
+    }
+
+
 def _render(raw: dict, out: Path) -> None:
     """Replace everything after `MARKER` in ``out`` with the tables of ``raw``."""
     floats = {m: CellResult(**r) for m, r in raw["floats"].items()}
@@ -165,8 +198,12 @@ def _render(raw: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.from_json is not None:
-        _render(json.loads(args.from_json.read_text(encoding="utf-8")), args.out)
-        print(f"re-rendered {args.out} from {args.from_json}")
+        missing = [str(path) for path in args.from_json if not path.is_file()]
+        if missing:
+            raise ValueError(f"no such --from-json file: {', '.join(missing)} (a run writes one with --json)")
+        raws = [json.loads(path.read_text(encoding="utf-8")) for path in args.from_json]
+        _render(merge_runs(raws), args.out)
+        print(f"re-rendered {args.out} from {', '.join(map(str, args.from_json))}")
         return 0
     raw = _measure_all(args)
     json_path = args.json or args.out.with_suffix(".json")
