@@ -21,6 +21,8 @@ def test_matrix_covers_every_setting_for_both_models() -> None:
     recipes = {c.recipe for c in cells}
     assert {"rtn", "gptq", "awq", "smoothquant", "quarot", "duquant", "dllmquant", "quant-dllm"} == recipes
     assert not any(c.recipe == "quant-dllm" and c.setting == "W4A16" for c in cells)  # ABMP: 2-3 bits only
+    for setting in ("W4A16", "W3A16", "W2A16"):  # QuaRot + GPTQ beside QuaRot + CGQ: CGQ's own share
+        assert {"gptq", "quarot", "dllmquant"} <= {c.recipe for c in cells if c.setting == setting}
 
 
 def test_results_rewrites_the_generated_section(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -41,9 +41,10 @@ __all__ = [
 
 WEIGHT_ONLY_SETTINGS = ("W4A16", "W3A16", "W2A16")
 ACTIVATION_SETTINGS = ("W8A8", "W4A8", "W4A4")
-WEIGHT_ONLY_METHODS = ("rtn", "gptq", "awq", "quant-dllm", "dllmquant")
-"""Run at the weight-only settings. dllmquant there is QuaRot + CGQ (IA-AQ and activation quantizers only
-apply when activations are quantized); quant-dllm's ABMP is defined for 2 and 3 bits only."""
+WEIGHT_ONLY_METHODS = ("rtn", "gptq", "awq", "quarot", "quant-dllm", "dllmquant")
+"""Run at the weight-only settings. dllmquant there is QuaRot + CGQ and quarot is QuaRot + plain GPTQ
+(activation quantizers and IA-AQ only apply when activations are quantized), so the two separate CGQ's
+share of dllmquant's gain from the rotation's; quant-dllm's ABMP is defined for 2 and 3 bits only."""
 ACTIVATION_METHODS = ("rtn", "gptq", "smoothquant", "quarot", "duquant", "dllmquant")
 """Run at the weight-and-activation settings (rtn and gptq with default per-token activation quantizers)."""
 _ABMP_SETTINGS = ("W3A16", "W2A16")
