@@ -123,7 +123,8 @@ def arithmetic_accuracy(
     batch_size: int = 100,
     config: GenerationConfig | None = None,
 ) -> ArithmeticReport:
-    """Exact-match accuracy of `solve` on ``problems``, overall and per ``problem.difficulty``."""
+    """Exact-match accuracy of `generate_answers` on ``problems`` (`score_answers`), overall and per
+    ``problem.difficulty``."""
     return score_answers(generate_answers(model, problems, batch_size, config), problems)
 
 
