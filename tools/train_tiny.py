@@ -32,8 +32,8 @@ from dllm_sampler import DreamConfig, LLaDAConfig, forward_noise, llada_loss
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.tasks import (
     ANSWER_TOKENS,
-    ANSWER_WIDTH,
     Problem,
+    answer_parts,
     character_accuracy,
     chunk_ids,
     computed_offsets,
@@ -166,15 +166,15 @@ def answer_columns(x0: torch.Tensor, offsets: list[int]) -> list[int]:
 
 @torch.no_grad()
 def teacher_forced(
-    dlm: DiffusionLM, tokenizer: Tokenizer, problems: list[Problem], positions: list[int], mask_id: int
+    dlm: DiffusionLM, tokenizer: Tokenizer, problems: list[Problem], mask_id: int
 ) -> dict[str, list[float]]:
     """Teacher-forced top-1 accuracy of each computed token: for each group of ``ANSWER_WIDTH`` computed
     tokens (first carry row ``c1``, intermediate result ``r``, second carry row ``c2``, final result ``f``),
     that group is masked and every other answer token is given. Returns group -> accuracy per place."""
     x0, _, attention_mask = sft_batch(tokenizer, problems)
-    out = {}
-    for g, name in enumerate(("c1", "r", "c2", "f")):
-        cols = answer_columns(x0, positions[ANSWER_WIDTH * g : ANSWER_WIDTH * (g + 1)])
+    out, parts = {}, answer_parts()
+    for name, part in (("c1", "carries1"), ("r", "r"), ("c2", "carries2"), ("f", "f")):
+        cols = answer_columns(x0, parts[part])
         noisy = x0.clone()
         noisy[:, cols] = mask_id
         pred = dlm.logits(noisy, attention_mask).argmax(-1)
@@ -387,7 +387,7 @@ def main() -> None:
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             dlm.model.eval()
             texts = generate_answers(dlm, monitor)
-            forced = teacher_forced(dlm, tokenizer, monitor, focus_positions, ids[MASK])
+            forced = teacher_forced(dlm, tokenizer, monitor, ids[MASK])
             dlm.model.train()
             exact = exact_accuracy(texts, monitor)
             log(
