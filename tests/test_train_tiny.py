@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,10 +12,22 @@ import pytest
 import torch
 from dllm_sampler import load
 from dllm_sampler.tasks import ANSWER_TOKENS
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "train_tiny.py"
 TOY = ["--hidden", "128", "--layers", "1", "--mlp", "96", "--batch", "4", "--aux-batch", "4"]
 TOY += ["--code-batch", "2", "--code-every", "2", "--steps", "4", "--eval-every", "3", "--log-every", "1"]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("train_tiny", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_tiny = _script()
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
@@ -38,3 +51,55 @@ def test_trains_monitors_and_saves_a_loadable_checkpoint(tmp_path, arch):
     assert dlm.config.dims().hidden_size == 128
     generation = json.loads((out / "generation_config.json").read_text())
     assert generation["steps"] == ANSWER_TOKENS + 1
+
+
+def test_ema_checkpoint_is_written_beside_the_raw_one(tmp_path):
+    out = tmp_path / "toy"
+    args = [*TOY, "--copy-weight", "3", "--ema", "0.5"]
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--arch", "llada", "--out", out, *args], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    raw, ema = load(out), load(tmp_path / "toy-ema")
+    assert (tmp_path / "toy-ema" / "train_log.jsonl").is_file()
+    assert ema.dtype == torch.bfloat16 and ema.config == raw.config
+    differ = [k for k, v in raw.model.state_dict().items() if not torch.equal(v, ema.model.state_dict()[k])]
+    assert differ, "the averaged weights equal the last ones: the average was not saved"
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.1, 10.0))
+def test_weighted_masked_loss(seed, scale):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, 5, 7, generator=g)
+    x0 = torch.randint(0, 7, (3, 5), generator=g)
+    masked = torch.rand(3, 5, generator=g) < 0.6
+    masked[0, 0] = True
+    plain = torch.nn.functional.cross_entropy(logits[masked], x0[masked])
+    assert torch.allclose(train_tiny.masked_mean_loss(logits, x0, masked), plain)
+    ones = torch.ones(3, 5)
+    assert torch.allclose(train_tiny.masked_mean_loss(logits, x0, masked, ones * scale), plain)
+    weight = train_tiny.copy_weights(x0, [1, 3], 4.0)
+    assert weight[:, [1, 3]].eq(4.0).all() and weight[:, [0, 2, 4]].eq(1.0).all()
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x0, reduction="none")
+    want = (ce * weight * masked).sum() / (weight * masked).sum()
+    assert torch.allclose(train_tiny.masked_mean_loss(logits, x0, masked, weight), want)
+
+
+def test_weight_average_follows_its_decay():
+    model = torch.nn.Linear(2, 2, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    average = train_tiny.WeightAverage(model, decay=0.5)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    average.update(model)  # warm-up decay min(0.5, 1/10): 0.1 * 0 + 0.9 * 1
+    assert torch.allclose(average.shadow["weight"], torch.full((2, 2), 0.9))
+    for _ in range(20):
+        average.update(model)  # decay 0.5 from here on
+    assert torch.allclose(average.shadow["weight"], torch.ones(2, 2), atol=1e-5)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    average.update(model)
+    assert torch.allclose(average.shadow["weight"], torch.full((2, 2), 2.0), atol=1e-5)
+    average.copy_to(model)
+    assert torch.allclose(model.weight, torch.full((2, 2), 2.0), atol=1e-5)

@@ -4,17 +4,18 @@
 
 Recipe (see docs/tiny_models.md): byte-level BPE tokenizer with single-digit tokens; arithmetic word
 problems whose answers restate the operands and write each carry row (4 digits per number, least
-significant first); a masked-diffusion loss on the answer (prompt never masked, EOS part of the answer) with
-a stratified time per row. A ``--focus`` fraction of the rows masks only the computed tokens (carries and
-results), a ``--copy-focus`` fraction masks every computed token and noises the operand copies (the early
-states of generation), and ``--aux-batch`` extra answer-only rows per step train the digit arithmetic at
-half the cost of a full row; one batch in ``--code-every`` is stdlib code with full-sequence masking (BOS
-kept); AdamW with linear warm-up and cosine decay; bf16 autocast. Dream is trained through
-``DiffusionLM.logits``, which applies its one-position shift (the prediction for position i comes from
-hidden state i - 1). Every ``--eval-every``
-steps the log gets the held-out accuracy (real sampler, default settings) and the teacher-forced accuracy of
-each computed token, on 64 problems that are not among the 500 of the final evaluation. The checkpoint is
-written by ``dllm_sampler.save`` in bf16.
+significant first); a masked-diffusion loss on the answer (prompt never masked, EOS part of the answer)
+with a stratified time per row. A ``--focus`` fraction of the rows masks only the computed tokens
+(carries and results), a ``--copy-focus`` fraction masks every computed token and noises the operand
+copies (the early states of generation), and ``--aux-batch`` extra answer-only rows per step train the
+digit arithmetic at half the cost of a full row; ``--copy-weight`` weighs the loss of the masked operand
+copies; one batch in ``--code-every`` is stdlib code with full-sequence masking (BOS kept); AdamW with
+linear warm-up and cosine decay; bf16 autocast. Dream is trained through ``DiffusionLM.logits``, which
+applies its one-position shift (the prediction for position i comes from hidden state i - 1). Every
+``--eval-every`` steps the log gets the held-out accuracy (real sampler, default settings) and the
+teacher-forced accuracy of each computed token, on 64 problems that are not among the 500 of the final
+evaluation. The checkpoint is written by ``dllm_sampler.save`` in bf16; with ``--ema`` a moving average
+of the weights is saved beside it (``OUT-ema``).
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ from dllm_sampler.tasks.tokenizer import BOS, EOS, MASK, PAD, train_tokenizer
 from tokenizers import Tokenizer
 
 RECIPES: dict[str, dict[str, float]] = {
-    "llada": {"minutes": 45.0, "focus": 0.25, "copy_focus": 0.45, "seed": 0},
-    "dream": {"minutes": 45.0, "focus": 0.25, "copy_focus": 0.45, "seed": 1},
+    "llada": {"minutes": 45.0, "focus": 0.25, "copy_focus": 0.45, "copy_weight": 1.0, "seed": 0},
+    "dream": {"minutes": 45.0, "focus": 0.25, "copy_focus": 0.45, "copy_weight": 1.0, "seed": 1},
 }
 """Per-layout defaults of the options the shipped checkpoints were trained with (docs/tiny_models.md): the
 time budget, the shares of focus and copy rows, and the seed (tiny-dream's is the second of the seeds
@@ -114,10 +115,49 @@ def learning_rate(progress: float, step: int, peak: float, warmup: int) -> float
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-def masked_mean_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+def masked_mean_loss(
+    logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy over the masked positions (logits [B, L, V], x0 and masked [B, L]); LLaDA's
-    objective without the 1/t importance weight."""
-    return torch.nn.functional.cross_entropy(logits[masked].float(), x0[masked])
+    objective without the 1/t importance weight. ``weight`` [B, L] (optional) weights each position: the
+    loss is then ``sum(w * ce) / sum(w)`` over the masked positions."""
+    ce = torch.nn.functional.cross_entropy(logits[masked].float(), x0[masked], reduction="none")
+    if weight is None:
+        return ce.mean()
+    w = weight[masked].to(ce.dtype)
+    return (w * ce).sum() / w.sum()
+
+
+def copy_weights(x0: torch.Tensor, columns: list[int], copy_weight: float) -> torch.Tensor:
+    """Per-position loss weights [B, L] of arithmetic rows: ``copy_weight`` at the operand-copy
+    ``columns`` (the restated a, b and c), 1 elsewhere."""
+    weight = torch.ones(x0.shape, dtype=torch.float32, device=x0.device)
+    weight[:, columns] = copy_weight
+    return weight
+
+
+class WeightAverage:
+    """An exponential moving average of a model's parameters (fp32 shadow copies), with the usual warm-up
+    ``decay_t = min(decay, (1 + t) / (10 + t))`` so the first steps do not freeze the random init."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        """Blend the current parameters into the average."""
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, p in model.named_parameters():
+            self.shadow[k].lerp_(p.detach().float(), 1.0 - d)
+        self.updates += 1
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Overwrite ``model``'s parameters with the average."""
+        for k, p in model.named_parameters():
+            p.copy_(self.shadow[k].to(p.dtype))
 
 
 def arithmetic_noise(
@@ -268,6 +308,20 @@ def main() -> None:
         "arch's RECIPES entry",
     )
     parser.add_argument(
+        "--copy-weight",
+        type=float,
+        default=None,
+        help="loss weight of the masked operand-copy tokens of arithmetic rows (others weigh 1; "
+        "masked_mean loss only); default: the arch's RECIPES entry",
+    )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="if > 0, also keep an exponential moving average of the weights with this decay and save it "
+        "beside the checkpoint as OUT-ema (same format)",
+    )
+    parser.add_argument(
         "--aux-batch",
         type=int,
         default=64,
@@ -301,6 +355,8 @@ def main() -> None:
     code_rng = random.Random(args.seed)
     monitor = heldout_problems(564)[500:]
     focus_positions = computed_offsets()
+    parts = answer_parts()
+    copy_positions = sorted(parts["a"] + parts["b"] + parts["c"])
     streams = {digits: train_split(args.seed * 1000 + i, digits) for i, (_, digits) in enumerate(CURRICULUM)}
     noise_gen = torch.Generator().manual_seed(args.seed)
 
@@ -311,6 +367,7 @@ def main() -> None:
         lr=args.lr,
         betas=(0.9, 0.98),
     )
+    average = WeightAverage(dlm.model, args.ema) if args.ema > 0 else None
     start = time.time()
     tokens_seen, done = 0, 0
     for step in range(args.steps):
@@ -361,13 +418,18 @@ def main() -> None:
         if args.loss == "llada":
             loss = llada_loss(logits, x0, masked, p_mask, "tokens" if is_code else "answer", prompt_mask)
         else:
-            loss = masked_mean_loss(logits, x0, masked)
+            weight = None
+            if not is_code and args.copy_weight != 1.0:
+                weight = copy_weights(x0, answer_columns(x0, copy_positions), args.copy_weight)
+            loss = masked_mean_loss(logits, x0, masked, weight)
         if aux is not None:
             loss = loss + masked_mean_loss(aux_logits, aux[0], aux[2])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dlm.model.parameters(), 1.0)
         optimizer.step()
+        if average is not None:
+            average.update(dlm.model)
         tokens_seen += x0.numel()
         done = step + 1
 
@@ -408,6 +470,11 @@ def main() -> None:
     dlm.tokenizer_files["generation_config.json"] = generation_defaults(args.arch)
     save(dlm, args.out, overwrite=True)
     shutil.copy(log_path, args.out / "train_log.jsonl")
+    if average is not None:
+        average.copy_to(dlm.model)  # rounded to bf16 like the raw weights
+        ema_out = args.out.with_name(args.out.name + "-ema")
+        save(dlm, ema_out, overwrite=True)
+        shutil.copy(log_path, ema_out / "train_log.jsonl")
 
 
 if __name__ == "__main__":
