@@ -103,3 +103,13 @@ def test_weight_average_follows_its_decay():
     assert torch.allclose(average.shadow["weight"], torch.full((2, 2), 2.0), atol=1e-5)
     average.copy_to(model)
     assert torch.allclose(model.weight, torch.full((2, 2), 2.0), atol=1e-5)
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--ema", "1.0"), ("--ema", "-0.1"), ("--copy-weight", "0")])
+def test_bad_average_or_copy_weight_is_refused(tmp_path, flag, value):
+    out = tmp_path / "never"
+    done = subprocess.run(
+        [sys.executable, SCRIPT, "--arch", "llada", "--out", out, flag, value], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and flag in done.stderr
+    assert not out.exists()

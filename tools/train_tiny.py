@@ -53,8 +53,8 @@ RECIPES: dict[str, dict[str, float]] = {
     "dream": {"minutes": 45.0, "focus": 0.25, "copy_focus": 0.45, "copy_weight": 1.0, "seed": 1},
 }
 """Per-layout defaults of the options the shipped checkpoints were trained with (docs/tiny_models.md): the
-time budget, the shares of focus and copy rows, and the seed (tiny-dream's is the second of the seeds
-tried with this recipe; the first answered 4.7% of the monitoring problems)."""
+time budget, the shares of focus and copy rows, the copies' loss weight, and the seed (tiny-dream's is the
+second of the seeds tried with this recipe; the first answered 4.7% of the monitoring problems)."""
 
 CURRICULUM = ((0.0, (2, 3)),)
 """(fraction of training, operand widths) stages. A short-operands-first curriculum was tried and slowed
@@ -331,6 +331,10 @@ def main() -> None:
     for key, value in RECIPES[args.arch].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if not 0.0 <= args.ema < 1.0:
+        parser.error(f"--ema is a decay in [0, 1) (0: no average), got {args.ema}")
+    if args.copy_weight <= 0.0:
+        parser.error(f"--copy-weight must be > 0, got {args.copy_weight}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
