@@ -113,3 +113,21 @@ def test_bad_average_or_copy_weight_is_refused(tmp_path, flag, value):
     )
     assert done.returncode == 2 and flag in done.stderr
     assert not out.exists()
+
+
+def test_step_schedule_is_repeatable(tmp_path):
+    """With --schedule steps the LR follows step / steps alone, so two runs with one seed log the same
+    learning rates and losses."""
+    logs = []
+    for run in ("one", "two"):
+        out = tmp_path / run
+        args = [*TOY, "--schedule", "steps", "--warmup", "1", "--eval-every", "100", "--threads", "1"]
+        done = subprocess.run(
+            [sys.executable, SCRIPT, "--arch", "dream", "--out", out, *args], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        logs.append([(r["step"], r["lr"], r["loss"]) for r in records if "loss" in r])
+    assert logs[0] == logs[1] and len(logs[0]) == 4
+    for step, lr, _ in logs[0]:
+        assert lr == round(train_tiny.learning_rate(step / 4, step, 1e-3, 1), 6)

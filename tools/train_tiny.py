@@ -263,9 +263,17 @@ def main() -> None:
         "--minutes",
         type=float,
         default=None,
-        help="wall-clock budget (default: the arch's RECIPES entry): schedule progress is "
-        "max(step / steps, elapsed / budget), so on a slow or shared machine the cosine schedule finishes "
-        "within the budget (training stops there)",
+        help="wall-clock budget (default: the arch's RECIPES entry); training stops there. With --schedule "
+        "wall the schedule progress is max(step / steps, elapsed / budget), so on a slow or shared machine "
+        "the cosine schedule finishes within the budget",
+    )
+    parser.add_argument(
+        "--schedule",
+        choices=("wall", "steps"),
+        default="wall",
+        help="wall: the LR schedule follows the wall clock (the shipped runs; not repeatable, "
+        "docs/tiny_models.md); steps: it follows step / steps only, so a rerun on the same machine and "
+        "threads takes the same trajectory (set --steps to what fits in --minutes)",
     )
     parser.add_argument("--seed", type=int, default=None, help="default: the arch's RECIPES entry")
     parser.add_argument(
@@ -375,10 +383,11 @@ def main() -> None:
     start = time.time()
     tokens_seen, done = 0, 0
     for step in range(args.steps):
-        progress = max(step / args.steps, (time.time() - start) / (args.minutes * 60))
-        if progress >= 1.0:
+        elapsed = (time.time() - start) / (args.minutes * 60)
+        if elapsed >= 1.0:
             log({"event": "time_cap", "step": step, "minutes": args.minutes})
             break
+        progress = step / args.steps if args.schedule == "steps" else max(step / args.steps, elapsed)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(progress, step, args.lr, args.warmup)
         is_code = args.code_every > 0 and step % args.code_every == args.code_every - 1
