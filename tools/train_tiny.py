@@ -383,11 +383,11 @@ def main() -> None:
     start = time.time()
     tokens_seen, done = 0, 0
     for step in range(args.steps):
-        elapsed = (time.time() - start) / (args.minutes * 60)
-        if elapsed >= 1.0:
+        budget_used = (time.time() - start) / (args.minutes * 60)
+        if budget_used >= 1.0:
             log({"event": "time_cap", "step": step, "minutes": args.minutes})
             break
-        progress = step / args.steps if args.schedule == "steps" else max(step / args.steps, elapsed)
+        progress = step / args.steps if args.schedule == "steps" else max(step / args.steps, budget_used)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(progress, step, args.lr, args.warmup)
         is_code = args.code_every > 0 and step % args.code_every == args.code_every - 1
