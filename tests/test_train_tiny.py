@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from dllm_sampler import load
-from dllm_sampler.tasks import ANSWER_TOKENS
+from dllm_sampler.tasks import ANSWER_TOKENS, answer_parts, format_answer, heldout_problems
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +46,8 @@ def test_trains_monitors_and_saves_a_loadable_checkpoint(tmp_path, arch):
     assert len(losses) == 4 and all(loss == loss and loss > 0 for loss in losses)
     monitor = next(r for r in records if r.get("event") == "eval")
     assert set(monitor["teacher_forced"]) == {"c1", "r", "c2", "f"} and 0 <= monitor["accuracy"] <= 1
+    assert set(monitor["copies"]) == {"a", "b", "c"}
+    assert all(len(places) == 4 and all(0 <= x <= 1 for x in places) for places in monitor["copies"].values())
     dlm = load(out)
     assert dlm.arch == arch and dlm.dtype == torch.bfloat16
     assert dlm.config.dims().hidden_size == 128
@@ -131,3 +133,13 @@ def test_step_schedule_is_repeatable(tmp_path):
     assert logs[0] == logs[1] and len(logs[0]) == 4
     for step, lr, _ in logs[0]:
         assert lr == round(train_tiny.learning_rate(step / 4, step, 1e-3, 1), 6)
+
+
+def test_operand_copy_accuracy_finds_the_miscopied_place():
+    problems = heldout_problems(8)
+    texts = [format_answer(p) for p in problems]
+    assert train_tiny.operand_copy_accuracy(texts, problems) == {name: [1.0] * 4 for name in "abc"}
+    tens_of_b = answer_parts()["b"][1]
+    wrong = [t[:tens_of_b] + str((int(t[tens_of_b]) + 1) % 10) + t[tens_of_b + 1 :] for t in texts[:2]]
+    copies = train_tiny.operand_copy_accuracy(wrong + texts[2:], problems)
+    assert copies["b"] == [1.0, 0.75, 1.0, 1.0] and copies["a"] == copies["c"] == [1.0] * 4

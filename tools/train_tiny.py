@@ -34,6 +34,7 @@ from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.tasks import (
     ANSWER_TOKENS,
     Problem,
+    answer_part_accuracy,
     answer_parts,
     character_accuracy,
     chunk_ids,
@@ -220,6 +221,14 @@ def teacher_forced(
         pred = dlm.logits(noisy, attention_mask).argmax(-1)
         out[name] = [round((pred[:, c] == x0[:, c]).float().mean().item(), 3) for c in cols]
     return out
+
+
+def operand_copy_accuracy(texts: list[str], problems: list[Problem]) -> dict[str, list[float]]:
+    """Free-running accuracy of the restated operands ``a``, ``b``, ``c`` per place (least significant
+    first): whether a run has learned to copy them from the word problem, which decides it
+    (docs/tiny_models.md); the middle digit of a three-digit operand (place 1) is the copy that fails."""
+    parts = answer_part_accuracy(texts, problems)
+    return {name: [round(x, 3) for x in parts[name]] for name in ("a", "b", "c")}
 
 
 def answer_only_rows(
@@ -472,6 +481,7 @@ def main() -> None:
                     "accuracy": exact,
                     "char_accuracy": round(character_accuracy(texts, monitor), 4),
                     "teacher_forced": forced,
+                    "copies": operand_copy_accuracy(texts, monitor),
                 }
             )
 
