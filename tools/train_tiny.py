@@ -13,9 +13,10 @@ copies; one batch in ``--code-every`` is stdlib code with full-sequence masking 
 linear warm-up and cosine decay; bf16 autocast. Dream is trained through ``DiffusionLM.logits``, which
 applies its one-position shift (the prediction for position i comes from hidden state i - 1). Every
 ``--eval-every`` steps the log gets the held-out accuracy (real sampler, default settings) and the
-teacher-forced accuracy of each computed token, on 64 problems that are not among the 500 of the final
-evaluation. The checkpoint is written by ``dllm_sampler.save`` in bf16; with ``--ema`` a moving average
-of the weights is saved beside it (``OUT-ema``).
+teacher-forced accuracy of each computed token and the free-running accuracy of the operand copies,
+on 64 problems that are not among the 500 of the final evaluation. The checkpoint is written by
+``dllm_sampler.save`` in bf16; with ``--ema`` a moving average of the weights is saved beside it
+(``OUT-ema``).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ RECIPES: dict[str, dict[str, float]] = {
 """Per-layout defaults of the options the shipped checkpoints were trained with (docs/tiny_models.md): the
 time budget, the shares of focus and copy rows, the copies' loss weight, and the seed (tiny-dream's is the
 second of the seeds tried with this recipe; the first answered 4.7% of the monitoring problems)."""
+
+OPERAND_PARTS = ("a", "b", "c")
+"""The answer parts (`answer_parts`) that restate the operands, copied from the word problem rather than
+computed: weighted by ``--copy-weight`` and monitored as ``copies``."""
 
 CURRICULUM = ((0.0, (2, 3)),)
 """(fraction of training, operand widths) stages. A short-operands-first curriculum was tried and slowed
@@ -228,7 +233,7 @@ def operand_copy_accuracy(texts: list[str], problems: list[Problem]) -> dict[str
     first): whether a run has learned to copy them from the word problem, which decides it
     (docs/tiny_models.md); the middle digit of a three-digit operand (place 1) is the copy that fails."""
     parts = answer_part_accuracy(texts, problems)
-    return {name: [round(x, 3) for x in parts[name]] for name in ("a", "b", "c")}
+    return {name: [round(x, 3) for x in parts[name]] for name in OPERAND_PARTS}
 
 
 def answer_only_rows(
@@ -377,7 +382,7 @@ def main() -> None:
     monitor = heldout_problems(564)[500:]
     focus_positions = computed_offsets()
     parts = answer_parts()
-    copy_positions = sorted(parts["a"] + parts["b"] + parts["c"])
+    copy_positions = sorted(offset for name in OPERAND_PARTS for offset in parts[name])
     streams = {digits: train_split(args.seed * 1000 + i, digits) for i, (_, digits) in enumerate(CURRICULUM)}
     noise_gen = torch.Generator().manual_seed(args.seed)
 
