@@ -40,6 +40,10 @@ def test_trains_monitors_and_saves_a_loadable_checkpoint(tmp_path, arch):
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     events = [r.get("event") for r in records]
     assert events[0] == "start" and events[-1] == "done"
+    # options not given come from the layout's RECIPES entry, so the bare command is the shipped recipe
+    recipe = {key: str(value) for key, value in train_tiny.RECIPES[arch].items() if key != "steps"}
+    assert {key: records[0]["args"][key] for key in recipe} == recipe
+    assert (tmp_path / f"toy-{arch}-ema" / "model.safetensors").is_file()
     assert [r["step"] for r in records if r.get("event") == "eval"] == [3, 4]  # every 3 steps and the last
     assert records[-1]["steps"] == 4
     losses = [r["loss"] for r in records if "loss" in r]
