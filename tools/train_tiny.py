@@ -293,9 +293,8 @@ def main() -> None:
         "--minutes",
         type=float,
         default=None,
-        help="wall-clock budget (default: the arch's RECIPES entry); training stops there. With --schedule "
-        "wall the schedule progress is max(step / steps, elapsed / budget), so on a slow or shared machine "
-        "the cosine schedule finishes within the budget",
+        help="wall-clock budget (default: the arch's RECIPES entry); training stops there, and with "
+        "--schedule wall the budget also drives the schedule (see --schedule)",
     )
     parser.add_argument(
         "--schedule",
