@@ -264,3 +264,32 @@ def test_edit_errors_are_clear() -> None:
         topo.rotate_vo(torch.eye(4, dtype=torch.float64))
     with pytest.raises(TypeError, match="supported"):
         Topology(torch.nn.Linear(2, 2))
+
+
+class _Wrapper(torch.nn.Module):
+    """A run-time wrapper: keeps the wrapped layer as ``inner``."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+def test_weight_holders_follow_inner_through_wrappers() -> None:
+    dlm = DiffusionLM.from_config(tiny_config("dream"), seed=0)
+    topo = dlm.topology
+    assert topo.weight_holders() == {n: n for n in topo.linear_names()}
+    block = topo.block(1)
+    parent, _, child = block.names["v"].rpartition(".")
+    setattr(dlm.model.get_submodule(parent), child, _Wrapper(_Wrapper(block.module("v"))))
+    assert block.weight_holder("v") == f"{block.names['v']}.inner.inner"
+    assert topo.weight_holders()[block.names["v"]] == f"{block.names['v']}.inner.inner"
+    assert isinstance(dlm.model.get_submodule(block.weight_holder("v")), torch.nn.Linear)
+    assert block.weight_holder("q") == block.names["q"]
+    loop = _Wrapper(torch.nn.Identity())
+    loop.inner = loop
+    setattr(dlm.model.get_submodule(parent), child, loop)
+    with pytest.raises(RuntimeError, match="wrapper chain deeper"):
+        block.weight_holder("v")

@@ -7,9 +7,11 @@ from dllm_sampler.io import CheckpointError, atomic_folder, load, save, write_we
 from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM
 from dllm_sampler.registry import available_models
 from dllm_sampler.rope import RopeFn, model_rope
-from dllm_sampler.topology import BlockTopology, Topology
+from dllm_sampler.topology import INPUT_GROUPS, LINEAR_ROLES, BlockTopology, Topology, weight_holder
 
 __all__ = [
+    "INPUT_GROUPS",
+    "LINEAR_ROLES",
     "ArchSpec",
     "BlockTopology",
     "CheckpointError",
@@ -27,6 +29,7 @@ __all__ = [
     "model_rope",
     "save",
     "tiny_config",
+    "weight_holder",
     "write_weights",
 ]
 

@@ -23,10 +23,14 @@ from torch import Tensor, nn
 from dllm_sampler.models.layers import RMSNorm
 from dllm_sampler.models.spec import ArchSpec, spec_for_model
 
-__all__ = ["BlockTopology", "Topology"]
+__all__ = ["INPUT_GROUPS", "LINEAR_ROLES", "BlockTopology", "Topology", "weight_holder"]
 
 _ROLES = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
-_LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
+"""The roles of a block's linears, in forward order."""
+INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
+"""The block linears grouped by the activation they read, in forward order."""
+_MAX_WRAPPERS = 16
 _ROW_CHUNK = 8192  # rows per float64 matmul chunk when rotating big matrices (embedding, head)
 
 
@@ -112,7 +116,29 @@ class BlockTopology:
 
     def linear_names(self) -> list[str]:
         """Qualified names of the block's seven linears, in order q, k, v, o, gate, up, down."""
-        return [self.names[r] for r in _LINEAR_ROLES]
+        return [self.names[r] for r in LINEAR_ROLES]
+
+    def weight_holder(self, role: str) -> str:
+        """Qualified name of the module holding the weight of linear ``role`` (see `weight_holder`)."""
+        return weight_holder(self.model, self.names[role])
+
+
+def weight_holder(model: nn.Module, name: str) -> str:
+    """The qualified name of the module that holds the weight of the layer at ``name``.
+
+    Run-time wrappers (online rotations, activation or output quantizers) keep the layer they wrap as
+    ``.inner``; this follows that chain, so ``"...v_proj"`` wrapped twice gives ``"...v_proj.inner.inner"``.
+    Hooks there see the input the weight is multiplied with; an unwrapped layer is its own holder.
+    """
+    module, path = model.get_submodule(name), name
+    for _ in range(_MAX_WRAPPERS):
+        inner = getattr(module, "inner", None)
+        if not isinstance(inner, nn.Module):
+            return path
+        module, path = inner, f"{path}.inner"
+    raise RuntimeError(
+        f"{name}: wrapper chain deeper than {_MAX_WRAPPERS} levels; is a module wrapping itself?"
+    )
 
 
 def _f64(t: Tensor) -> Tensor:
@@ -237,6 +263,10 @@ class Topology:
         if include_head and self.head_name is not None:
             names.append(self.head_name)
         return names
+
+    def weight_holders(self, include_head: bool = False) -> dict[str, str]:
+        """`linear_names` -> the name of the module holding each weight through wrappers (`weight_holder`)."""
+        return {name: weight_holder(self.model, name) for name in self.linear_names(include_head)}
 
     def untie_head(self) -> None:
         """Give a tied model its own head (a copy of the embedding); edits to the head need this."""
