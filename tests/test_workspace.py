@@ -17,7 +17,7 @@ MEMBER_DIRS = sorted([*ROOT.joinpath("packages").iterdir(), ROOT / "benchmarks"]
 ALLOWED = {
     "dllm-kernels": set(),
     "dllm-sampler": set(),
-    "dllm-calib": {"dllm-sampler"},
+    "dllm-calib": {"dllm-kernels", "dllm-sampler"},
     "dllm-actquant": {"dllm-kernels", "dllm-sampler", "dllm-calib"},
     "dllm-weightquant": {"dllm-kernels", "dllm-sampler", "dllm-calib"},
     "dllm-bench": {"dllm-kernels", "dllm-sampler", "dllm-calib", "dllm-actquant", "dllm-weightquant"},

@@ -21,6 +21,7 @@ from dllm_calib import (
     CalibrationSet,
     CertaintyWeight,
     HessianCollector,
+    ModelFeed,
     RandomConfig,
     collect,
     iter_batches,
@@ -71,7 +72,9 @@ def test_hessian_collection_cost(benchmark, model, states, weighting) -> None:
 
     def collect_all() -> dict:
         w = CertaintyWeight() if weighting == "certainty" else None
-        return collect(model, states, None, [HessianCollector(w)], batch_size=BATCH_SIZE)
+        return collect(
+            ModelFeed(model, states, BATCH_SIZE), model.topology.linear_names(), [HessianCollector(w)]
+        )
 
     forwards()  # warm up
     baseline = _best_of(forwards)

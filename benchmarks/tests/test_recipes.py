@@ -102,7 +102,7 @@ def test_bad_scheme_labels_name_the_accepted_form(label: str) -> None:
     [
         ({"steps": [{"method": "gptq"}, {"method": "rtn"}]}, "exactly one weight quantizer"),
         ({"steps": [{"method": "quarot"}]}, "exactly one weight quantizer"),
-        ({"steps": [{"method": "frobnicate"}]}, "unknown step method 'frobnicate'"),
+        ({"steps": [{"method": "frobnicate"}]}, "unknown method 'frobnicate'"),
         ({"steps": [{"method": "gptq"}, {"method": "quarot"}]}, "listed too late"),
         ({"steps": [{"method": "gptq", "damp_percent": -1}]}, "damp_percent"),
         ({"steps": [{"method": "gptq", "dampening": 0.1}]}, "dampening"),
@@ -112,7 +112,11 @@ def test_bad_scheme_labels_name_the_accepted_form(label: str) -> None:
             {"steps": [{"method": "duquant"}, {"method": "awq"}, {"method": "rtn"}]},
             "awq cannot follow duquant",
         ),
-        ({"steps": [{"method": "quarot"}, {"method": "awq"}, {"method": "rtn"}]}, "online_down"),
+        ({"steps": [{"method": "quarot"}, {"method": "awq"}, {"method": "rtn"}]}, "wraps the down linears"),
+        (
+            {"steps": [{"method": "quarot"}, {"method": "smoothquant"}, {"method": "rtn"}]},
+            "smoothquant cannot follow quarot",
+        ),
         ({"steps": [{"method": "quarot", "seed": "x"}, {"method": "rtn"}]}, "QuaRotConfig.seed"),
         ({"scheme": {"weights": {"bits": 5}}}, "QuantSpec.bits"),
         ({"scheme": {"weights": {"bits": 4, "granularity": "channel", "group_size": 64}}}, "group_size"),
@@ -161,7 +165,7 @@ def test_step_configs_are_the_library_objects_with_the_recipe_seed() -> None:
     recipe = load_recipe("dllmquant")
     quarot = recipe.steps_in("global")[0].config(seed=11)
     assert quarot.seed == 11
-    iaaq = recipe.steps_in("vquant")[0].config(act_bits=4)
+    iaaq = recipe.steps_in("act_calibration")[0].config(act_bits=4)
     assert iaaq.vquant.bits == 4 and iaaq.alphas == (1.0, 0.8)
     assert recipe.steps_in("activations")[0].config(act_bits=4).bits == 4
 

@@ -6,13 +6,14 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dllm_bench.commands import analyze, bench, evaluate, generate, quantize, results
+from dllm_bench.commands import analyze, bench, evaluate, generate, methods, quantize, results
 
 COMMANDS = {
     "analyze": analyze,
     "bench": bench,
     "eval": evaluate,
     "generate": generate,
+    "methods": methods,
     "quantize": quantize,
     "results": results,
 }

@@ -15,7 +15,6 @@ from dllm_actquant import (
     duquant_rotation,
     effective_block_size,
     greedy_block_rotation,
-    linear_targets,
     outlier_ratio,
     zigzag_permutation,
 )
@@ -121,7 +120,7 @@ def test_duquant_lowers_outlier_ratio(make_model, batches, outliers, arch) -> No
     with torch.no_grad():
         cap = capture_inputs(dlm, data, topo.linear_names(), max_tokens=128)
         apply_duquant(dlm, cap.samples, DuQuantConfig(block_size=32, max_rotation_step=16))
-        targets = linear_targets(dlm)
+        targets = dlm.topology.weight_holders()
         after = capture_inputs(dlm, data, [targets[n] for n in watched]).samples
     for n in watched:
         r_before, r_after = outlier_ratio(cap.samples[n]), outlier_ratio(after[targets[n]])

@@ -15,7 +15,6 @@ from dllm_actquant import (
     apply_quarot,
     apply_smoothquant,
     capture_inputs,
-    linear_targets,
     outlier_ratio,
     quantize_activations,
     random_hadamard,
@@ -74,7 +73,7 @@ def test_rotation_lowers_down_input_outliers(make_model, batches, outliers, arch
     with torch.no_grad():
         before = capture_inputs(dlm, data, downs).samples
         apply_quarot(dlm)
-        targets = linear_targets(dlm)
+        targets = dlm.topology.weight_holders()
         after = capture_inputs(dlm, data, [targets[n] for n in downs]).samples
     for n in downs:
         r_before, r_after = outlier_ratio(before[n]), outlier_ratio(after[targets[n]])

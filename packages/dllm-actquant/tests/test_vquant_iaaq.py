@@ -24,6 +24,7 @@ from dllm_calib import (
     AttentionSite,
     CalibrationSet,
     CalibrationState,
+    ModelFeed,
     Provenance,
     collect,
 )
@@ -168,7 +169,7 @@ def test_model_rope_reproduces_the_attention_output(make_model) -> None:
         try:
             with torch.no_grad():
                 res = collect(
-                    dlm, cset, [b.names["v"]], [AttentionCollector([site], keep_probs=True)], batch_size=8
+                    ModelFeed(dlm, cset, 8), [b.names["v"]], [AttentionCollector([site], keep_probs=True)]
                 )
                 o_in = capture_inputs(dlm, [s.input_ids[None] for s in cset], [b.names["o"]]).samples[
                     b.names["o"]
@@ -192,7 +193,7 @@ def test_calibrate_iaaq_through_dllm_calib(make_model, relerr, arch, gran) -> No
     dlm = make_model(arch)
     cset = _calibration_set([10, 10, 10, 10])
     cfg = IAAQConfig(vquant=VQuantConfig(bits=4, granularity=gran), alphas=(1.0, 0.8, 0.6))
-    results = calibrate_iaaq(dlm, cset, cfg, batch_size=2)
+    results = calibrate_iaaq(dlm, ModelFeed(dlm, cset, 2), cfg)
     assert sorted(results) == list(range(len(dlm.topology)))
     b = dlm.topology.blocks[0]
     site = AttentionSite(
@@ -203,7 +204,7 @@ def test_calibrate_iaaq_through_dllm_calib(make_model, relerr, arch, gran) -> No
     try:
         with torch.no_grad():
             res = collect(
-                dlm, cset, [b.names["v"]], [AttentionCollector([site], keep_probs=True)], batch_size=4
+                ModelFeed(dlm, cset, 4), [b.names["v"]], [AttentionCollector([site], keep_probs=True)]
             )
     finally:
         handle.remove()

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dllm_calib import AttentionCollector, AttentionSite, Collector, HookPoint, attention_sites, collect
+from dllm_calib import (
+    AttentionCollector,
+    AttentionSite,
+    Collector,
+    HookPoint,
+    ModelFeed,
+    attention_sites,
+    collect,
+)
 
 
 class Record(Collector):
@@ -35,7 +43,7 @@ def _attention_outputs(model, cset, sites, batch_size):
         points += [HookPoint(b.names["v"], "output"), HookPoint(b.names["o"], "input")]
     attn = AttentionCollector(sites, keep_probs=True)
     rec = Record(points)
-    collect(model, cset, [topo.linear_names()[0]], [attn, rec], batch_size=batch_size)
+    collect(ModelFeed(model, cset, batch_size), [topo.linear_names()[0]], [attn, rec])
     return attn, rec, blocks
 
 
@@ -85,7 +93,7 @@ def test_streaming_callback_and_buckets(llada, rope_for, make_set) -> None:
         sites, on_probs=lambda name, batch, p: seen.append((name, batch.indices, p.shape))
     )
     cset = make_set(5, seed=2)
-    collect(llada, cset, [llada.topology.linear_names()[0]], [attn], batch_size=2)
+    collect(ModelFeed(llada, cset, 2), [llada.topology.linear_names()[0]], [attn])
     assert [s[1] for s in seen] == [(0, 1), (2, 3), (4,)]
     res = attn.results()[sites[0].name]
     assert res.probs is None and sorted(res.importance) == list(range(5))

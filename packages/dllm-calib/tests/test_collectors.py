@@ -13,6 +13,7 @@ from dllm_calib import (
     Collector,
     HessianCollector,
     HookPoint,
+    ModelFeed,
     NonFiniteActivationError,
     TensorWeight,
     UniformWeight,
@@ -101,7 +102,7 @@ def test_streamed_hessian_equals_explicit_sum(
     cset = make_set(9, seed=seed)
     hess = HessianCollector(weighting, dtype=torch.float64)
     rec = Record([HookPoint(t, "input") for t in targets])
-    out = collect(model, cset, targets, [hess, rec], batch_size=batch_size)
+    out = collect(ModelFeed(model, cset, batch_size), targets, [hess, rec])
     assert out["hessian"].keys() == set(targets)
     weights = {i: ref_weights(s, model.logit_shift, weighting) for i, s in enumerate(cset)}
     for t in targets:
@@ -130,7 +131,7 @@ def test_bucketed_hessians_partition_the_states(llada, make_set) -> None:
     cset = make_set(12, seed=4)
     hess = HessianCollector(CertaintyWeight(), num_buckets=4, dtype=torch.float64)
     rec = Record([HookPoint(TARGETS[2], "input")])
-    collect(llada, cset, TARGETS[2:], [hess, rec], batch_size=5)
+    collect(ModelFeed(llada, cset, 5), TARGETS[2:], [hess, rec])
     weights = {i: ref_weights(s, 0, CertaintyWeight()) for i, s in enumerate(cset)}
     parts = hess.bucket_results()[TARGETS[2]]
     assert len(parts) == 4
@@ -148,12 +149,12 @@ def test_bucketed_hessians_partition_the_states(llada, make_set) -> None:
 def test_batched_padded_activations_match_single_state_forwards(llada, make_set) -> None:
     cset = make_set(7, seed=9)
     target = TARGETS[1]
-    batched = collect(llada, cset, [target], [HessianCollector(dtype=torch.float64)], batch_size=7)[
+    batched = collect(ModelFeed(llada, cset, 7), [target], [HessianCollector(dtype=torch.float64)])[
         "hessian"
     ][target]
     single = HessianCollector(dtype=torch.float64)
     for i in range(len(cset)):
-        collect(llada, cset.subset([i]), [target], [single], batch_size=1)
+        collect(ModelFeed(llada, cset.subset([i]), 1), [target], [single])
     alone = single.results()[target]
     assert batched.tokens == alone.tokens == sum(int(s.attention_mask.sum()) for s in cset)
     assert torch.allclose(batched.hessian(), alone.hessian(), rtol=1e-4, atol=1e-6)
@@ -164,7 +165,7 @@ def test_channel_stats_equal_explicit(llada, make_set) -> None:
     weighting = CertaintyWeight()
     chan = ChannelStatsCollector(weighting, dtype=torch.float64)
     rec = Record([HookPoint(t, "input") for t in TARGETS])
-    collect(llada, cset, TARGETS, [chan, rec], batch_size=3)
+    collect(ModelFeed(llada, cset, 3), TARGETS, [chan, rec])
     weights = {i: ref_weights(s, 0, weighting) for i, s in enumerate(cset)}
     for t in TARGETS:
         xs = rec.seen[f"{t}:input"]
@@ -182,12 +183,12 @@ def test_tensor_weights(llada, make_set) -> None:
     user = [torch.rand(s.length, generator=g) for s in cset]
     hess = HessianCollector(TensorWeight(user), dtype=torch.float64)
     rec = Record([HookPoint(TARGETS[0], "input")])
-    collect(llada, cset, TARGETS[:1], [hess, rec], batch_size=2)
+    collect(ModelFeed(llada, cset, 2), TARGETS[:1], [hess, rec])
     weights = {i: user[i].double() * s.attention_mask for i, s in enumerate(cset)}
     s, _ = explicit_hessian(rec.seen[f"{TARGETS[0]}:input"], weights)
     assert torch.allclose(hess.results()[TARGETS[0]].sum, s, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="has 3 entries but state 0 has length"):
-        collect(llada, cset, TARGETS[:1], [HessianCollector(TensorWeight([torch.ones(3)] * 5))])
+        collect(ModelFeed(llada, cset), TARGETS[:1], [HessianCollector(TensorWeight([torch.ones(3)] * 5))])
     with pytest.raises(ValueError, match="finite and >= 0"):
         TensorWeight([torch.tensor([1.0, -1.0])])
 
@@ -199,7 +200,7 @@ def test_shared_inputs_give_equal_but_independent_hessians(llada, make_set, monk
     original = hessian_module.weighted_tokens
     monkeypatch.setattr(hessian_module, "weighted_tokens", lambda *a: calls.append(1) or original(*a))
     q, k = TARGETS[0], "model.transformer.blocks.0.k_proj"
-    out = collect(llada, make_set(4), [q, k, TARGETS[2]], [HessianCollector()], batch_size=2)["hessian"]
+    out = collect(ModelFeed(llada, make_set(4), 2), [q, k, TARGETS[2]], [HessianCollector()])["hessian"]
     assert len(calls) == 2 * 2  # 2 batches x 2 distinct inputs (q and k share one)
     assert torch.equal(out[q].sum, out[k].sum)
     out[q].sum.add_(1.0)  # e.g. GPTQ damping in place
@@ -218,15 +219,13 @@ def test_collectors_leave_outputs_unchanged_and_remove_hooks(llada, make_set) ->
             captured.append(True)
 
     collect(
-        llada,
-        cset,
-        None,
+        ModelFeed(llada, cset, 6),
+        llada.topology.linear_names(),
         [
             HessianCollector(CertaintyWeight()),
             ChannelStatsCollector(),
             Spy([HookPoint(TARGETS[0], "output")]),
         ],
-        batch_size=6,
     )
     assert captured
     with torch.no_grad():
@@ -241,44 +240,50 @@ def test_non_finite_activation_names_the_layer(fresh_llada, make_set) -> None:
     with pytest.raises(
         NonFiniteActivationError, match=r"input of layer 'model\.transformer\.blocks\.1\.ff_proj'"
     ):
-        collect(fresh_llada, make_set(3), None, [HessianCollector()])
+        collect(
+            ModelFeed(fresh_llada, make_set(3)), fresh_llada.topology.linear_names(), [HessianCollector()]
+        )
     assert all(not m._forward_hooks for m in fresh_llada.model.modules())
 
 
 def test_certainty_weights_need_confidence(llada, make_set) -> None:
     bare = make_set(4, confidence=False)
     with pytest.raises(ValueError, match="score_confidence"):
-        collect(llada, bare, TARGETS[:1], [HessianCollector(CertaintyWeight())])
+        collect(ModelFeed(llada, bare), TARGETS[:1], [HessianCollector(CertaintyWeight())])
     scored = score_confidence(llada, bare, batch_size=3)
     with torch.no_grad():
         probs = llada.logits(scored[0].input_ids[None]).softmax(-1)[0].amax(-1)
     assert torch.allclose(scored[0].confidence, probs, rtol=1e-5, atol=1e-6)
-    collect(llada, scored, TARGETS[:1], [HessianCollector(CertaintyWeight())])
+    collect(ModelFeed(llada, scored), TARGETS[:1], [HessianCollector(CertaintyWeight())])
 
 
 def test_bad_targets_and_collectors(llada, make_set) -> None:
     cset = make_set(2)
     with pytest.raises(ValueError, match="no module named 'nope'"):
-        collect(llada, cset, ["nope"], [HessianCollector()])
+        collect(ModelFeed(llada, cset), ["nope"], [HessianCollector()])
     with pytest.raises(ValueError, match=r"not an nn\.Linear"):
-        collect(llada, cset, ["model.transformer.blocks.0.attn_norm"], [HessianCollector()])
+        collect(ModelFeed(llada, cset), ["model.transformer.blocks.0.attn_norm"], [HessianCollector()])
     with pytest.raises(ValueError, match="unique"):
-        collect(llada, cset, TARGETS, [HessianCollector(), HessianCollector()])
+        collect(ModelFeed(llada, cset), TARGETS, [HessianCollector(), HessianCollector()])
     with pytest.raises(ValueError, match="at least one collector"):
-        collect(llada, cset, TARGETS, [])
-    out = collect(llada, cset, None, [HessianCollector(UniformWeight())])
-    assert (
-        list(out["hessian"]) == llada.topology.linear_names()
-    )  # default targets: every block Linear, no head
+        collect(ModelFeed(llada, cset), TARGETS, [])
+    with pytest.raises(ValueError, match="no target Linears"):
+        collect(ModelFeed(llada, cset), [], [HessianCollector()])
+    out = collect(
+        ModelFeed(llada, cset), [TARGETS[1], TARGETS[0], TARGETS[1]], [HessianCollector(UniformWeight())]
+    )
+    assert list(out["hessian"]) == [TARGETS[1], TARGETS[0]]  # targets deduplicated, in the order given
 
 
 @pytest.mark.gpu
 def test_collect_on_cuda_matches_cpu(llada, fresh_llada, make_set) -> None:
     cset = make_set(6, seed=8)
     weighting = CertaintyWeight()
-    cpu = collect(llada, cset, TARGETS, [HessianCollector(weighting, num_buckets=2)], 4)["hessian"]
+    cpu = collect(ModelFeed(llada, cset, 4), TARGETS, [HessianCollector(weighting, num_buckets=2)])["hessian"]
     gpu_model = fresh_llada.to("cuda")  # same seed, same weights
-    gpu = collect(gpu_model, cset, TARGETS, [HessianCollector(weighting, num_buckets=2)], 4)["hessian"]
+    gpu = collect(ModelFeed(gpu_model, cset, 4), TARGETS, [HessianCollector(weighting, num_buckets=2)])[
+        "hessian"
+    ]
     for t in TARGETS:
         assert gpu[t].sum.is_cuda and gpu[t].tokens == cpu[t].tokens
         assert torch.allclose(gpu[t].hessian().cpu(), cpu[t].hessian(), rtol=1e-3, atol=1e-4)

@@ -11,6 +11,7 @@ from dllm_calib import (
     CalibrationState,
     CertaintyWeight,
     HessianCollector,
+    ModelFeed,
     Provenance,
     UniformWeight,
     collect,
@@ -110,7 +111,7 @@ def test_cgq_through_the_calib_collector(tiny_dlm: Callable) -> None:
         HessianCollector(uniform_cfg.weighting(), dtype=torch.float64, name="flat"),
         HessianCollector(CGQConfig().weighting(), dtype=torch.float64, name="cgq"),
     ]
-    stats = collect(dlm, calib, [name], collectors)
+    stats = collect(ModelFeed(dlm, calib), [name], collectors)
     h_plain, h_flat, h_cgq = (stats[k][name].hessian() for k in ("plain", "flat", "cgq"))
     w = dlm.model.get_submodule(name).weight.detach()
     spec = QuantSpec(4, True, "group", 16)

@@ -26,9 +26,9 @@ from dllm_calib import (
     CalibrationState,
     Collector,
     HookPoint,
+    ModelFeed,
     Provenance,
     attach_collectors,
-    iter_batches,
     mask_ratio_buckets,
 )
 from dllm_sampler import DiffusionLM, forward_noise
@@ -181,9 +181,9 @@ def activation_outliers(
         states = outlier_states(model, problems, num_buckets, seed)
     hooked = _hooked_modules(model)
     collector = _OutlierCollector(num_buckets)
-    pad = model.pad_token_id if model.pad_token_id is not None else 0
-    with attach_collectors(model, [collector], [name for _, _, name in hooked]) as session:
-        for batch in iter_batches(states, batch_size, model.device, pad, model.logit_shift):
+    feed = ModelFeed(model, states, batch_size)
+    with attach_collectors(feed, [collector], [name for _, _, name in hooked]) as session:
+        for batch in feed.batches():
             session.run(batch)
     rows = []
     for layer, role, name in hooked:

@@ -4,11 +4,14 @@
 * `export_model(result, folder)` writes the checkpoint (plus the run-time wrappers it needs),
   `restore_runtime(dlm, folder)` re-creates those wrappers after ``dllm_weightquant.load_quantized``;
 * `prepare_calibration` turns a recipe's calibration spec into a ``dllm_calib.CalibrationSet``;
-* `BlockRunner` runs one block of a model with the model's own forward; `LogRow` / `write_log` the CSV log.
+* `BlockRunner` runs one block of a model with the model's own forward; `ModelContext` / `BlockContext`
+  are the ``dllm_calib.MethodContext`` s the registered methods run in; `LogRow` / `write_log` the CSV
+  log.
 """
 
 from dllm_bench.pipeline.blocks import BlockRunner
 from dllm_bench.pipeline.calibration import load_calibration_list, prepare_calibration
+from dllm_bench.pipeline.context import BlockContext, ModelContext
 from dllm_bench.pipeline.export import RECIPE_FILE, RUNTIME_FILE, export_model, restore_runtime
 from dllm_bench.pipeline.log import LOG_COLUMNS, LogRow, write_log
 from dllm_bench.pipeline.runner import LOG_FILE, QuantizeResult, quantize_model
@@ -19,8 +22,10 @@ __all__ = [
     "LOG_FILE",
     "RECIPE_FILE",
     "RUNTIME_FILE",
+    "BlockContext",
     "BlockRunner",
     "LogRow",
+    "ModelContext",
     "QuantizeResult",
     "export_model",
     "ignored_linears",

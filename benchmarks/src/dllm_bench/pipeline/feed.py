@@ -1,21 +1,22 @@
-"""Block inputs of the calibration batches, and a `DiffusionLM` view that runs one block on them.
+"""The block inputs of the calibration batches, and the `Feed` that runs one block on them.
 
-`HiddenCache` holds, per calibration batch (``dllm_calib.iter_batches`` order and padding), the token ids,
-the attention mask and the hidden states entering the current block (on the CPU: the offloaded copy).
-`BlockFeed` is a ``DiffusionLM`` over the same model whose ``logits`` runs only block ``index`` on the cached
-states of the batch it is handed, so every library function that drives a model through a calibration
-set (``dllm_calib.collect``, ``dllm_actquant.calibrate_iaaq``, ``capture_inputs``) collects the block's
-statistics on the inputs propagated through the already-quantized prefix, one block in memory at a time.
+`HiddenCache` holds, per calibration batch (``dllm_calib.iter_batches`` order and padding), the batch
+itself and the hidden states entering the current block (on the CPU: the offloaded copy). `BlockFeed` is a
+``dllm_calib.Feed`` whose forward runs only block ``index`` on the cached states of the batch it is handed,
+so every library function that collects statistics through a feed (``dllm_calib.collect``,
+``dllm_actquant.calibrate_iaaq``) sees the block's inputs propagated through the already-quantized
+prefix, one block in memory at a time.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-import torch
-from dllm_calib import CalibrationSet, iter_batches
-from dllm_sampler import DiffusionLM
-from torch import Tensor
+from dllm_calib import Batch, CalibrationSet, iter_batches
+from torch import Tensor, nn
 
 from dllm_bench.pipeline.blocks import BlockRunner
 
@@ -24,11 +25,9 @@ __all__ = ["BlockFeed", "CachedBatch", "HiddenCache"]
 
 @dataclass
 class CachedBatch:
-    """One calibration batch: ``input_ids [B, L]``, the model's ``attention_mask [B, L]`` (None when unpadded)
-    and ``hidden [B, L, D]``, the states entering the current block."""
+    """One calibration batch (CPU tensors) and ``hidden [B, L, D]``, the states entering the current block."""
 
-    input_ids: Tensor
-    attention_mask: Tensor | None
+    batch: Batch
     hidden: Tensor
 
 
@@ -42,79 +41,65 @@ class HiddenCache:
 
     @classmethod
     def embed(cls, runner: BlockRunner, cset: CalibrationSet, batch_size: int) -> HiddenCache:
-        """Batches of ``cset`` (as ``dllm_calib.collect`` forms them) with the embedding output."""
+        """The batches of ``cset`` (as ``dllm_calib.ModelFeed`` forms them) with the embedding output."""
         dlm = runner.dlm
-        batches = []
-        for batch in iter_batches(
+        batches = iter_batches(
             cset, batch_size, "cpu", pad_token_id=dlm.pad_token_id or 0, logit_shift=dlm.logit_shift
-        ):
-            mask = batch.model_attention_mask
-            hidden = runner.embed(batch.input_ids, mask).cpu()
-            batches.append(CachedBatch(batch.input_ids, mask, hidden))
-        return cls(batches)
+        )
+        return cls([CachedBatch(b, runner.embed(b.input_ids, b.model_attention_mask).cpu()) for b in batches])
 
     def propagate(self, runner: BlockRunner, index: int) -> HiddenCache:
         """The cache of the next block: every batch run through block ``index`` as it is now."""
         return HiddenCache(
             [
                 CachedBatch(
-                    b.input_ids,
-                    b.attention_mask,
-                    runner.run(index, b.hidden, b.input_ids, b.attention_mask).cpu(),
+                    c.batch,
+                    runner.run(index, c.hidden, c.batch.input_ids, c.batch.model_attention_mask).cpu(),
                 )
-                for b in self.batches
+                for c in self.batches
             ]
         )
 
-    def pairs(self, device: torch.device) -> list[tuple[Tensor, Tensor | None]]:
-        """``(input_ids, attention_mask)`` per batch on ``device`` (where the block's activations are), the
-        batch form of ``dllm_actquant.capture_inputs``."""
-        return [
-            (b.input_ids.to(device), None if b.attention_mask is None else b.attention_mask.to(device))
-            for b in self.batches
-        ]
-
-    def state(self) -> dict[str, list[Tensor | None]]:
-        """The tensors, for ``torch.save``."""
+    def state(self) -> dict[str, list[Any]]:
+        """Plain data (dicts, tuples, tensors), for ``torch.save``."""
         return {
-            "input_ids": [b.input_ids for b in self.batches],
-            "attention_mask": [b.attention_mask for b in self.batches],
-            "hidden": [b.hidden for b in self.batches],
+            "batches": [dataclasses.asdict(c.batch) for c in self.batches],
+            "hidden": [c.hidden for c in self.batches],
         }
 
     @classmethod
-    def from_state(cls, state: dict[str, list[Tensor | None]]) -> HiddenCache:
+    def from_state(cls, state: dict[str, list[Any]]) -> HiddenCache:
         """Inverse of `state`."""
         return cls(
             [
-                CachedBatch(ids, mask, hidden)  # type: ignore[arg-type]
-                for ids, mask, hidden in zip(
-                    state["input_ids"], state["attention_mask"], state["hidden"], strict=True
-                )
+                CachedBatch(Batch(**batch), hidden)
+                for batch, hidden in zip(state["batches"], state["hidden"], strict=True)
             ]
         )
 
 
-class BlockFeed(DiffusionLM):
-    """``dlm`` seen as a model whose forward is block ``index`` applied to the cached states.
+class BlockFeed:
+    """Block ``index`` of the runner's model as a ``dllm_calib.Feed`` over the cached batches.
 
-    Calls must come in the cache's batch order (they do when the same calibration set is iterated with
-    the same batch size); each call takes the next batch, wrapping around, and checks its token ids.
-    ``logits`` returns the block's output ``[B, L, D]``, not vocabulary logits: callers here only need the
-    forward hooks to fire.
+    ``batches()`` yields the cached calibration batches on the runner's device; ``forward(batch)`` runs the
+    block on the hidden states cached for that batch and returns its output ``[B, L, D]``.
     """
 
-    def __init__(self, dlm: DiffusionLM, runner: BlockRunner, index: int, cache: HiddenCache) -> None:
-        super().__init__(dlm.model, dlm.tokenizer, dlm.tokenizer_files)
-        self._runner, self._index, self._cache = runner, index, cache
-        self._cursor = 0
+    def __init__(self, runner: BlockRunner, index: int, cache: HiddenCache) -> None:
+        self.runner, self.index = runner, index
+        self._hidden = {c.batch.indices: c.hidden for c in cache.batches}
+        self._batches = [c.batch for c in cache.batches]
 
-    def logits(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        batch = self._cache.batches[self._cursor]
-        self._cursor = (self._cursor + 1) % len(self._cache.batches)
-        if not torch.equal(batch.input_ids, input_ids.cpu()):
-            raise RuntimeError(
-                "the calibration batches reached the block feed in another order or size than they were "
-                "cached; iterate the same calibration set with the same batch size"
-            )
-        return self._runner.run(self._index, batch.hidden, batch.input_ids, batch.attention_mask)
+    @property
+    def module(self) -> nn.Module:
+        return self.runner.dlm.model
+
+    def batches(self) -> Iterator[Batch]:
+        for batch in self._batches:
+            yield batch.to(self.runner.device)
+
+    def forward(self, batch: Batch) -> Tensor:
+        if batch.indices not in self._hidden:
+            raise KeyError(f"batch of states {list(batch.indices)} is not one of this block feed's batches")
+        hidden = self._hidden[batch.indices]
+        return self.runner.run(self.index, hidden, batch.input_ids, batch.model_attention_mask)

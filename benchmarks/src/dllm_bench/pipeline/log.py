@@ -11,35 +11,25 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
+
+from dllm_calib import LogRow
 
 __all__ = ["LOG_COLUMNS", "LogRow", "write_log"]
 
-
-@dataclass(frozen=True)
-class LogRow:
-    """One module's (or transform's) line of the log; NaN marks a missing number."""
-
-    block: int
-    module: str
-    method: str
-    loss: float = math.nan
-    rel_weight_error: float = math.nan
-    seconds: float = 0.0
-
-    def csv_values(self) -> dict[str, str]:
-        """The row as CSV strings (NaN as an empty cell, floats with 6 significant digits)."""
-        out = {}
-        for key, value in asdict(self).items():
-            if isinstance(value, float):
-                out[key] = "" if math.isnan(value) else f"{value:.6g}"
-            else:
-                out[key] = str(value)
-        return out
-
-
 LOG_COLUMNS = tuple(f.name for f in fields(LogRow))
+
+
+def _csv_values(row: LogRow) -> dict[str, str]:
+    """The row as CSV strings (NaN as an empty cell, floats with 6 significant digits)."""
+    out = {}
+    for key, value in asdict(row).items():
+        if isinstance(value, float):
+            out[key] = "" if math.isnan(value) else f"{value:.6g}"
+        else:
+            out[key] = str(value)
+    return out
 
 
 def write_log(rows: list[LogRow], path: str | Path) -> Path:
@@ -50,5 +40,5 @@ def write_log(rows: list[LogRow], path: str | Path) -> Path:
         writer = csv.DictWriter(fh, fieldnames=list(LOG_COLUMNS))
         writer.writeheader()
         for row in rows:
-            writer.writerow(row.csv_values())
+            writer.writerow(_csv_values(row))
     return path

@@ -11,16 +11,11 @@ from __future__ import annotations
 import re
 import warnings
 
-from dllm_actquant import check_quarot_sizes
 from dllm_sampler import DiffusionLM
 
 from dllm_bench.recipes import IGNORE_ALIASES, Recipe
 
-__all__ = ["LINEAR_ROLES", "STAGE_ROLES", "check_fits", "ignored_linears"]
-
-LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
-STAGE_ROLES: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
-"""Linears sharing an input, in forward order: the sub-steps of true-sequential quantization."""
+__all__ = ["check_fits", "ignored_linears"]
 
 
 def ignored_linears(recipe: Recipe, dlm: DiffusionLM) -> set[str]:
@@ -52,9 +47,10 @@ def ignored_linears(recipe: Recipe, dlm: DiffusionLM) -> set[str]:
 
 
 def check_fits(recipe: Recipe, dlm: DiffusionLM, ignored: set[str]) -> None:
-    """Raise ``ValueError`` (naming the layer and the fix) if the scheme or a transform cannot apply.
+    """Raise ``ValueError`` (naming the layer and the fix) if the scheme or a step cannot apply to ``dlm``.
 
-    Checks group sizes against every quantized linear's input width and Hadamard orders for QuaRot.
+    Checks group sizes against every quantized linear's input width, then each planned step's own
+    model check (e.g. QuaRot's Hadamard orders).
     """
     spec = recipe.scheme.weights.spec()
     if spec.granularity == "group":
@@ -67,7 +63,5 @@ def check_fits(recipe: Recipe, dlm: DiffusionLM, ignored: set[str]) -> None:
                     "a group size that divides every layer width (e.g. --scheme "
                     f"{recipe.scheme.label.split('g')[0]}g64), or ignore the layer"
                 )
-    for step in recipe.steps_in("global"):
-        if step.method != "quarot":
-            continue
-        check_quarot_sizes(dlm.topology, step.config(recipe.seed))
+    for method, config in recipe.plan():
+        method.check_model(config, dlm)

@@ -5,7 +5,7 @@ Layout of a work directory::
     manifest.json      what the run is (recipe, model config, dtype, calibration): a resume must match
     calibration/       the CalibrationSet (dllm_calib format), so a resume sees the same states
     global.pt          the model after the whole-model transforms (only when the recipe has some)
-    block-0003.pt      block 3 after quantization: the module, its V-quantizer parameters, its log rows
+    block-0003.pt      block 3 after quantization: the module (with its run-time wrappers) and its log rows
     hidden-0004.pt     the inputs of block 4, the next to quantize, per calibration batch
     progress.json      {"global_done": bool, "next_block": n}
 
@@ -23,11 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dllm_calib import CalibrationSet
+from dllm_calib import CalibrationSet, LogRow
 from torch import nn
 
 from dllm_bench.pipeline.feed import HiddenCache
-from dllm_bench.pipeline.log import LogRow
 
 __all__ = ["BlockCheckpoint", "WorkDir"]
 
@@ -51,10 +50,10 @@ def _write_json(data: Any, path: Path) -> None:
 
 
 class BlockCheckpoint:
-    """A quantized block: its module, its V-quantizer parameters (or None) and its log rows."""
+    """A quantized block: its module (with its run-time wrappers) and its log rows."""
 
-    def __init__(self, module: nn.Module, vquant: Any, rows: list[LogRow]) -> None:
-        self.module, self.vquant, self.rows = module, vquant, rows
+    def __init__(self, module: nn.Module, rows: list[LogRow]) -> None:
+        self.module, self.rows = module, rows
 
 
 class WorkDir:
@@ -127,11 +126,7 @@ class WorkDir:
     def save_block(self, index: int, checkpoint: BlockCheckpoint, next_inputs: HiddenCache | None) -> None:
         """Record block ``index`` as done, with the inputs of block ``index + 1`` (None after the last)."""
         _save(
-            {
-                "module": checkpoint.module,
-                "vquant": checkpoint.vquant,
-                "rows": [asdict(r) for r in checkpoint.rows],
-            },
+            {"module": checkpoint.module, "rows": [asdict(r) for r in checkpoint.rows]},
             self._block_file(index),
         )
         if next_inputs is not None:
@@ -141,7 +136,7 @@ class WorkDir:
 
     def load_block(self, index: int) -> BlockCheckpoint:
         data = _load(self._block_file(index))
-        return BlockCheckpoint(data["module"], data["vquant"], [LogRow(**r) for r in data["rows"]])
+        return BlockCheckpoint(data["module"], [LogRow(**r) for r in data["rows"]])
 
     def _hidden_file(self, index: int) -> Path:
         return self.path / f"hidden-{index:04d}.pt"

@@ -6,17 +6,20 @@ Python and ``recipe.to_yaml()`` writes it back.
 """
 
 from dllm_bench.recipes.loader import available_recipes, load_recipe
-from dllm_bench.recipes.methods import ACTIVATION_BITS, METHOD_STAGE, QUANTIZERS, STAGES, build_config
 from dllm_bench.recipes.schema import IGNORE_ALIASES, CalibrationSpec, Recipe, Step
-from dllm_bench.recipes.scheme import SCHEME_LABELS, Scheme, SchemeLabel, WeightScheme, parse_scheme
+from dllm_bench.recipes.scheme import (
+    ACTIVATION_BITS,
+    SCHEME_LABELS,
+    Scheme,
+    SchemeLabel,
+    WeightScheme,
+    parse_scheme,
+)
 
 __all__ = [
     "ACTIVATION_BITS",
     "IGNORE_ALIASES",
-    "METHOD_STAGE",
-    "QUANTIZERS",
     "SCHEME_LABELS",
-    "STAGES",
     "CalibrationSpec",
     "Recipe",
     "Scheme",
@@ -24,7 +27,6 @@ __all__ = [
     "Step",
     "WeightScheme",
     "available_recipes",
-    "build_config",
     "load_recipe",
     "parse_scheme",
 ]

@@ -13,7 +13,11 @@ the fix::
 
 Calibration comes from a ``dllm_calib`` builder (``builder`` + ``params``), a saved ``CalibrationSet``
 folder, or a ``.json`` / ``.jsonl`` list of ``{"input_ids", "attention_mask"}`` records made for other
-PTQ tools (``path``). Steps are ``{"method": name, **config fields}`` (see `dllm_bench.recipes.methods`).
+PTQ tools (``path``). Steps are ``{"method": name, **config fields}``: ``name`` is any method of
+``dllm_calib``'s registry (``dllmq methods`` lists them) and the fields are its config's, so a recipe never
+invents its own knobs. Steps run in the order of their stages (``dllm_calib.Stage``: global transforms,
+block transforms, activation calibration, the one weight quantizer, activation quantization); what each
+method needs, changes and can represent is read from its registry record.
 """
 
 from __future__ import annotations
@@ -22,10 +26,9 @@ import re
 from typing import Any
 
 import yaml
-from dllm_calib import BUILDERS, builder_config
+from dllm_calib import BUILDERS, BindContext, Method, Stage, builder_config, get_method, registered_methods
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dllm_bench.recipes.methods import METHOD_STAGE, QUANTIZERS, STAGES, build_config
 from dllm_bench.recipes.scheme import Scheme, SchemeLabel
 
 __all__ = ["IGNORE_ALIASES", "CalibrationSpec", "Recipe", "Step"]
@@ -119,23 +122,27 @@ class Step(BaseModel):
     @field_validator("method")
     @classmethod
     def _known(cls, method: str) -> str:
-        if method not in METHOD_STAGE:
-            raise ValueError(f"unknown step method {method!r}; known methods: {sorted(METHOD_STAGE)}")
-        return method
+        return get_method(method).name
 
     @model_validator(mode="after")
     def _valid_params(self) -> Step:
-        build_config(self.method, self.params)
+        self.config()
         return self
 
     @property
-    def stage(self) -> str:
-        """The pipeline stage (see `dllm_bench.recipes.methods.STAGES`)."""
-        return METHOD_STAGE[self.method]
+    def registered(self) -> Method:
+        """The method's registry record."""
+        return get_method(self.method)
 
-    def config(self, seed: int = 0, act_bits: int = 8) -> Any:
-        """The library config object of this step."""
-        return build_config(self.method, self.params, seed=seed, act_bits=act_bits)
+    @property
+    def stage(self) -> Stage:
+        """When the step runs."""
+        return self.registered.stage
+
+    def config(self, seed: int = 0, act_bits: int | None = None) -> Any:
+        """The library config object of this step, for the recipe ``seed`` and activation width
+        ``act_bits`` (None: float activations)."""
+        return self.registered.configure(self.params, BindContext(seed=seed, activation_bits=act_bits))
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form ``{"method": ..., **params}``."""
@@ -174,65 +181,61 @@ class Recipe(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         methods = [s.method for s in self.steps]
-        quantizers = [m for m in methods if m in QUANTIZERS]
+        quantizers = [s.method for s in self.steps if s.stage is Stage.QUANTIZER]
         if len(quantizers) != 1:
             raise ValueError(
-                f"a recipe needs exactly one weight quantizer (one of {list(QUANTIZERS)}), got {quantizers}"
+                f"a recipe needs exactly one weight quantizer (stage 'quantizer'), got {quantizers}"
             )
         duplicates = sorted({m for m in methods if methods.count(m) > 1})
         if duplicates:
             raise ValueError(f"steps repeat {duplicates}; each method may appear once")
-        ranks = [STAGES.index(s.stage) for s in self.steps]
-        for before, after, step in zip(ranks, ranks[1:], self.steps[1:], strict=False):
-            if after < before:
+        for before, step in zip(self.steps, self.steps[1:], strict=False):
+            if step.stage.rank < before.stage.rank:
                 raise ValueError(
-                    f"step {step.method!r} ({step.stage}) is listed too late: steps run in the order "
-                    f"{' -> '.join(STAGES)} (global transforms, awq, iaaq, the quantizer, act_quant); "
-                    f"list them in that order"
+                    f"step {step.method!r} ({step.stage}) is listed too late: steps run in the order of "
+                    f"their stages, {' -> '.join(Stage)}; list them in that order"
                 )
-        self._check_combinations(quantizers[0])
+        planned = self.plan()
+        spec = self.scheme.weights.spec()
+        act_bits = self.scheme.activation_bits
+        for method, config in planned:
+            try:
+                method.check(config, spec, act_bits)
+            except ValueError as err:
+                raise ValueError(
+                    f"step {method.name!r} does not fit scheme {self.scheme.label}: {err}"
+                ) from err
+        _check_wrapping(planned)
         return self
 
-    def _check_combinations(self, quantizer: str) -> None:
-        w = self.scheme.weights
-        label = self.scheme.label
-        if quantizer == "daq" and not (2 <= w.bits <= 4 and w.symmetric and w.granularity != "tensor"):
-            raise ValueError(
-                f"daq fits 2-4 binary planes on symmetric group or channel weights; scheme {label} "
-                f"(symmetric={w.symmetric}, {w.granularity}) does not fit: use W2A16, W3A16 or W4A16"
-            )
-        if quantizer == "abmp" and not (2 <= w.bits <= 3 and w.symmetric and w.granularity == "group"):
-            raise ValueError(
-                f"abmp moves column blocks one bit around a 2- or 3-bit symmetric group format; scheme "
-                f"{label} does not fit: use W2A16 or W3A16 with a group size"
-            )
-        steps = {s.method: s for s in self.steps}
-        if "awq" in steps and "duquant" in steps:
-            raise ValueError(
-                "awq cannot follow duquant: DuQuant wraps every linear in an online rotation, so AWQ has no "
-                "plain scale to fold; use one of them"
-            )
-        if "awq" in steps and "quarot" in steps:
-            quarot = steps["quarot"].config(self.seed)
-            groups = steps["awq"].config(self.seed).groups
-            if quarot.online_down and "down" in groups:
-                raise ValueError(
-                    "awq's 'down' group folds into up_proj -> down_proj, which QuaRot's online Hadamard "
-                    "wraps; set quarot online_down: false or awq groups: [attn, vo, mlp]"
-                )
+    def plan(self) -> list[tuple[Method, Any]]:
+        """The steps that run at this scheme, in order, with their configs: activation-only steps are
+        dropped at float activations, and the scheme's default activation quantizer is added when the
+        activations are quantized and no step of its stage is listed."""
+        act_bits = self.scheme.activation_bits
+        steps = [s for s in self.steps if act_bits is not None or not s.registered.activation_only]
+        planned = [(s.registered, s.config(self.seed, act_bits)) for s in steps]
+        if act_bits is not None:
+            stages = {method.stage for method, _ in planned}
+            for method in _scheme_defaults():
+                if method.stage not in stages:
+                    planned.append((method, method.configure({}, BindContext(self.seed, act_bits))))
+        return sorted(planned, key=lambda mc: mc[0].stage.rank)
 
     # ----- derived views ---------------------------------------------------------------------------
 
     @property
     def quantizer(self) -> Step:
         """The weight-quantizer step."""
-        return next(s for s in self.steps if s.stage == "quantizer")
+        return next(s for s in self.steps if s.stage is Stage.QUANTIZER)
 
-    def steps_in(self, stage: str) -> list[Step]:
+    def steps_in(self, stage: str | Stage) -> list[Step]:
         """The steps of one stage, in recipe order."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; stages are {list(STAGES)}")
-        return [s for s in self.steps if s.stage == stage]
+        try:
+            wanted = Stage(stage)
+        except ValueError as err:
+            raise ValueError(f"unknown stage {stage!r}; stages are {[str(s) for s in Stage]}") from err
+        return [s for s in self.steps if s.stage is wanted]
 
     def with_scheme(self, label: str | SchemeLabel) -> Recipe:
         """This recipe at another bit setting (``"W3A16"``, ``"W8A8"``, ``"W4A16g64"``); re-validated."""
@@ -269,3 +272,23 @@ class Recipe(BaseModel):
                 f"{where}: a recipe is a mapping with name, scheme and steps, got {type(data).__name__}"
             )
         return cls.model_validate(data)
+
+
+def _scheme_defaults() -> list[Method]:
+    """The registered methods a scheme with quantized activations implies (the activation quantizer)."""
+    return [m for m in registered_methods().values() if m.scheme_default]
+
+
+def _check_wrapping(planned: list[tuple[Method, Any]]) -> None:
+    """Raise ``ValueError`` when a step folds scales into linears that an earlier step wrapped in run-time
+    modules (then they are no longer plain layers it can edit)."""
+    for i, (later, later_config) in enumerate(planned):
+        plain = later.needs(later_config).plain
+        for earlier, earlier_config in planned[:i]:
+            clash = sorted(plain & earlier.writes(earlier_config).wraps)
+            if clash:
+                raise ValueError(
+                    f"{later.name} cannot follow {earlier.name}: {earlier.name} wraps the {', '.join(clash)} "
+                    f"linears in run-time modules, and {later.name} needs them as plain layers to fold its "
+                    f"scales into; drop one of the two steps or change their settings"
+                )

@@ -14,12 +14,13 @@ from typing import Literal
 from dllm_kernels import QuantSpec
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from dllm_bench.recipes.methods import ACTIVATION_BITS
-
-__all__ = ["SCHEME_LABELS", "Scheme", "SchemeLabel", "WeightScheme", "parse_scheme"]
+__all__ = ["ACTIVATION_BITS", "SCHEME_LABELS", "Scheme", "SchemeLabel", "WeightScheme", "parse_scheme"]
 
 SCHEME_LABELS = ("W4A16", "W3A16", "W2A16", "W8A8", "W4A8", "W4A4")
 """The settings the benchmarks compare (papers.md section 6)."""
+
+ACTIVATION_BITS = (4, 8, 16)
+"""Activation widths of a scheme; 16 means activations stay in floating point."""
 
 _LABEL = re.compile(r"^W(?P<w>[2348])A(?P<a>4|8|16)(?:[-_]?g(?P<g>[0-9]+))?$", re.IGNORECASE)
 
@@ -103,6 +104,11 @@ class Scheme(BaseModel):
     def quantizes_activations(self) -> bool:
         """True when activations are quantized (4 or 8 bits)."""
         return self.activations < max(ACTIVATION_BITS)
+
+    @property
+    def activation_bits(self) -> int | None:
+        """The activation width when activations are quantized, None when they stay in floating point."""
+        return self.activations if self.quantizes_activations else None
 
     def with_label(self, label: str | SchemeLabel) -> Scheme:
         """This scheme at another bit setting (``"W3A16"``, ``"W8A8"``, ``"W4A16g64"``, ...)."""

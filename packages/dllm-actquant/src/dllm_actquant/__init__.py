@@ -5,8 +5,12 @@
   `quantize_activations` to wrap a model; V quantization (`VQuantConfig`, `attach_v_quantizers`).
 * Transforms (float-model invariant, folded through ``dllm_sampler.Topology``): `apply_smoothquant`,
   `apply_quarot` (R1, R2, online R4 via `OnlineHadamard`), `apply_duquant`; IA-AQ (`calibrate_iaaq`).
-* Helpers: `capture_inputs` (calibration samples and absmax), `linear_targets` (names through wrappers),
-  metrics (`outlier_ratio`, `channel_spread`, `range_imbalance`), quantization markers.
+* Run-time wrappers as data: `stripped_wrappers` / `restore_wrappers` (what a weight checkpoint cannot
+  express: online rotations, activation and V quantizers).
+* Pipeline steps: every method is registered in ``dllm_calib``'s method registry by
+  :mod:`dllm_actquant.methods` (`float_block_inputs` collects the float inputs the global transforms read).
+* Helpers: `capture_inputs` (samples and absmax on token batches), metrics (`outlier_ratio`,
+  `channel_spread`, `range_imbalance`), quantization markers.
 """
 
 from dllm_actquant.act_quant import (
@@ -29,10 +33,17 @@ from dllm_actquant.duquant import (
 )
 from dllm_actquant.guards import QUANTIZED_ATTR, TransformError, is_quantized, mark_quantized
 from dllm_actquant.hadamard import check_hadamard_size, random_hadamard
-from dllm_actquant.iaaq import IAAQAccumulator, IAAQConfig, IAAQResult, calibrate_iaaq, search_v_quant
+from dllm_actquant.iaaq import (
+    IAAQAccumulator,
+    IAAQConfig,
+    IAAQResult,
+    VOutputCollector,
+    calibrate_iaaq,
+    search_v_quant,
+)
 from dllm_actquant.linear import ActQuantLinear
+from dllm_actquant.methods import DUQUANT_SAMPLE_TOKENS, READER_ROLES, float_block_inputs
 from dllm_actquant.metrics import channel_spread, outlier_ratio, range_imbalance
-from dllm_actquant.modules import linear_targets, unwrap
 from dllm_actquant.quarot import QuaRotConfig, QuaRotResult, apply_quarot, check_quarot_sizes
 from dllm_actquant.rotation import (
     BlockRotation,
@@ -42,18 +53,23 @@ from dllm_actquant.rotation import (
     OnlineRotation,
     fold_rotation,
 )
+from dllm_actquant.runtime import RUNTIME_FORMAT, RuntimeState, restore_wrappers, stripped_wrappers
 from dllm_actquant.smoothquant import SmoothQuantConfig, apply_smoothquant, smoothquant_scales
 from dllm_actquant.vquant import (
     VQuantConfig,
     VQuantHandle,
+    VQuantOutput,
     VQuantParams,
     attach_v_quantizers,
     fake_quantize_v,
 )
 
 __all__ = [
+    "DUQUANT_SAMPLE_TOKENS",
     "DUQUANT_SITES",
     "QUANTIZED_ATTR",
+    "READER_ROLES",
+    "RUNTIME_FORMAT",
     "ActQuantConfig",
     "ActQuantLinear",
     "BlockRotation",
@@ -69,11 +85,14 @@ __all__ = [
     "OnlineRotation",
     "QuaRotConfig",
     "QuaRotResult",
+    "RuntimeState",
     "SmoothQuantConfig",
     "StaticActParams",
     "TransformError",
+    "VOutputCollector",
     "VQuantConfig",
     "VQuantHandle",
+    "VQuantOutput",
     "VQuantParams",
     "apply_duquant",
     "apply_quarot",
@@ -88,18 +107,19 @@ __all__ = [
     "effective_block_size",
     "fake_quantize_activation",
     "fake_quantize_v",
+    "float_block_inputs",
     "fold_rotation",
     "greedy_block_rotation",
     "is_quantized",
-    "linear_targets",
     "mark_quantized",
     "outlier_ratio",
     "quantize_activation",
     "quantize_activations",
     "random_hadamard",
     "range_imbalance",
+    "restore_wrappers",
     "search_v_quant",
     "smoothquant_scales",
-    "unwrap",
+    "stripped_wrappers",
     "zigzag_permutation",
 ]

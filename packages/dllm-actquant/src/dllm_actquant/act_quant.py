@@ -12,11 +12,12 @@ dynamic, the whole tensor seen during calibration for static). Rounding is half-
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import dllm_kernels
 import torch
+from dllm_calib import MethodConfig
 from torch import Tensor
 
 __all__ = [
@@ -33,7 +34,7 @@ _EPS32 = torch.finfo(torch.float32).eps
 
 
 @dataclass(frozen=True)
-class ActQuantConfig:
+class ActQuantConfig(MethodConfig):
     """How a Linear's input is quantized.
 
     Attributes:
@@ -49,7 +50,7 @@ class ActQuantConfig:
     granularity: Literal["token", "tensor"] = "token"
     clip_ratio: float = 1.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if isinstance(self.bits, bool) or self.bits not in ACT_BITS:
             raise ValueError(f"ActQuantConfig.bits must be one of {ACT_BITS}, got {self.bits!r}")
         if not isinstance(self.symmetric, bool):
@@ -74,10 +75,6 @@ class ActQuantConfig:
     @property
     def qmax(self) -> int:
         return (1 << (self.bits - 1)) - 1
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serializable field dict."""
-        return asdict(self)
 
 
 def minmax_scale_zero(lo: Tensor, hi: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor | None]:

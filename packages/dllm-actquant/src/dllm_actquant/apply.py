@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from dllm_sampler import DiffusionLM, Topology
+from dllm_sampler import LINEAR_ROLES, DiffusionLM, Topology
 from torch import nn
 
 from dllm_actquant.act_quant import ActQuantConfig, StaticActParams
 from dllm_actquant.guards import QUANTIZED_ATTR
 from dllm_actquant.linear import ActQuantLinear
-from dllm_actquant.modules import ROLES, as_topology, replace_module
+from dllm_actquant.modules import as_topology, replace_module
 from dllm_actquant.rotation import OnlineRotation
+from dllm_actquant.vquant import VQuantOutput
 
 __all__ = ["quantize_activations"]
 
@@ -35,7 +36,7 @@ def _static_for(
             return StaticActParams.from_absmax(getattr(value, "absmax", value), config)
     raise KeyError(
         f"no static activation statistics for {keys[0]!r} (also tried {list(keys[1:])}); collect them at the "
-        "input each quantizer sees (dllm_actquant.linear_targets gives the names after online rotations)"
+        "input each quantizer sees (Topology.weight_holders gives the names inside online rotations)"
     )
 
 
@@ -46,20 +47,21 @@ def quantize_activations(
     mode: Literal["fake", "kernel"] = "fake",
     weight_bits: int | None = None,
     static: Mapping[str, Any] | None = None,
-    roles: Sequence[str] = ROLES,
+    roles: Sequence[str] = LINEAR_ROLES,
     blocks: Sequence[int] | None = None,
 ) -> list[str]:
     """Wrap the ``roles`` linears of ``blocks`` (default all) in `ActQuantLinear`; returns their names.
 
-    A linear inside an `OnlineRotation` is wrapped in place (``<name>.inner``), so the quantizer sees the
-    rotated input. The LM head is never wrapped. ``static`` maps linear names (topology names, or the
-    ``.inner`` names of `linear_targets`) to `StaticActParams` or absmax statistics; it is required for static
+    A linear inside an `OnlineRotation` (or a `VQuantOutput`) is wrapped in place (``<name>.inner``), so
+    the quantizer sees the rotated input (and V is quantized after the linear's output). The LM head is
+    never wrapped. ``static`` maps linear names (topology names, or the ``.inner`` names of
+    ``Topology.weight_holders``) to `StaticActParams` or absmax statistics; it is required for static
     configs. ``weight_bits`` selects the integer kernels' weight width in ``mode="kernel"``.
     """
     topology = as_topology(model)
-    unknown = set(roles) - set(ROLES)
+    unknown = set(roles) - set(LINEAR_ROLES)
     if unknown:
-        raise ValueError(f"unknown linear roles {sorted(unknown)}; roles are {list(ROLES)}")
+        raise ValueError(f"unknown linear roles {sorted(unknown)}; roles are {list(LINEAR_ROLES)}")
     chosen = [topology.block(i) for i in blocks] if blocks is not None else list(topology)
     root = topology.model
     plan: list[tuple[str, str, ActQuantLinear]] = []
@@ -68,16 +70,11 @@ def quantize_activations(
             name = block.names[role]
             module = root.get_submodule(name)
             path = name
-            if isinstance(module, OnlineRotation):
-                path, module = f"{name}.inner", module.inner
+            while isinstance(module, VQuantOutput | OnlineRotation):  # the quantizer goes inside both
+                path, module = f"{path}.inner", module.inner
             marker = getattr(module, QUANTIZED_ATTR, "")
             if isinstance(module, ActQuantLinear) or "activations" in marker:
                 raise ValueError(f"{name!r} already has an activation quantizer; wrap each linear once")
-            if mode == "kernel" and marker == "v-output":
-                raise ValueError(
-                    f"{name!r} carries a V quantizer hook, which the kernel mode would bypass (it never "
-                    "calls the wrapped linear); call attach_v_quantizers after quantize_activations"
-                )
             if mode == "kernel" and "weights" in marker:
                 raise ValueError(
                     f"{name!r} holds quantized weights ({marker}); the kernel mode re-quantizes a float "

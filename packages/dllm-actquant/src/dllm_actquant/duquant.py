@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from dllm_calib import MethodConfig
 from dllm_sampler import BlockTopology, DiffusionLM, Topology
 from torch import Tensor, nn
 
@@ -60,7 +61,7 @@ DUQUANT_SITES: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class DuQuantConfig:
+class DuQuantConfig(MethodConfig):
     """DuQuant settings (defaults: QDLM's ``--block_size 128 --max_rotation_step 256 --smooth --alpha 0.5``).
 
     Attributes:
@@ -82,7 +83,7 @@ class DuQuantConfig:
     sites: tuple[str, ...] = ("qkv", "o", "gate_up", "down")
     seed: int = 0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for name in ("block_size", "max_rotation_step", "seed"):
             v = getattr(self, name)
             low = 1 if name == "block_size" else 0
@@ -105,9 +106,6 @@ class DuQuantConfig:
             raise ValueError(
                 f"DuQuantConfig.sites must be distinct names from {list(DUQUANT_SITES)}, got {self.sites!r}"
             )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

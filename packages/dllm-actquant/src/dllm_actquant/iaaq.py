@@ -17,22 +17,37 @@ Calibrate on DLLMQuant's TMAS states (``dllm_calib.build_tmas``), before attachi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from dllm_calib import AttentionCollector, AttentionSite, Batch, CalibrationSet, Collector, HookPoint, collect
+from dllm_calib import (
+    AttentionCollector,
+    AttentionSite,
+    Batch,
+    Collector,
+    Feed,
+    HookPoint,
+    MethodConfig,
+    collect,
+)
 from dllm_sampler import DiffusionLM, model_rope
 from torch import Tensor
 
-from dllm_actquant.modules import linear_targets
 from dllm_actquant.vquant import VQuantConfig, VQuantParams, fake_quantize_v
 
-__all__ = ["IAAQAccumulator", "IAAQConfig", "IAAQResult", "calibrate_iaaq", "search_v_quant"]
+__all__ = [
+    "IAAQAccumulator",
+    "IAAQConfig",
+    "IAAQResult",
+    "VOutputCollector",
+    "calibrate_iaaq",
+    "search_v_quant",
+]
 
 
 @dataclass(frozen=True)
-class IAAQConfig:
+class IAAQConfig(MethodConfig):
     """IA-AQ settings.
 
     Attributes:
@@ -45,9 +60,7 @@ class IAAQConfig:
     alphas: tuple[float, ...] = (1.0, 0.8)
     weighted: bool = True
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.vquant, VQuantConfig):
-            raise ValueError(f"IAAQConfig.vquant must be a VQuantConfig, got {type(self.vquant).__name__}")
+    def validate(self) -> None:
         a = self.alphas
         if (
             not a
@@ -57,9 +70,6 @@ class IAAQConfig:
             raise ValueError(f"IAAQConfig.alphas must be distinct numbers in (0, 1], got {a!r}")
         if not isinstance(self.weighted, bool):
             raise ValueError(f"IAAQConfig.weighted must be a bool, got {self.weighted!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -153,7 +163,7 @@ def search_v_quant(
     return acc.result()
 
 
-class _VCollector(Collector):
+class VOutputCollector(Collector):
     """Feeds each observed v output to its layer's accumulator: ranges (first pass) or losses (second pass).
 
     In the weighted loss pass a layer's V and its P (from `AttentionCollector`'s ``on_probs``, which may
@@ -204,27 +214,28 @@ class _VCollector(Collector):
 
 @torch.no_grad()
 def calibrate_iaaq(
-    model: DiffusionLM,
-    calibration_set: CalibrationSet,
+    dlm: DiffusionLM,
+    feed: Feed,
     config: IAAQConfig | None = None,
     blocks: Sequence[int] | None = None,
-    batch_size: int = 8,
 ) -> dict[int, IAAQResult]:
-    """Run IA-AQ for ``blocks`` (default all) on ``calibration_set``; returns block index -> `IAAQResult`.
+    """Run IA-AQ for ``blocks`` (default all) of ``dlm`` on the calibration batches of ``feed`` (a
+    ``dllm_calib.ModelFeed`` for the whole model, or a feed of the unit holding those blocks); returns
+    block index -> `IAAQResult`.
 
     Use ``{i: r.params for i, r in result.items()}`` with `attach_v_quantizers`.
     """
     config = config or IAAQConfig()
-    topology = model.topology
+    topology = dlm.topology
     chosen = [topology.block(i) for i in blocks] if blocks is not None else list(topology)
     accs = {b.names["v"]: IAAQAccumulator(b.n_kv_heads, b.head_dim, config) for b in chosen}
-    targets = [linear_targets(model)[b.names["v"]] for b in chosen]
+    targets = [b.weight_holder("v") for b in chosen]
     if config.vquant.static:
-        collect(model, calibration_set, targets, [_VCollector(accs, "range", config.weighted)], batch_size)
-    vcol = _VCollector(accs, "loss", config.weighted)
+        collect(feed, targets, [VOutputCollector(accs, "range", config.weighted)])
+    vcol = VOutputCollector(accs, "loss", config.weighted)
     collectors: list[Collector] = [vcol]
     if config.weighted:
-        rope = model_rope(model)
+        rope = model_rope(dlm)
         sites = [
             AttentionSite(
                 name=b.names["v"],
@@ -238,5 +249,5 @@ def calibrate_iaaq(
             for b in chosen
         ]
         collectors.append(AttentionCollector(sites, on_probs=vcol.on_probs, name="iaaq_attention"))
-    collect(model, calibration_set, targets, collectors, batch_size)
+    collect(feed, targets, collectors)
     return {b.index: accs[b.names["v"]].result() for b in chosen}

@@ -19,10 +19,10 @@ was.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
+from dllm_calib import MethodConfig
 from dllm_sampler import DiffusionLM, Topology
 from torch import Tensor, nn
 
@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class QuaRotConfig:
+class QuaRotConfig(MethodConfig):
     """QuaRot settings.
 
     Attributes:
@@ -55,15 +55,12 @@ class QuaRotConfig:
     rotate_vo: bool = True
     online_down: bool = True
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"QuaRotConfig.seed must be an int, got {self.seed!r}")
         for flag in ("randomize", "rotate_residual", "rotate_vo", "online_down"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"QuaRotConfig.{flag} must be a bool, got {getattr(self, flag)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass

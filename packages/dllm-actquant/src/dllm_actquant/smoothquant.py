@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from dllm_calib import MethodConfig
 from dllm_sampler import BlockTopology, DiffusionLM, Topology
 from torch import Tensor, nn
 
@@ -33,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SmoothQuantConfig:
+class SmoothQuantConfig(MethodConfig):
     """SmoothQuant settings.
 
     Attributes:
@@ -46,15 +47,12 @@ class SmoothQuantConfig:
     vo: bool = False
     up_down: bool = False
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not (isinstance(self.alpha, int | float) and 0.0 <= self.alpha <= 1.0):
             raise ValueError(f"SmoothQuantConfig.alpha must be in [0, 1], got {self.alpha!r}")
         for flag in ("vo", "up_down"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"SmoothQuantConfig.{flag} must be a bool, got {getattr(self, flag)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def smoothquant_scales(act_absmax: Tensor, weights: Sequence[Tensor], alpha: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""Quantization of the attention value matrix V (the output of v_proj), as a forward hook.
+"""Quantization of the attention value matrix V (the output of v_proj), as a wrapper around v_proj.
 
 ``V`` is viewed as ``[..., K, Dh]`` (K key/value heads of Dh channels). Granularities:
 
@@ -14,26 +14,33 @@ unchanged. Formulas and rounding are dllm_kernels' (`dllm_actquant.act_quant`).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from dllm_calib import MethodConfig
 from dllm_sampler import DiffusionLM, Topology
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 
 from dllm_actquant.act_quant import minmax_scale_zero, quantize_with_params
-from dllm_actquant.guards import QUANTIZED_ATTR
-from dllm_actquant.modules import as_topology
+from dllm_actquant.guards import mark_quantized
+from dllm_actquant.modules import as_topology, replace_module
 
-__all__ = ["VQuantConfig", "VQuantHandle", "VQuantParams", "attach_v_quantizers", "fake_quantize_v"]
+__all__ = [
+    "VQuantConfig",
+    "VQuantHandle",
+    "VQuantOutput",
+    "VQuantParams",
+    "attach_v_quantizers",
+    "fake_quantize_v",
+]
 
 V_BITS = (2, 3, 4, 8)
 _MARK = "v-output"
 
 
 @dataclass(frozen=True)
-class VQuantConfig:
+class VQuantConfig(MethodConfig):
     """How V is quantized.
 
     Attributes:
@@ -47,7 +54,7 @@ class VQuantConfig:
     symmetric: bool = False
     granularity: Literal["head", "channel", "token"] = "head"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if isinstance(self.bits, bool) or self.bits not in V_BITS:
             raise ValueError(f"VQuantConfig.bits must be one of {V_BITS}, got {self.bits!r}")
         if not isinstance(self.symmetric, bool):
@@ -61,9 +68,6 @@ class VQuantConfig:
     def static(self) -> bool:
         """True when the ranges come from calibration (head, channel)."""
         return self.granularity != "token"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -124,19 +128,43 @@ def fake_quantize_v(v: Tensor, params: VQuantParams, config: VQuantConfig, num_k
     return out.to(v.dtype).reshape(shape)
 
 
-class VQuantHandle:
-    """The hooks of `attach_v_quantizers`; ``remove()`` detaches them (also usable as a context manager)."""
+class VQuantOutput(nn.Module):
+    """``inner`` (a v projection, possibly wrapped) whose output V is fake-quantized (`fake_quantize_v`).
 
-    def __init__(self, handles: list[RemovableHandle], marked: list[nn.Module]) -> None:
-        self._handles, self._marked = handles, marked
+    ``params`` is kept as given (CPU tensors in their own dtype, moved to V's device at each call), so a
+    dtype cast of the model never rounds the calibrated ranges. ``inner`` keeps the layer, so
+    ``dllm_sampler.weight_holder`` finds its weight through this wrapper. Marked ``"v-output"``, so
+    equivalence transforms refuse to edit v while its quantizer is calibrated to it.
+    """
+
+    def __init__(
+        self, inner: nn.Module, config: VQuantConfig, params: VQuantParams, num_kv_heads: int
+    ) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = config
+        self.num_kv_heads = num_kv_heads
+        self.params = params
+        mark_quantized(self, _MARK)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return fake_quantize_v(self.inner(x), self.params, self.config, self.num_kv_heads)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return f"bits={c.bits}, symmetric={c.symmetric}, granularity={c.granularity!r}"
+
+
+class VQuantHandle:
+    """The wrappers of `attach_v_quantizers`; ``remove()`` takes them off again (also a context manager)."""
+
+    def __init__(self, root: nn.Module, wrapped: dict[str, VQuantOutput]) -> None:
+        self._root, self._wrapped = root, wrapped
 
     def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        for m in self._marked:
-            if getattr(m, QUANTIZED_ATTR, "") == _MARK:
-                delattr(m, QUANTIZED_ATTR)
-        self._handles, self._marked = [], []
+        for name, wrapper in self._wrapped.items():
+            replace_module(self._root, name, wrapper.inner)
+        self._wrapped = {}
 
     def __enter__(self) -> VQuantHandle:
         return self
@@ -150,12 +178,11 @@ def attach_v_quantizers(
     config: VQuantConfig,
     params: Mapping[int, VQuantParams] | None = None,
 ) -> VQuantHandle:
-    """Fake-quantize every block's V (a forward hook on the v projection's output).
+    """Fake-quantize every block's V: wrap the v projection in a `VQuantOutput`.
 
     ``params`` maps block index -> `VQuantParams` (from `calibrate_iaaq`); blocks without an entry are left
-    alone. For ``"token"`` granularity ``params=None`` quantizes every block with ``alpha = 1``. A module
-    that carries no other quantization marker is marked ``"v-output"`` until ``remove()``, so equivalence
-    transforms refuse to edit v while its quantizer is calibrated to the current weights.
+    alone. For ``"token"`` granularity ``params=None`` quantizes every block with ``alpha = 1``. Every
+    parameter is checked before the first module is wrapped.
     """
     topology = as_topology(model)
     if params is None:
@@ -168,21 +195,12 @@ def attach_v_quantizers(
     unknown = set(params) - {b.index for b in topology}
     if unknown:
         raise ValueError(f"V quantizer params for unknown blocks {sorted(unknown)}")
-    handles, marked = [], []
-    for b in topology:
-        if b.index not in params:
-            continue
-        p = params[b.index]
-        p.check(config, b.n_kv_heads, b.head_dim)
-        module = b.module("v")
-
-        def hook(
-            _m: nn.Module, _inp: tuple, out: Tensor, p: VQuantParams = p, k: int = b.n_kv_heads
-        ) -> Tensor:
-            return fake_quantize_v(out, p, config, k)
-
-        handles.append(module.register_forward_hook(hook))
-        if not getattr(module, QUANTIZED_ATTR, ""):
-            setattr(module, QUANTIZED_ATTR, _MARK)
-            marked.append(module)
-    return VQuantHandle(handles, marked)
+    chosen = [b for b in topology if b.index in params]
+    for b in chosen:
+        params[b.index].check(config, b.n_kv_heads, b.head_dim)
+    wrapped: dict[str, VQuantOutput] = {}
+    for b in chosen:
+        name = b.names["v"]
+        wrapped[name] = VQuantOutput(b.module("v"), config, params[b.index], b.n_kv_heads)
+        replace_module(topology.model, name, wrapped[name])
+    return VQuantHandle(topology.model, wrapped)

@@ -4,8 +4,12 @@
   llm-compressor / GPTQModel / AutoAWQ (`to_calibration_list`, `to_hf_dataset`).
 - Builders (registry `BUILDERS`): plain windows, random-time masking, Quant-dLLM's MCS, DLLMQuant's TMAS;
   text from a `TextSource`.
-- Collectors driven by `collect`: token-weighted Hessians (uniform / CGQ certainty / user weights),
-  per-channel absmax and mean |x|, recomputed attention probabilities; optionally per mask-ratio bucket.
+- `Feed` (a unit's calibration batches and forward; `ModelFeed` for a whole model) and the collectors
+  `collect` drives on it: token-weighted Hessians (uniform / CGQ certainty / user weights), per-channel
+  absmax and mean |x|, sampled inputs, recomputed attention probabilities; optionally per mask-ratio
+  bucket.
+- The method registry (`Method`, `register_method`, `get_method`): every quantization method as data,
+  with the `MethodContext` it runs in and the `MethodConfig` base of its config.
 """
 
 from dllm_calib.batching import Batch, iter_batches
@@ -38,6 +42,8 @@ from dllm_calib.collectors import (
     HessianCollector,
     HessianStats,
     HookPoint,
+    InputSampleCollector,
+    InputSamples,
     NonFiniteActivationError,
     TensorWeight,
     TokenWeighting,
@@ -50,6 +56,30 @@ from dllm_calib.collectors import (
 )
 from dllm_calib.confidence import score_confidence
 from dllm_calib.export import to_calibration_list, to_hf_dataset
+from dllm_calib.feed import Feed, ModelFeed, TokenFeed
+from dllm_calib.methods import (
+    ENTRY_POINT_GROUP,
+    BindContext,
+    LogRow,
+    Method,
+    MethodConfig,
+    MethodContext,
+    Needs,
+    Stage,
+    Statistic,
+    Writes,
+    bind_fields,
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_range,
+    get_method,
+    register_method,
+    registered,
+    registered_methods,
+    unregister_method,
+)
+from dllm_calib.model_io import TextModel
 from dllm_calib.sources import (
     ArithmeticSource,
     JsonlSource,
@@ -64,11 +94,13 @@ from dllm_calib.storage import CorruptCalibrationSetError, load_calibration_set,
 
 __all__ = [
     "BUILDERS",
+    "ENTRY_POINT_GROUP",
     "ArithmeticSource",
     "AttentionCollector",
     "AttentionResult",
     "AttentionSite",
     "Batch",
+    "BindContext",
     "BuilderConfig",
     "CalibrationSet",
     "CalibrationState",
@@ -78,26 +110,41 @@ __all__ = [
     "CollectionSession",
     "Collector",
     "CorruptCalibrationSetError",
+    "Feed",
     "HessianCollector",
     "HessianStats",
     "HookPoint",
+    "InputSampleCollector",
+    "InputSamples",
     "JsonlSource",
     "ListSource",
+    "LogRow",
     "MCSConfig",
+    "Method",
+    "MethodConfig",
+    "MethodContext",
+    "ModelFeed",
+    "Needs",
     "NonFiniteActivationError",
     "PlainConfig",
     "Provenance",
     "RandomConfig",
+    "Stage",
+    "Statistic",
     "StdlibCodeSource",
     "TMASConfig",
     "TensorWeight",
     "TextFileSource",
+    "TextModel",
     "TextSource",
+    "TokenFeed",
     "TokenWeighting",
     "UniformWeight",
+    "Writes",
     "attach_collectors",
     "attention_probs",
     "attention_sites",
+    "bind_fields",
     "bucket_of",
     "build_calibration_set",
     "build_mcs",
@@ -105,17 +152,26 @@ __all__ = [
     "build_random",
     "build_tmas",
     "builder_config",
+    "check_bool",
+    "check_choice",
+    "check_positive_int",
+    "check_range",
     "collect",
+    "get_method",
     "iter_batches",
     "load_calibration_set",
     "mask_ratio_buckets",
     "mcs_visibility",
     "quota_counts",
     "register_builder",
+    "register_method",
+    "registered",
+    "registered_methods",
     "resolve_targets",
     "save_calibration_set",
     "score_confidence",
     "text_source",
     "to_calibration_list",
     "to_hf_dataset",
+    "unregister_method",
 ]

@@ -7,6 +7,7 @@ Padded positions have ``attention_mask`` False, are never masked and carry confi
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,6 +48,17 @@ class Batch:
     def model_attention_mask(self) -> Tensor | None:
         """The mask to pass to the model: None when nothing is padded."""
         return None if bool(self.attention_mask.all()) else self.attention_mask
+
+    def to(self, device: torch.device | str) -> Batch:
+        """This batch with every tensor on ``device``."""
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            is_masked=self.is_masked.to(device),
+            confidence=None if self.confidence is None else self.confidence.to(device),
+            mask_ratio=self.mask_ratio.to(device),
+        )
 
 
 def iter_batches(

@@ -1,25 +1,38 @@
 """What the builders need from a model: its tokenizer, its mask token and a name for provenance.
 
-The builders accept any object shaped like ``dllm_sampler.DiffusionLM``: ``encode(text)`` returning token
-ids, ``mask_token_id`` (None or missing for a model that cannot be masked), optional ``eos_token_id``,
-``arch`` and a name. These helpers turn what they find into clear errors.
+The window builders (plain, random, MCS) need only a `TextModel`: ``encode(text)`` returning token ids,
+``mask_token_id`` (None for a model that cannot be masked) and ``eos_token_id`` (None without one).
+``dllm_sampler.DiffusionLM`` is one; TMAS needs the full ``DiffusionLM`` (it runs the sampler). These
+helpers turn what they find into clear errors.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from dllm_calib.sources import TextSource
 
-__all__ = ["describe_model", "draw_windows", "encode_text", "require_mask_token", "token_stream"]
+__all__ = ["TextModel", "describe_model", "draw_windows", "encode_text", "require_mask_token", "token_stream"]
 
 
-def require_mask_token(model: Any, builder: str) -> int:
+class TextModel(Protocol):
+    """The part of a model the window builders use (``dllm_sampler.DiffusionLM`` has it)."""
+
+    @property
+    def mask_token_id(self) -> int | None: ...
+
+    @property
+    def eos_token_id(self) -> int | None: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+
+def require_mask_token(model: TextModel, builder: str) -> int:
     """The model's mask token id.
 
     Raises:
@@ -36,7 +49,7 @@ def require_mask_token(model: Any, builder: str) -> int:
     return mask_id
 
 
-def describe_model(model: Any) -> str:
+def describe_model(model: object) -> str:
     """A short model description for provenance: its name or path if it has one, else its ``repr``
     (``DiffusionLM``'s names the architecture and sizes), else its class and architecture."""
     for attr in ("name_or_path", "name", "path"):
@@ -49,7 +62,7 @@ def describe_model(model: Any) -> str:
     return f"{type(model).__name__} ({arch})" if arch else type(model).__name__
 
 
-def encode_text(model: Any, text: str) -> list[int]:
+def encode_text(model: TextModel, text: str) -> list[int]:
     """Token ids of ``text`` from ``model.encode`` (a list, a 1-D tensor or an object with ``.ids``).
 
     Raises:
@@ -67,7 +80,7 @@ def encode_text(model: Any, text: str) -> list[int]:
     return out
 
 
-def token_stream(model: Any, source: TextSource, max_tokens: int) -> tuple[list[int], int]:
+def token_stream(model: TextModel, source: TextSource, max_tokens: int) -> tuple[list[int], int]:
     """Concatenate the encoded texts of ``source`` (separated by the model's EOS when it has one) until at
     least ``max_tokens`` tokens are collected or the source ends.
 

@@ -10,11 +10,14 @@
   :class:`QuantLinear`, :func:`replace_linear`.
 * Checkpoints: :func:`export_quantized` / :func:`load_quantized` (compressed-tensors ``pack-quantized`` or
   the ``dllmq`` format of FORMAT.md), :class:`QuantProvenance`.
-* Registry: :data:`METHODS`, :func:`get_method`.
+* Pipeline steps: :func:`quantize_linears` (the step every quantizer shares), :func:`awq_step`; each
+  method is registered in ``dllm_calib``'s method registry by :mod:`dllm_weightquant.methods`
+  (:func:`quantizer_method` builds a quantizer's record).
 """
 
-from dllm_weightquant.abmp import ABMPConfig, abmp_orders, abmp_quantize
-from dllm_weightquant.awq import AWQ_GROUPS, AWQConfig, AWQScale, apply_awq, awq_search_scale
+from dllm_weightquant.abmp import ABMPConfig, abmp_orders, abmp_quantize, check_abmp_spec
+from dllm_weightquant.awq import AWQ_GROUPS, AWQConfig, AWQScale, apply_awq, awq_search_scale, awq_step
+from dllm_weightquant.block_quantizer import quantize_linears, relative_weight_error
 from dllm_weightquant.cgq import CGQConfig, cgq_quantize
 from dllm_weightquant.checkpoint import (
     QuantProvenance,
@@ -24,19 +27,18 @@ from dllm_weightquant.checkpoint import (
     package_versions,
     read_provenance,
 )
-from dllm_weightquant.daq import DAQConfig, daq_quantize, dor_weights, fit_multibinary
+from dllm_weightquant.daq import DAQConfig, check_daq_spec, daq_quantize, dor_weights, fit_multibinary
 from dllm_weightquant.gptq import GPTQConfig, gptq_quantize
 from dllm_weightquant.grid import ClipSearch
 from dllm_weightquant.hessian import hessian_from_inputs, layer_objective
+from dllm_weightquant.methods import quantizer_method
 from dllm_weightquant.multibinary import MultiBinaryWeight
 from dllm_weightquant.qlinear import QuantLinear, replace_linear
 from dllm_weightquant.qweight import QuantizedWeight
-from dllm_weightquant.registry import METHODS, Method, get_method
 from dllm_weightquant.rtn import RTNConfig, fake_quantize_weight, rtn_quantize
 
 __all__ = [
     "AWQ_GROUPS",
-    "METHODS",
     "ABMPConfig",
     "AWQConfig",
     "AWQScale",
@@ -44,7 +46,6 @@ __all__ = [
     "ClipSearch",
     "DAQConfig",
     "GPTQConfig",
-    "Method",
     "MultiBinaryWeight",
     "QuantLinear",
     "QuantProvenance",
@@ -54,20 +55,25 @@ __all__ = [
     "abmp_quantize",
     "apply_awq",
     "awq_search_scale",
+    "awq_step",
     "cgq_quantize",
+    "check_abmp_spec",
+    "check_daq_spec",
     "compressed_tensors_config",
     "daq_quantize",
     "dor_weights",
     "export_quantized",
     "fake_quantize_weight",
     "fit_multibinary",
-    "get_method",
     "gptq_quantize",
     "hessian_from_inputs",
     "layer_objective",
     "load_quantized",
     "package_versions",
+    "quantize_linears",
+    "quantizer_method",
     "read_provenance",
+    "relative_weight_error",
     "replace_linear",
     "rtn_quantize",
 ]

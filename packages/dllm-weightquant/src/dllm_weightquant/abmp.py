@@ -12,15 +12,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from dllm_calib import MethodConfig, check_range
 from dllm_kernels import QuantSpec
 from torch import Tensor
 
 from dllm_weightquant._checks import check_weight
-from dllm_weightquant._config import MethodConfig, check_range
-from dllm_weightquant.daq import MAX_ORDER, DAQConfig, daq_group_size, prepare_dor, quantize_groups
+from dllm_weightquant.daq import (
+    MAX_ORDER,
+    DAQConfig,
+    check_daq_spec,
+    daq_group_size,
+    prepare_dor,
+    quantize_groups,
+)
 from dllm_weightquant.multibinary import MultiBinaryWeight
 
-__all__ = ["ABMPConfig", "abmp_orders", "abmp_quantize"]
+__all__ = ["ABMPConfig", "abmp_orders", "abmp_quantize", "check_abmp_spec"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +43,8 @@ class ABMPConfig(MethodConfig):
     rho: float = 0.05
     daq: DAQConfig = field(default_factory=DAQConfig)
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_range("ABMPConfig", "rho", self.rho, 0.0, 0.5)
-        if not isinstance(self.daq, DAQConfig):
-            raise ValueError(f"ABMPConfig.daq must be a DAQConfig, got {type(self.daq).__name__}")
 
 
 def abmp_orders(scores: Tensor, base_bits: int, rho: float) -> list[int]:
@@ -57,6 +62,25 @@ def abmp_orders(scores: Tensor, base_bits: int, rho: float) -> list[int]:
     return bits
 
 
+def check_abmp_spec(spec: object) -> QuantSpec:
+    """``spec`` if ABMP can fit it: a symmetric integer group spec of 2 or 3 bits (blocks move one bit up
+    and down, within DAQ's 1 to 4 planes).
+
+    Raises:
+        ValueError: naming what does not fit and the settings that do.
+    """
+    if isinstance(spec, QuantSpec) and spec.granularity != "group":
+        raise ValueError(
+            f"ABMP allocates bits to column blocks: use granularity='group' (e.g. 128), got {spec}"
+        )
+    if isinstance(spec, QuantSpec) and not 2 <= spec.bits <= MAX_ORDER - 1:
+        raise ValueError(
+            f"ABMP moves blocks one bit up and down around spec.bits, which must be 2 or {MAX_ORDER - 1} "
+            f"(W2A16 or W3A16); got bits={spec.bits}"
+        )
+    return check_daq_spec(spec, "ABMP", MAX_ORDER - 1)
+
+
 def abmp_quantize(
     weight: Tensor, hessian: Tensor, spec: QuantSpec, config: ABMPConfig | None = None
 ) -> MultiBinaryWeight:
@@ -66,17 +90,7 @@ def abmp_quantize(
     Needs a symmetric group spec with 2 <= bits <= 3 (planes 1..4); raises ``ValueError`` otherwise.
     """
     config = config or ABMPConfig()
-    if not isinstance(spec, QuantSpec):
-        raise ValueError(f"ABMP: spec must be a dllm_kernels.QuantSpec, got {type(spec).__name__}")
-    if spec.granularity != "group":
-        raise ValueError(
-            f"ABMP allocates bits to column blocks: use granularity='group' (e.g. 128), got {spec}"
-        )
-    if not 2 <= spec.bits <= MAX_ORDER - 1:
-        raise ValueError(
-            f"ABMP moves blocks one bit up and down around spec.bits, which must be 2 or {MAX_ORDER - 1}; "
-            f"got bits={spec.bits}"
-        )
+    spec = check_abmp_spec(spec)
     w = check_weight(weight)
     out, inp = w.shape
     group = daq_group_size(spec, inp, "ABMP")

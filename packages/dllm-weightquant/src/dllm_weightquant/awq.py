@@ -25,25 +25,47 @@ reader: q, o, gate, down.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+from dllm_calib import (
+    ChannelStatsCollector,
+    HessianCollector,
+    LogRow,
+    MethodConfig,
+    MethodContext,
+    check_bool,
+    check_choice,
+    check_positive_int,
+    collect,
+)
 from dllm_kernels import QuantSpec
 from torch import Tensor, nn
 
 from dllm_weightquant._checks import check_hessian, check_uniform_spec, check_weight
-from dllm_weightquant._config import MethodConfig, check_choice, check_positive_int
 from dllm_weightquant.rtn import fake_quantize_weight, weight_cells
 
 if TYPE_CHECKING:
     from dllm_sampler import BlockTopology, Topology
 
-__all__ = ["AWQ_GROUPS", "AWQConfig", "AWQScale", "apply_awq", "awq_search_scale"]
+__all__ = [
+    "AWQ_GROUPS",
+    "AWQConfig",
+    "AWQScale",
+    "apply_awq",
+    "awq_folded_roles",
+    "awq_readers",
+    "awq_search_scale",
+    "awq_step",
+]
 
 AWQ_GROUPS = ("attn", "vo", "mlp", "down")
 _READER_ROLE = {"attn": "q", "vo": "o", "mlp": "gate", "down": "down"}
+_FOLD_ROLES = {"attn": ("q", "k", "v"), "vo": ("v", "o"), "mlp": ("gate", "up"), "down": ("up", "down")}
+"""The linears whose weights each group's fold edits (the producer's rows and the consumers' columns)."""
 _GROUP_LINEARS: dict[str, Callable[[BlockTopology], list[nn.Linear]]] = {
     "attn": lambda b: b.attn_inputs,
     "vo": lambda b: [b.o_proj],
@@ -72,10 +94,9 @@ class AWQConfig(MethodConfig):
     duo_scaling: bool = False
     groups: tuple[str, ...] = AWQ_GROUPS
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_positive_int("AWQConfig", "n_grid", self.n_grid)
-        if not isinstance(self.duo_scaling, bool):
-            raise ValueError(f"AWQConfig.duo_scaling must be a bool, got {self.duo_scaling!r}")
+        check_bool("AWQConfig", "duo_scaling", self.duo_scaling)
         if not isinstance(self.groups, tuple) or not self.groups:
             raise ValueError(
                 f"AWQConfig.groups must be a non-empty tuple of {list(AWQ_GROUPS)}, got {self.groups!r}"
@@ -221,3 +242,38 @@ def apply_awq(
                 _FOLD[group](topology, block, found.scale)
             results[f"{index}.{group}"] = found
     return results
+
+
+def awq_readers(config: AWQConfig) -> tuple[str, ...]:
+    """The roles whose input statistics the searched groups read (q, o, gate, down), without repeats."""
+    return tuple(dict.fromkeys(_READER_ROLE[g] for g in config.groups))
+
+
+def awq_folded_roles(config: AWQConfig) -> frozenset[str]:
+    """The linear roles whose weights the searched groups' folds edit."""
+    return frozenset(r for g in config.groups for r in _FOLD_ROLES[g])
+
+
+def awq_step(context: MethodContext, config: AWQConfig) -> list[LogRow]:
+    """AWQ as a pipeline step: per block of ``context``, collect the readers' Hessian and mean |x| on the
+    block's feed, then search and fold the scales (`apply_awq`); one log row per searched group (its
+    output error, and the search time shared out over the groups)."""
+    rows: list[LogRow] = []
+    for index, feed in context.feeds():
+        start = time.perf_counter()
+        block = context.dlm.topology.block(index)
+        readers = {g: block.names[_READER_ROLE[g]] for g in config.groups}
+        stats = collect(
+            feed,
+            list(dict.fromkeys(readers.values())),
+            [HessianCollector(), ChannelStatsCollector(name="channels")],
+        )
+        hessians = {n: s.hessian() for n, s in stats["hessian"].items()}
+        means = {n: s.mean_abs for n, s in stats["channels"].items()}
+        found = apply_awq(context.dlm.topology, hessians, means, context.weight_spec, config, blocks=[index])
+        seconds = (time.perf_counter() - start) / max(len(found), 1)
+        rows += [
+            LogRow(index, readers[key.split(".", 1)[1]], "awq", loss=scale.error, seconds=seconds)
+            for key, scale in found.items()
+        ]
+    return rows

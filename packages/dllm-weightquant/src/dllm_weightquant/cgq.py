@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dllm_calib import CertaintyWeight
+from dllm_calib import CertaintyWeight, MethodConfig, check_bool, check_choice, check_range
 from dllm_kernels import QuantSpec
 from torch import Tensor
 
-from dllm_weightquant._config import MethodConfig, check_choice, check_range
 from dllm_weightquant.gptq import GPTQConfig, gptq_quantize
 from dllm_weightquant.qweight import QuantizedWeight
 
@@ -48,17 +47,12 @@ class CGQConfig(MethodConfig):
     confidence_on_unmasked: bool = True
     form: str = "survey"
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.gptq, GPTQConfig):
-            raise ValueError(f"CGQConfig.gptq must be a GPTQConfig, got {type(self.gptq).__name__}")
+    def validate(self) -> None:
         check_range("CGQConfig", "masked", self.masked, 0.0, 1e6)
         check_range("CGQConfig", "unmasked", self.unmasked, 0.0, 1e6)
         if self.confidence_exponent is not None:
             check_range("CGQConfig", "confidence_exponent", self.confidence_exponent, 0.0, 1e6, lo_open=True)
-        if not isinstance(self.confidence_on_unmasked, bool):
-            raise ValueError(
-                f"CGQConfig.confidence_on_unmasked must be a bool, got {self.confidence_on_unmasked!r}"
-            )
+        check_bool("CGQConfig", "confidence_on_unmasked", self.confidence_on_unmasked)
         check_choice("CGQConfig", "form", self.form, ("survey", "linear"))
 
     def weighting(self) -> CertaintyWeight:

@@ -30,11 +30,11 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from dllm_calib import MethodConfig, check_bool, check_choice, check_range
 from dllm_kernels import QuantSpec
 from torch import Tensor
 
 from dllm_weightquant._checks import check_hessian, check_weight
-from dllm_weightquant._config import MethodConfig, check_choice, check_range
 from dllm_weightquant.gptq import COMPUTE_DTYPES, prepare_hessian
 from dllm_weightquant.hessian import inverse_hessian_factor
 from dllm_weightquant.multibinary import MultiBinaryWeight, combine_planes
@@ -42,6 +42,7 @@ from dllm_weightquant.multibinary import MultiBinaryWeight, combine_planes
 __all__ = [
     "DAQConfig",
     "DORContext",
+    "check_daq_spec",
     "daq_group_size",
     "daq_quantize",
     "dor_weights",
@@ -76,7 +77,7 @@ class DAQConfig(MethodConfig):
     compensate: bool = True
     compute_dtype: str = "float32"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_range("DAQConfig", "lam", self.lam, 1.0, 1e6)
         check_range("DAQConfig", "sigma_threshold", self.sigma_threshold, 0.0, 1e6, lo_open=True)
         for name in ("iterations", "damp_retries"):
@@ -84,8 +85,7 @@ class DAQConfig(MethodConfig):
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ValueError(f"DAQConfig.{name} must be a non-negative integer, got {v!r}")
         check_range("DAQConfig", "damp_percent", self.damp_percent, 0.0, 1e6, lo_open=True)
-        if not isinstance(self.compensate, bool):
-            raise ValueError(f"DAQConfig.compensate must be a bool, got {self.compensate!r}")
+        check_bool("DAQConfig", "compensate", self.compensate)
         check_choice("DAQConfig", "compute_dtype", self.compute_dtype, tuple(COMPUTE_DTYPES))
 
 
@@ -204,18 +204,35 @@ def quantize_groups(
     return MultiBinaryWeight.from_planes(signs, alphas_r, alphas_c, (out, inp), group_size)
 
 
-def daq_group_size(spec: QuantSpec, inp: int, method: str) -> int:
-    """Column group width of a multi-binary quantizer for ``spec`` (``in`` per channel); checks the spec."""
+def check_daq_spec(spec: object, method: str = "DAQ", max_bits: int = MAX_ORDER) -> QuantSpec:
+    """``spec`` if a multi-binary quantizer can fit it: one binary plane per bit, 2 to ``max_bits`` bits,
+    symmetric (planes have no zero point), integer, granularity group or channel.
+
+    Raises:
+        ValueError: naming what does not fit and the settings that do.
+    """
+    if not isinstance(spec, QuantSpec):
+        raise ValueError(f"{method}: spec must be a dllm_kernels.QuantSpec, got {type(spec).__name__}")
     if spec.is_fp8 or spec.granularity not in ("group", "channel"):
         raise ValueError(
             f"{method}: needs an integer spec with granularity 'group' (column groups, e.g. 128) or "
-            "'channel' "
-            f"(one group), got {spec}"
+            f"'channel' (one group), got {spec}"
         )
     if not spec.symmetric:
         raise ValueError(
             f"{method}: multi-binary planes have no zero point; use a symmetric spec (symmetric=True)"
         )
+    if not 2 <= spec.bits <= max_bits:
+        labels = ", ".join(f"W{b}A16" for b in range(2, max_bits + 1))
+        raise ValueError(
+            f"{method} supports 2 to {max_bits} bits (binary planes), got bits={spec.bits}; use one of "
+            f"{labels}"
+        )
+    return spec
+
+
+def daq_group_size(spec: QuantSpec, inp: int, method: str) -> int:
+    """Column group width of a multi-binary quantizer for a checked ``spec`` (``in`` per channel)."""
     group = int(spec.group_size) if spec.granularity == "group" and spec.group_size else inp
     if inp % group:
         raise ValueError(
@@ -233,10 +250,7 @@ def daq_quantize(
     Supports 2..4 bits (symmetric, granularity group or channel); raises ``ValueError`` otherwise.
     """
     config = config or DAQConfig()
-    if not isinstance(spec, QuantSpec):
-        raise ValueError(f"DAQ: spec must be a dllm_kernels.QuantSpec, got {type(spec).__name__}")
-    if spec.bits > MAX_ORDER:
-        raise ValueError(f"DAQ supports 2 to {MAX_ORDER} bits (binary planes), got bits={spec.bits}")
+    spec = check_daq_spec(spec)
     inp = check_weight(weight).shape[1]
     group = daq_group_size(spec, inp, "DAQ")
     ctx = prepare_dor(weight, hessian, config, "DAQ")

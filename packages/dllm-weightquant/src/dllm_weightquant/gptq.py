@@ -29,11 +29,11 @@ import warnings
 from dataclasses import dataclass
 
 import torch
+from dllm_calib import MethodConfig, check_choice, check_positive_int, check_range
 from dllm_kernels import QuantSpec
 from torch import Tensor
 
 from dllm_weightquant._checks import check_hessian, check_uniform_spec, check_weight, n_groups
-from dllm_weightquant._config import MethodConfig, check_choice, check_positive_int, check_range
 from dllm_weightquant.grid import ClipSearch, decode, encode, search_params
 from dllm_weightquant.hessian import inverse_hessian_factor
 from dllm_weightquant.qweight import QuantizedWeight
@@ -64,12 +64,10 @@ class GPTQConfig(MethodConfig):
     damp_retries: int = 3
     compute_dtype: str = "float32"
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_positive_int("GPTQConfig", "block_size", self.block_size)
         check_range("GPTQConfig", "damp_percent", self.damp_percent, 0.0, 1e6, lo_open=True)
         check_choice("GPTQConfig", "actorder", self.actorder, ("static", None))
-        if self.clip is not None and not isinstance(self.clip, ClipSearch):
-            raise ValueError(f"GPTQConfig.clip must be a ClipSearch or None, got {type(self.clip).__name__}")
         if (
             isinstance(self.damp_retries, bool)
             or not isinstance(self.damp_retries, int)

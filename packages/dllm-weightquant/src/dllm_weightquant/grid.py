@@ -24,9 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from dllm_calib import MethodConfig, check_positive_int, check_range
 from torch import Tensor
-
-from dllm_weightquant._config import MethodConfig, check_positive_int, check_range
 
 __all__ = ["ClipSearch", "decode", "encode", "grid_params", "search_params"]
 
@@ -47,7 +46,7 @@ class ClipSearch(MethodConfig):
     max_shrink: float = 0.8
     norm: float = 2.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         check_positive_int("ClipSearch", "grid", self.grid)
         check_range("ClipSearch", "max_shrink", self.max_shrink, 0.0, 1.0, hi_open=True)
         check_range("ClipSearch", "norm", self.norm, 0.0, 16.0, lo_open=True)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import dllm_kernels
+from dllm_calib import MethodConfig
 from dllm_kernels import QuantSpec
 from torch import Tensor
 
 from dllm_weightquant._checks import check_uniform_spec, check_weight
-from dllm_weightquant._config import MethodConfig
 from dllm_weightquant.grid import ClipSearch, decode, encode, search_params
 from dllm_weightquant.qweight import QuantizedWeight
 
@@ -26,10 +26,6 @@ class RTNConfig(MethodConfig):
     """
 
     clip: ClipSearch | None = None
-
-    def __post_init__(self) -> None:
-        if self.clip is not None and not isinstance(self.clip, ClipSearch):
-            raise ValueError(f"RTNConfig.clip must be a ClipSearch or None, got {type(self.clip).__name__}")
 
 
 def weight_cells(weight: Tensor, spec: QuantSpec) -> Tensor:

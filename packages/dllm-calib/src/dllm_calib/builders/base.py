@@ -12,6 +12,8 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from dllm_sampler import DiffusionLM
+
 from dllm_calib.sources import TextSource
 from dllm_calib.state import CalibrationSet
 
@@ -24,7 +26,7 @@ class BuilderConfig(ABC):
     name: ClassVar[str]
 
     @abstractmethod
-    def build(self, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+    def build(self, model: DiffusionLM, source: TextSource | str | Path) -> CalibrationSet:
         """Build the calibration set for ``model`` from ``source`` (a `TextSource`, name or path)."""
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +68,7 @@ def builder_config(name: str, **params: Any) -> BuilderConfig:
 
 
 def build_calibration_set(
-    config: BuilderConfig | str, model: Any, source: TextSource | str | Path, **params: Any
+    config: BuilderConfig | str, model: DiffusionLM, source: TextSource | str | Path, **params: Any
 ) -> CalibrationSet:
     """Build a set from a config, or from a builder name plus ``params``."""
     if isinstance(config, str):

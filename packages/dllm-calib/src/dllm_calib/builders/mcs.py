@@ -15,14 +15,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from dllm_sampler import forward_noise
 
 from dllm_calib.builders.base import BuilderConfig, check_int, register_builder
 from dllm_calib.builders.windows import check_window_fields, read_windows
-from dllm_calib.model_io import describe_model, require_mask_token
+from dllm_calib.model_io import TextModel, describe_model, require_mask_token
 from dllm_calib.sources import TextSource
 from dllm_calib.state import CalibrationSet, CalibrationState, Provenance
 
@@ -65,7 +65,7 @@ class MCSConfig(BuilderConfig):
         if self.assignment not in ("replicate", "cycle"):
             raise ValueError(f"MCSConfig.assignment must be 'replicate' or 'cycle', got {self.assignment!r}")
 
-    def build(self, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+    def build(self, model: TextModel, source: TextSource | str | Path) -> CalibrationSet:
         return build_mcs(self, model, source)
 
     @property
@@ -87,7 +87,7 @@ def mcs_visibility(config: MCSConfig) -> list[float]:
     return out
 
 
-def build_mcs(config: MCSConfig, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+def build_mcs(config: MCSConfig, model: TextModel, source: TextSource | str | Path) -> CalibrationSet:
     """Masked states per `MCSConfig`; the maskable positions are those after the prefix."""
     mask_id = require_mask_token(model, config.name)
     windows, src, generator = read_windows(config, model, source, mask_id)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
 from dllm_calib.builders.base import BuilderConfig, register_builder
 from dllm_calib.builders.windows import check_window_fields, read_windows
-from dllm_calib.model_io import describe_model
+from dllm_calib.model_io import TextModel, describe_model
 from dllm_calib.sources import TextSource
 from dllm_calib.state import CalibrationSet, CalibrationState, Provenance
 
@@ -36,11 +36,11 @@ class PlainConfig(BuilderConfig):
     def __post_init__(self) -> None:
         check_window_fields(self)
 
-    def build(self, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+    def build(self, model: TextModel, source: TextSource | str | Path) -> CalibrationSet:
         return build_plain(self, model, source)
 
 
-def build_plain(config: PlainConfig, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+def build_plain(config: PlainConfig, model: TextModel, source: TextSource | str | Path) -> CalibrationSet:
     """``config.num_samples`` clean windows: no masks, ``mask_ratio = t = 0``."""
     mask_id = getattr(model, "mask_token_id", None)
     windows, src, _ = read_windows(config, model, source, mask_id)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from dllm_sampler import forward_noise
 
 from dllm_calib.builders.base import BuilderConfig, register_builder
 from dllm_calib.builders.windows import check_window_fields, read_windows
-from dllm_calib.model_io import describe_model, require_mask_token
+from dllm_calib.model_io import TextModel, describe_model, require_mask_token
 from dllm_calib.sources import TextSource
 from dllm_calib.state import CalibrationSet, CalibrationState, Provenance
 
@@ -45,11 +45,11 @@ class RandomConfig(BuilderConfig):
         if not (isinstance(self.eps, int | float) and 0.0 <= self.eps < 1.0):
             raise ValueError(f"RandomConfig.eps must be in [0, 1), got {self.eps!r}")
 
-    def build(self, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+    def build(self, model: TextModel, source: TextSource | str | Path) -> CalibrationSet:
         return build_random(self, model, source)
 
 
-def build_random(config: RandomConfig, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+def build_random(config: RandomConfig, model: TextModel, source: TextSource | str | Path) -> CalibrationSet:
     """One masked state per window; all positions are maskable."""
     mask_id = require_mask_token(model, config.name)
     windows, src, generator = read_windows(config, model, source, mask_id)

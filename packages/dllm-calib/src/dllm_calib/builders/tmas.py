@@ -27,12 +27,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from dllm_sampler import StepState, generate
+from dllm_sampler import DiffusionLM, StepState, generate
 from torch import Tensor
 
 from dllm_calib.buckets import bucket_of, quota_counts
 from dllm_calib.builders.base import BuilderConfig, check_int, register_builder
-from dllm_calib.confidence import model_device, score_confidence
+from dllm_calib.confidence import score_confidence
 from dllm_calib.model_io import describe_model, encode_text, require_mask_token
 from dllm_calib.sources import TextSource, text_source
 from dllm_calib.state import CalibrationSet, CalibrationState, Provenance
@@ -90,7 +90,7 @@ class TMASConfig(BuilderConfig):
         if self.on_short not in ("error", "redistribute"):
             raise ValueError(f"TMASConfig.on_short must be 'error' or 'redistribute', got {self.on_short!r}")
 
-    def build(self, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+    def build(self, model: DiffusionLM, source: TextSource | str | Path) -> CalibrationSet:
         return build_tmas(self, model, source)
 
 
@@ -117,8 +117,8 @@ def _describe_sampler(sampler: Any) -> dict[str, Any]:
     return {**out, "config": repr(sampler)}
 
 
-def _encode_prompts(config: TMASConfig, model: Any, src: TextSource, mask_id: int) -> list[list[int]]:
-    bos = getattr(model, "bos_token_id", None)
+def _encode_prompts(config: TMASConfig, model: DiffusionLM, src: TextSource, mask_id: int) -> list[list[int]]:
+    bos = model.bos_token_id
     prompts: list[list[int]] = []
     for text in src.texts():
         ids = encode_text(model, text)
@@ -151,11 +151,11 @@ def _pad_left(prompts: list[list[int]], pad_id: int | None) -> tuple[Tensor, Ten
     return ids, attn
 
 
-def _snapshots(config: TMASConfig, model: Any, prompts: list[list[int]]) -> list[_Snapshot]:
-    device = model_device(model)
-    pad_id = getattr(model, "pad_token_id", None)
+def _snapshots(config: TMASConfig, model: DiffusionLM, prompts: list[list[int]]) -> list[_Snapshot]:
+    device = model.device
+    pad_id = model.pad_token_id
     if pad_id is None:
-        pad_id = getattr(model, "eos_token_id", None)
+        pad_id = model.eos_token_id
     generator = torch.Generator(device=device).manual_seed(config.seed)
     snaps: list[_Snapshot] = []
     for start in range(0, len(prompts), config.batch_size):
@@ -224,7 +224,7 @@ def _bucket_counts(config: TMASConfig, available: list[int], notes: list[str]) -
     return counts
 
 
-def build_tmas(config: TMASConfig, model: Any, source: TextSource | str | Path) -> CalibrationSet:
+def build_tmas(config: TMASConfig, model: DiffusionLM, source: TextSource | str | Path) -> CalibrationSet:
     """Run the sampler on prompts, bucket the per-step snapshots and draw them with quotas."""
     mask_id = require_mask_token(model, config.name)
     src = text_source(source)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from dllm_calib.builders.base import check_int
-from dllm_calib.model_io import draw_windows, token_stream
+from dllm_calib.model_io import TextModel, draw_windows, token_stream
 from dllm_calib.sources import TextSource, text_source
 
 __all__ = ["check_window_fields", "read_windows"]
@@ -23,7 +23,7 @@ def check_window_fields(config: Any) -> None:
 
 
 def read_windows(
-    config: Any, model: Any, source: TextSource | str | Path, mask_token_id: int | None
+    config: Any, model: TextModel, source: TextSource | str | Path, mask_token_id: int | None
 ) -> tuple[Tensor, dict[str, Any], torch.Generator]:
     """Read the source and cut ``config.num_samples`` windows of ``config.seq_len`` tokens.
 

@@ -17,6 +17,7 @@ from dllm_calib.collectors.driver import (
     resolve_targets,
 )
 from dllm_calib.collectors.hessian import HessianCollector, HessianStats
+from dllm_calib.collectors.samples import InputSampleCollector, InputSamples
 from dllm_calib.collectors.weights import CertaintyWeight, TensorWeight, TokenWeighting, UniformWeight
 
 __all__ = [
@@ -31,6 +32,8 @@ __all__ = [
     "HessianCollector",
     "HessianStats",
     "HookPoint",
+    "InputSampleCollector",
+    "InputSamples",
     "NonFiniteActivationError",
     "TensorWeight",
     "TokenWeighting",

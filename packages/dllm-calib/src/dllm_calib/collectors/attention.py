@@ -21,10 +21,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
-from dllm_sampler import RopeFn, model_rope
+from dllm_sampler import DiffusionLM, RopeFn, model_rope
 from torch import Tensor
 
 from dllm_calib.batching import Batch
@@ -69,7 +68,7 @@ class AttentionSite:
 
 
 def attention_sites(
-    model: Any, rope: RopeFn | None = None, blocks: Sequence[int] | None = None
+    model: DiffusionLM, rope: RopeFn | None = None, blocks: Sequence[int] | None = None
 ) -> list[AttentionSite]:
     """Sites for the attention of ``blocks`` (default all) of a ``DiffusionLM``, from ``model.topology``.
 

@@ -1,10 +1,10 @@
-"""The `collect` driver: forward passes over a calibration set with collectors hooked into the model.
+"""The `collect` driver: forward passes of a `Feed` with collectors hooked into its unit.
 
 `attach_collectors` is a context manager that registers one forward hook per module any collector needs
-and removes every hook on exit (also on error). `collect` runs the set through ``model.logits`` in
-batches under ``torch.no_grad()`` and returns each collector's results. Hooks only read tensors, so the
-model's outputs are unchanged. A NaN/Inf in an observed tensor raises `NonFiniteActivationError` naming
-the layer.
+(under ``feed.module``) and removes every hook on exit (also on error). `collect` runs every batch of the
+feed through ``feed.forward`` under ``torch.no_grad()`` and returns each collector's results. Hooks only
+read tensors, so the unit's outputs are unchanged. A NaN/Inf in an observed tensor raises
+`NonFiniteActivationError` naming the layer.
 """
 
 from __future__ import annotations
@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dllm_calib.batching import Batch, iter_batches
+from dllm_calib.batching import Batch
 from dllm_calib.collectors.base import Collector, HookPoint
-from dllm_calib.confidence import model_device
-from dllm_calib.state import CalibrationSet
+from dllm_calib.feed import Feed
 
 __all__ = ["CollectionSession", "NonFiniteActivationError", "attach_collectors", "collect", "resolve_targets"]
 
@@ -28,36 +27,18 @@ class NonFiniteActivationError(ValueError):
     """An observed activation holds NaN or Inf."""
 
 
-def _root_module(model: Any) -> nn.Module:
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nn.Module):
-        return inner
-    if isinstance(model, nn.Module):
-        return model
-    raise TypeError(f"{type(model).__name__} is not an nn.Module and has no .model nn.Module to hook")
-
-
-def resolve_targets(model: Any, targets: Sequence[str] | None) -> list[str]:
-    """Validate target Linear names (module names under ``model.model``).
-
-    None means ``model.topology.linear_names()`` (every block Linear, LM head excluded).
+def resolve_targets(module: nn.Module, targets: Sequence[str]) -> list[str]:
+    """Validate target Linear names (qualified names of submodules of ``module``), deduplicated in order.
 
     Raises:
         ValueError: an unknown name, a non-Linear module, or no targets.
     """
-    if targets is None:
-        topology = getattr(model, "topology", None)
-        if topology is None:
-            raise ValueError(
-                "targets=None needs model.topology.linear_names(); pass the Linear module names explicitly"
-            )
-        targets = list(topology.linear_names())
     if isinstance(targets, str):
         targets = [targets]
     names = list(dict.fromkeys(targets))
     if not names:
         raise ValueError("no target Linears given")
-    modules = dict(_root_module(model).named_modules())
+    modules = dict(module.named_modules())
     for name in names:
         if name not in modules:
             linears = [n for n, m in modules.items() if isinstance(m, nn.Linear)]
@@ -68,10 +49,10 @@ def resolve_targets(model: Any, targets: Sequence[str] | None) -> list[str]:
 
 
 class CollectionSession:
-    """The live hooks of `attach_collectors`; `run` feeds one batch through the model."""
+    """The live hooks of `attach_collectors`; `run` feeds one batch through the unit."""
 
-    def __init__(self, model: Any, collectors: Sequence[Collector]) -> None:
-        self.model = model
+    def __init__(self, feed: Feed, collectors: Sequence[Collector]) -> None:
+        self.feed = feed
         self.collectors = tuple(collectors)
         self.batch: Batch | None = None
 
@@ -100,28 +81,28 @@ class CollectionSession:
                 collector.observe(point, tensor, batch)
 
     def run(self, batch: Batch) -> Tensor:
-        """``begin_batch``, ``model.logits`` on ``batch``, ``end_batch``; returns the logits."""
+        """``begin_batch``, ``feed.forward`` on ``batch``, ``end_batch``; returns the unit's output."""
         for c in self.collectors:
             c.begin_batch(batch)
         self.batch = batch
         try:
-            logits = self.model.logits(batch.input_ids, batch.model_attention_mask)
+            output = self.feed.forward(batch)
         finally:
             self.batch = None
         for c in self.collectors:
             c.end_batch(batch)
-        return logits
+        return output
 
 
 @contextmanager
 def attach_collectors(
-    model: Any, collectors: Sequence[Collector], targets: Sequence[str]
+    feed: Feed, collectors: Sequence[Collector], targets: Sequence[str]
 ) -> Iterator[CollectionSession]:
     """Register the hooks every collector needs; they are removed when the block exits."""
     names = [c.name for c in collectors]
     if len(set(names)) != len(names):
         raise ValueError(f"collector names must be unique (they key the results), got {names}; pass name=...")
-    modules = dict(_root_module(model).named_modules())
+    modules = dict(feed.module.named_modules())
     table: dict[str, dict[str, list[Collector]]] = {}
     for c in collectors:
         for point in c.hook_points(targets):
@@ -130,7 +111,7 @@ def attach_collectors(
                     f"collector {c.name!r} needs module {point.module!r}, which the model does not have"
                 )
             table.setdefault(point.module, {}).setdefault(point.kind, []).append(c)
-    session = CollectionSession(model, collectors)
+    session = CollectionSession(feed, collectors)
     handles = []
     try:
         for name, consumers in table.items():
@@ -147,33 +128,19 @@ def attach_collectors(
             handle.remove()
 
 
-def collect(
-    model: Any,
-    calibration_set: CalibrationSet,
-    targets: Sequence[str] | None,
-    collectors: Sequence[Collector],
-    batch_size: int = 8,
-) -> dict[str, Any]:
-    """Run ``calibration_set`` through ``model`` and return ``{collector.name: collector.results()}``.
+def collect(feed: Feed, targets: Sequence[str], collectors: Sequence[Collector]) -> dict[str, Any]:
+    """Run every batch of ``feed`` through its unit and return ``{collector.name: collector.results()}``.
 
     Args:
-        model: a ``dllm_sampler.DiffusionLM`` (or anything with ``logits(input_ids, attention_mask)`` and an
-            ``nn.Module`` in ``.model``); ``logit_shift`` and ``pad_token_id`` are read when present.
-        calibration_set: the states, fed in order, ``batch_size`` at a time (right-padded).
-        targets: Linear module names under ``model.model`` for the per-Linear collectors; None means
-            ``model.topology.linear_names()``.
+        feed: the batches and the unit (``dllm_calib.ModelFeed(dlm, calibration_set, batch_size)`` for a
+            whole model).
+        targets: qualified names of Linears under ``feed.module`` for the per-Linear collectors.
         collectors: the statistics to gather (stateful; they accumulate across calls).
-        batch_size: states per forward pass.
     """
     if not collectors:
         raise ValueError("collect needs at least one collector")
-    names = resolve_targets(model, targets)
-    pad = getattr(model, "pad_token_id", None)
-    shift = int(getattr(model, "logit_shift", 0) or 0)
-    device = model_device(model)
-    with torch.no_grad(), attach_collectors(model, collectors, names) as session:
-        for batch in iter_batches(
-            calibration_set, batch_size, device, pad_token_id=pad or 0, logit_shift=shift
-        ):
+    names = resolve_targets(feed.module, targets)
+    with torch.no_grad(), attach_collectors(feed, collectors, names) as session:
+        for batch in feed.batches():
             session.run(batch)
     return {c.name: c.results() for c in collectors}

@@ -1,31 +1,62 @@
-"""Shared machinery of the method configs: frozen dataclasses with ``to_dict`` / ``from_dict``.
+"""The base of every method's config: a frozen dataclass with ``to_dict`` / ``from_dict`` and field checks.
 
 A config is plain data (ints, floats, bools, strings, None, tuples and nested configs), so a recipe can
 hold it as YAML/JSON. ``from_dict`` rejects unknown keys and rebuilds nested configs from their dicts;
-each config validates itself in ``__post_init__`` and raises ``ValueError`` naming the field and the fix.
+``__post_init__`` checks that nested config fields hold configs of their declared class, and each config
+validates its own fields (``validate``) with the ``check_*`` helpers, raising ``ValueError`` naming the
+field and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from typing import Any, Self
 
-__all__ = ["MethodConfig", "check_choice", "check_positive_int", "check_range"]
+__all__ = [
+    "MethodConfig",
+    "check_bool",
+    "check_choice",
+    "check_positive_int",
+    "check_range",
+]
 
 
 def _nested_config_type(hint: Any) -> type[MethodConfig] | None:
     """The MethodConfig class inside ``hint`` (``X`` or ``X | None``), else None."""
     candidates = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     for c in candidates:
-        if isinstance(c, type) and issubclass(c, MethodConfig):
+        if inspect.isclass(c) and issubclass(c, MethodConfig):
             return c
     return None
 
 
+def _nested_fields(cls: type) -> dict[str, type[MethodConfig]]:
+    """Field name -> declared config class, for the fields of ``cls`` that hold a nested config."""
+    hints = typing.get_type_hints(cls)
+    nested = {f.name: _nested_config_type(hints[f.name]) for f in dataclasses.fields(cls)}
+    return {name: c for name, c in nested.items() if c is not None}
+
+
 class MethodConfig:
-    """Mixin for frozen dataclass configs: dict round trip with nested configs and tuples."""
+    """Mixin for the frozen dataclass configs of methods: dict round trip with nested configs and tuples.
+
+    Subclasses validate their own fields in ``validate()`` (called after the nested-config check).
+    """
+
+    def __post_init__(self) -> None:
+        for name, cls in _nested_fields(type(self)).items():
+            value = getattr(self, name)
+            if value is not None and not issubclass(type(value), cls):
+                raise ValueError(
+                    f"{type(self).__name__}.{name} must be a {cls.__name__}, got {type(value).__name__}"
+                )
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and the fix if a field is out of range (default: none)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict of the fields (nested configs as dicts, tuples as lists)."""
@@ -44,16 +75,15 @@ class MethodConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` listing the known ones."""
         if not isinstance(data, dict):
             raise ValueError(f"{cls.__name__}.from_dict needs a dict, got {type(data).__name__}")
-        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        unknown = sorted(set(data) - set(fields))
+        fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - fields)
         if unknown:
             raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys are {sorted(fields)}")
-        hints = typing.get_type_hints(cls)
+        nested = _nested_fields(cls)
         kwargs: dict[str, Any] = {}
         for name, value in data.items():
-            nested = _nested_config_type(hints[name])
-            if nested is not None and isinstance(value, dict):
-                value = nested.from_dict(value)
+            if name in nested and isinstance(value, dict):
+                value = nested[name].from_dict(value)
             elif isinstance(value, list):
                 value = tuple(value)
             kwargs[name] = value
@@ -64,6 +94,12 @@ def check_positive_int(owner: str, name: str, value: object) -> None:
     """Raise ValueError unless ``value`` is an int > 0 (bools rejected)."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{owner}.{name} must be a positive integer, got {value!r}")
+
+
+def check_bool(owner: str, name: str, value: object) -> None:
+    """Raise ValueError unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{owner}.{name} must be a bool, got {value!r}")
 
 
 def check_range(
