@@ -19,7 +19,7 @@ from dllm_bench.recipes.methods import ACTIVATION_BITS
 __all__ = ["SCHEME_LABELS", "Scheme", "SchemeLabel", "WeightScheme", "parse_scheme"]
 
 SCHEME_LABELS = ("W4A16", "W3A16", "W2A16", "W8A8", "W4A8", "W4A4")
-"""The settings the benchmarks compare (papers.md section 6)."""
+"""The settings the benchmarks compare (docs/references.md#bit-settings)."""
 
 _LABEL = re.compile(r"^W(?P<w>[2348])A(?P<a>4|8|16)(?:[-_]?g(?P<g>[0-9]+))?$", re.IGNORECASE)
 
