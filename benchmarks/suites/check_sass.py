@@ -14,7 +14,7 @@ compute capability, assuming 16-byte aligned pointers and sizes as the JIT does 
 report, per cubin, the tensor-core opcode counts from ``cuobjdump -sass`` and the registers and stack
 (spill) bytes from ``cuobjdump -res-usage``. On Hopper (sm_90), matrix-bound code should show warpgroup MMA:
 ``HGMMA`` (fp16/bf16), ``IGMMA`` (int8) or ``QGMMA`` (fp8); ``HMMA``/``IMMA`` (warp-level ``mma.sync``) or
-no MMA at all means a slow path (kernels.md section 7). A non-zero STACK means register spills.
+no MMA at all means a slow path (docs/references.md#kernels). A non-zero STACK means register spills.
 """
 
 from __future__ import annotations

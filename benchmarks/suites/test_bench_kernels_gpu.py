@@ -4,7 +4,7 @@ Run on a CUDA machine (skipped without one)::
 
     uv run pytest benchmarks/suites/test_bench_kernels_gpu.py -s
 
-For every linear-layer shape of kernels.md section 6 (weight ``[N, K]``; the lm_heads are left out: they
+For every linear-layer shape of docs/references.md#kernels (weight ``[N, K]``; the lm_heads are left out: they
 usually stay bf16) and every M in ``DLLM_BENCH_M`` (default 32,256,1024,2048) it first checks each kernel's
 output against a float32 reference (relative Frobenius error <= 1e-2, the bf16-output band), then times it
 with ``triton.testing.do_bench`` (median; L2 flushed before every run) in the same process as the bf16
@@ -33,7 +33,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; runs on the GPU machine"),
 ]
 
-# id: (N, K) of the weight [out, in], kernels.md section 6
+# id: (N, K) of the weight [out, in], docs/references.md#kernels
 SHAPES: dict[str, tuple[int, int]] = {
     "L-qkv": (12288, 4096),
     "L-o": (4096, 4096),

@@ -14,7 +14,7 @@ import torch
 from dllm_bench.synthetic import SHAPES, synthetic_checkpoint, synthetic_config, synthetic_model
 from dllm_sampler import load, tiny_config
 
-# papers.md section 1.1 (LLaDA-8B config.json) and section 2.1 (Dream-v0-7B config.json)
+# docs/references.md#llada-8b (LLaDA-8B config.json) and #dream-7b (Dream-v0-7B config.json)
 LLADA_8B = {
     "d_model": 4096,
     "n_layers": 32,

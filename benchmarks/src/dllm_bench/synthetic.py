@@ -1,8 +1,9 @@
 """Random-weight models with the real shapes of LLaDA-8B or Dream-7B, for speed and memory measurements.
 
-``synthetic_config("llada", "llada-8b")`` is LLaDA-8B's config.json (papers.md section 1.1: hidden 4096,
+``synthetic_config("llada", "llada-8b")`` is LLaDA-8B's config.json (docs/references.md#llada-8b: hidden 4096,
 32 layers, 32 heads without GQA, MLP 12288, vocabulary 126464, mask 126336, EOS 126081);
-``synthetic_config("dream", "dream-7b")`` is Dream-v0-7B's (section 2.1, Qwen2-7B shapes: hidden 3584,
+``synthetic_config("dream", "dream-7b")`` is Dream-v0-7B's (docs/references.md#dream-7b,
+Qwen2-7B shapes: hidden 3584,
 28 layers, 28 query / 4 key-value heads, MLP 18944, vocabulary 152064, mask 151666). ``"tiny"`` is
 ``dllm_sampler.tiny_config(arch)``. ``n_layers`` keeps the per-layer shapes with fewer blocks (a CPU can
 hold one or two 8B-shaped blocks); ``vocab_size`` shrinks the embedding and head (the special ids move to

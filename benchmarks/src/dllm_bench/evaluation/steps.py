@@ -1,6 +1,6 @@
 """Error over denoising steps: how far a (quantized) model drifts from its float reference, step by step.
 
-DLLMQuant's diagnosis (papers.md section 4, issue 2) is that quantization error accumulates over the
+DLLMQuant's diagnosis (docs/references.md#dllmquant, issue 2) is that quantization error accumulates over the
 iterations: every step feeds the tokens the quantized model committed back into it. Two measurements
 separate the per-step error from its accumulation:
 

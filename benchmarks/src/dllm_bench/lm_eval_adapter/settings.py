@@ -1,6 +1,6 @@
 """The adapter's settings: the QDLM / LLaDA / Dream harness protocol as defaults, resolved per architecture.
 
-Defaults (``papers.md`` §1.6, §2.5, §3.2; LLaDA's ``eval_llada.py``):
+Defaults (docs/references.md#evaluation-protocol; LLaDA's ``eval_llada.py``):
 
 - likelihood: ``mc_num=128``, Monte-Carlo batch 32, ``cfg=0``, greedy check off (none of the papers'
   metrics needs it), seed 1234 (LLaDA's harness seeds with 1234);
@@ -12,7 +12,7 @@ Defaults (``papers.md`` §1.6, §2.5, §3.2; LLaDA's ``eval_llada.py``):
 
 ``max_length`` is also capped at the model's own position limit (512 for the shipped tiny models).
 ``escape_until`` is False for both, so the tasks' stop strings are honoured (the default of Dream's harness
-class); the digest lists True for QDLM's ``dream_base`` and Dream's scripts pass it for HumanEval, so pass
+class); references.md lists True for QDLM's ``dream_base`` and Dream's scripts pass it for HumanEval, so pass
 ``escape_until=true`` to reproduce those runs.
 """
 

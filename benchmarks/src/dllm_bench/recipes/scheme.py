@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 __all__ = ["ACTIVATION_BITS", "SCHEME_LABELS", "Scheme", "SchemeLabel", "WeightScheme", "parse_scheme"]
 
 SCHEME_LABELS = ("W4A16", "W3A16", "W2A16", "W8A8", "W4A8", "W4A4")
-"""The settings the benchmarks compare (papers.md section 6)."""
+"""The settings the benchmarks compare (docs/references.md#bit-settings)."""
 
 ACTIVATION_BITS = (4, 8, 16)
 """Activation widths of a scheme; 16 means activations stay in floating point."""

@@ -1,6 +1,6 @@
 """ABMP (Quant-dLLM's Adaptive Blockwise Mixed Precision) on top of DAQ.
 
-papers.md 5.3: the columns of a weight are split into blocks of ``group_size`` (128); block ``g`` scores
+docs/references.md#abmp: columns of a weight are split into blocks of ``group_size`` (128); block ``g`` scores
 ``s_g = sum_{i, j in g} Z_ij`` with DAQ's DOR importance ``Z``. Within the layer, the ``k = floor(rho * n)``
 highest-scoring blocks get ``b + 1`` planes and the ``k`` lowest ``b - 1`` (``b = spec.bits``; the paper's
 2-bit setting gives 3 / 1 / 2 bits), so the mean is exactly ``b`` bits per weight. Ties are broken by block

@@ -1,6 +1,6 @@
 """CGQ (DLLMQuant's Certainty-Guided Quantization): GPTQ on a certainty-weighted Hessian.
 
-CGQ changes only the statistics (papers.md 4.3, 9.3): every calibration token ``t`` contributes
+CGQ changes only the statistics (docs/references.md#cgq): every calibration token ``t`` contributes
 ``w_t^2 x_t x_t^T`` to the layer Hessian, where ``w_t = (masked if t is masked else unmasked) +
 confidence_t^confidence_exponent`` (defaults 1.0 / 0.7 / 0.5: the survey's ``1[X_t = M] + sqrt(sc_t)``
 with the reviewers' "1 and 0.7"). ``dllm_calib.CertaintyWeight`` computes these weights inside its

@@ -1,6 +1,6 @@
 """DAQ (Quant-dLLM's Data-aware Any-order Quantizer): multi-binary planes fitted with DOR and RSR.
 
-papers.md 5.2 / 5.4 / 9.6. For ``W [out, in]`` and the calibration Hessian ``S [in, in]``:
+docs/references.md#daq. For ``W [out, in]`` and the calibration Hessian ``S [in, in]``:
 
 * **DOR** importance: ``D = diag((S + delta I)^-1)`` (delta = damp_percent * mean(diag S), raised x10 on a
   failed Cholesky), ``Z_ij = (W_ij / D_jj)^2``; within each column group ``Z`` is standardised
@@ -16,7 +16,7 @@ papers.md 5.2 / 5.4 / 9.6. For ``W [out, in]`` and the calibration Hessian ``S [
   objective in its variables, so the error never increases; a zero denominator leaves the scale at 0 and
   a zero product keeps the previous sign (instead of an epsilon that would break monotonicity).
 * **Error compensation** between column groups (``compensate``, on by default following the
-  reproduction, papers.md 5.4): after group ``g`` is fixed, the remaining columns absorb its error by
+  reproduction, docs/references.md#daq): after group ``g`` is fixed, the remaining columns absorb its error by
   the exact block OBS update ``W[:, after] -= (W_g - Q_g) U_gg^-1 U_g,after`` with ``U`` the upper Cholesky
   factor of ``S^-1`` (the reproduction uses ``diag(U_gg)`` in place of ``U_gg``). ``Z`` and ``Lambda`` are
   computed once from the uncompensated weights.

@@ -1,4 +1,4 @@
-"""The ``mcs`` builder: Quant-dLLM's Masked Calibration Simulation (papers.md 5.1).
+"""The ``mcs`` builder: Quant-dLLM's Masked Calibration Simulation (docs/references.md#mcs).
 
 For a window ``x`` of length ``L`` the first ``P = floor(gamma * L)`` tokens stay visible; every later token
 stays visible with probability ``alpha(t)`` and is masked otherwise. The timestep grid has ``T`` points

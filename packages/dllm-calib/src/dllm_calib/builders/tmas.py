@@ -1,4 +1,4 @@
-"""The ``tmas`` builder: DLLMQuant's Temporal-Mask Adaptive Sampling (papers.md 4.1, reconstruction R).
+"""The ``tmas`` builder: DLLMQuant's Temporal-Mask Adaptive Sampling (docs/references.md#tmas, reconstructed).
 
 1. Encode the first ``num_prompts`` texts of the source as prompts (BOS first when the model has one)
    and run the float model's real sampler on them (``dllm_sampler.generate``, settings from ``sampler``;

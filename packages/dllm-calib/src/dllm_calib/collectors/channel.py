@@ -2,7 +2,8 @@
 
 For every target and channel ``c``: ``absmax_c = max_t |x_tc|`` over tokens with ``w_t > 0`` and
 ``mean_abs_c = sum_t w_t |x_tc| / sum_t w_t`` (the plain mean |x| with uniform weights; AWQ's activation
-statistic with CGQ weights, papers.md 4.3). These feed SmoothQuant/AWQ/DuQuant scales and static clip ranges.
+statistic with CGQ weights, docs/references.md#cgq). These feed SmoothQuant/AWQ/DuQuant scales and
+static clip ranges.
 """
 
 from __future__ import annotations

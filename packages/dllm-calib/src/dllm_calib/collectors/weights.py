@@ -5,7 +5,8 @@ The Hessian collector accumulates ``H = sum_t w_t^2 x_t x_t^T`` (so ``w`` scales
 zeros on padding, indexed by the position of the *activation*.
 
 Dream's logit shift. In Dream the hidden state at position ``j`` produces the logits that predict token
-``j + 1`` (papers.md 2.3), so the mask status and confidence that describe what the activation at ``j`` is
+``j + 1`` (docs/references.md#dream-7b), so the mask status and confidence that describe what the
+activation at ``j`` is
 working on are those of position ``j + 1``. `CertaintyWeight` therefore reads them at ``j + shift``
 (``shift = model.logit_shift``: 0 for LLaDA, 1 for Dream). The last real position of a Dream sequence
 predicts no token; it still feeds every other position through attention, so it is weighted as an
@@ -61,7 +62,7 @@ def _shift(x: Tensor, shift: int, fill: float | bool) -> Tensor:
 
 @dataclass(frozen=True)
 class CertaintyWeight(TokenWeighting):
-    """DLLMQuant's CGQ token weight (papers.md 4.3, 9.3).
+    """DLLMQuant's CGQ token weight (docs/references.md#cgq).
 
     With ``m_j`` the mask status and ``c_j`` the confidence read at ``j + logit_shift``:
 
