@@ -10,7 +10,7 @@ that is left. Tokens are drawn by `dream_sample_tokens` (temperature, then top-p
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +53,9 @@ class DreamGenerationConfig:
         top_k: top-k filter (>= 1), or None.
     """
 
+    SAMPLER_NAME: ClassVar[str] = "dream"
+    """Name of the sampler this config drives (as reports record it)."""
+
     max_new_tokens: int = 128
     steps: int = 128
     eps: float = 1e-3
@@ -79,6 +82,17 @@ class DreamGenerationConfig:
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
+
+    def sample(
+        self,
+        model: MaskPredictor,
+        prompt: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """`generate_dream` with this config; ``kwargs`` are its ``on_step``, ``generator``, ``progress``
+        and ``with_logits``. Returns ``[B, Lp + max_new_tokens]`` long."""
+        return generate_dream(model, prompt, attention_mask, self, **kwargs)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -11,7 +11,7 @@ most confident ones are committed. Committed tokens are never remasked.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +58,9 @@ class LLaDAGenerationConfig:
             ranks only EOS last.
     """
 
+    SAMPLER_NAME: ClassVar[str] = "llada"
+    """Name of the sampler this config drives (as reports record it)."""
+
     steps: int = 128
     gen_length: int = 128
     block_length: int = 128
@@ -100,6 +103,17 @@ class LLaDAGenerationConfig:
     def steps_per_block(self) -> int:
         """``steps // num_blocks``."""
         return self.steps // self.num_blocks
+
+    def sample(
+        self,
+        model: MaskPredictor,
+        prompt: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """`generate_llada` with this config; ``kwargs`` are its ``on_step``, ``generator``, ``progress``
+        and ``with_logits``. Returns ``[B, Lp + gen_length]`` long."""
+        return generate_llada(model, prompt, attention_mask, self, **kwargs)
 
 
 def linear_transfer_schedule(num_masked: torch.Tensor, steps: int) -> torch.Tensor:

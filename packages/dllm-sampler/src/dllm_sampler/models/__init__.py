@@ -2,7 +2,14 @@
 
 from dllm_sampler.models.dream import DreamModel
 from dllm_sampler.models.llada import LLaDAModelLM
-from dllm_sampler.models.spec import ARCH_SPECS, ArchSpec, TopologyNames, spec_for_config, spec_for_model
+from dllm_sampler.models.spec import (
+    ARCH_SPECS,
+    ArchSpec,
+    TopologyNames,
+    arch_spec,
+    spec_for_config,
+    spec_for_model,
+)
 
 __all__ = [
     "ARCH_SPECS",
@@ -10,6 +17,7 @@ __all__ = [
     "DreamModel",
     "LLaDAModelLM",
     "TopologyNames",
+    "arch_spec",
     "spec_for_config",
     "spec_for_model",
 ]

@@ -1,7 +1,8 @@
 """Architecture specs: everything that differs between LLaDA and Dream, as data.
 
-An ``ArchSpec`` names the config class, the model class, the logit shift and the qualified module names
-the topology needs. Code elsewhere looks the spec up instead of branching on the architecture.
+An ``ArchSpec`` names the config class, the model class, the logit shift, the qualified module names
+the topology needs and the default sampler. Code elsewhere looks the spec up (`arch_spec`,
+`spec_for_config`, `spec_for_model`) instead of branching on the architecture.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from dllm_sampler.config import DreamConfig, LLaDAConfig, ModelConfig
+from dllm_sampler.generate_dream import DreamGenerationConfig
+from dllm_sampler.generate_llada import LLaDAGenerationConfig
 from dllm_sampler.models.dream import DreamModel
 from dllm_sampler.models.llada import LLaDAModelLM
 
-__all__ = ["ARCH_SPECS", "ArchSpec", "TopologyNames", "spec_for_config", "spec_for_model"]
+__all__ = ["ARCH_SPECS", "ArchSpec", "TopologyNames", "arch_spec", "spec_for_config", "spec_for_model"]
 
 
 @dataclass(frozen=True)
@@ -42,19 +45,28 @@ class ArchSpec:
     """One supported architecture.
 
     ``logit_shift`` is 1 when the model's logit at position i predicts token i + 1 (Dream, adapted from an
-    autoregressive model), so the adapter shifts logits right by one; 0 for LLaDA.
+    autoregressive model), so the adapter shifts logits right by one; 0 for LLaDA. ``display_name`` is the
+    architecture as messages spell it ("LLaDA"). ``generation_config_cls`` is the config class of the
+    architecture's own sampler; its no-argument instance is the default sampler config.
     """
 
     name: str
+    display_name: str
     config_cls: type[ModelConfig]
     model_cls: type[nn.Module]
     logit_shift: int
     names: TopologyNames
+    generation_config_cls: type[LLaDAGenerationConfig] | type[DreamGenerationConfig]
+
+    def default_generation(self) -> LLaDAGenerationConfig | DreamGenerationConfig:
+        """The default config of the architecture's sampler (``generation_config_cls()``)."""
+        return self.generation_config_cls()
 
 
 ARCH_SPECS: dict[str, ArchSpec] = {
     "llada": ArchSpec(
         name="llada",
+        display_name="LLaDA",
         config_cls=LLaDAConfig,
         model_cls=LLaDAModelLM,
         logit_shift=0,
@@ -73,9 +85,11 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             up="up_proj",
             down="ff_out",
         ),
+        generation_config_cls=LLaDAGenerationConfig,
     ),
     "dream": ArchSpec(
         name="dream",
+        display_name="Dream",
         config_cls=DreamConfig,
         model_cls=DreamModel,
         logit_shift=1,
@@ -94,8 +108,22 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             up="mlp.up_proj",
             down="mlp.down_proj",
         ),
+        generation_config_cls=DreamGenerationConfig,
     ),
 }
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The spec named ``arch`` (a key of `ARCH_SPECS`).
+
+    Raises:
+        ValueError: ``arch`` is not a known architecture (the message names the known ones).
+    """
+    spec = ARCH_SPECS.get(arch)
+    if spec is None:
+        known = ", ".join(repr(name) for name in ARCH_SPECS)
+        raise ValueError(f"unknown model arch {arch!r}; known archs: {known}")
+    return spec
 
 
 def spec_for_config(config: object) -> ArchSpec:

@@ -1,0 +1,36 @@
+"""Per-architecture facts answered by `ArchSpec` and the config classes: each equals the value the code
+hard-coded per architecture name before, and an unknown architecture is a clear ValueError."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dllm_sampler import DreamGenerationConfig, LLaDAGenerationConfig, generate_dream, generate_llada
+from dllm_sampler.models import ARCH_SPECS, arch_spec
+
+
+def test_arch_spec_looks_up_by_name_and_names_the_known_archs() -> None:
+    assert list(ARCH_SPECS) == ["llada", "dream"]
+    for name, spec in ARCH_SPECS.items():
+        assert arch_spec(name) is spec and spec.name == name
+    assert [s.display_name for s in ARCH_SPECS.values()] == ["LLaDA", "Dream"]
+    with pytest.raises(ValueError, match="unknown model arch 'gpt'; known archs: 'llada', 'dream'"):
+        arch_spec("gpt")
+
+
+def test_default_generation_is_the_arch_sampler_default() -> None:
+    assert arch_spec("llada").default_generation() == LLaDAGenerationConfig()
+    assert arch_spec("dream").default_generation() == DreamGenerationConfig()
+    assert type(arch_spec("llada").default_generation()) is LLaDAGenerationConfig
+    assert type(arch_spec("dream").default_generation()) is DreamGenerationConfig
+
+
+def test_generation_configs_name_and_run_their_own_sampler(fake_model) -> None:
+    assert (LLaDAGenerationConfig.SAMPLER_NAME, DreamGenerationConfig.SAMPLER_NAME) == ("llada", "dream")
+    prompt = torch.tensor([[1, 2, 3]])
+    llada = LLaDAGenerationConfig(steps=4, gen_length=8, block_length=4, temperature=1.0)
+    dream = DreamGenerationConfig(max_new_tokens=6, steps=3, temperature=1.0)
+    for config, sampler in ((llada, generate_llada), (dream, generate_dream)):
+        got = config.sample(fake_model, prompt, generator=torch.Generator().manual_seed(0))
+        want = sampler(fake_model, prompt, None, config, generator=torch.Generator().manual_seed(0))
+        assert torch.equal(got, want)
