@@ -7,6 +7,7 @@ import pytest
 import torch
 from dllm_sampler import DreamGenerationConfig, LLaDAGenerationConfig, generate_dream, generate_llada
 from dllm_sampler.models import ARCH_SPECS, arch_spec
+from dllm_sampler.tasks import answer_generation_config
 
 
 def test_arch_spec_looks_up_by_name_and_names_the_known_archs() -> None:
@@ -34,3 +35,19 @@ def test_generation_configs_name_and_run_their_own_sampler(fake_model) -> None:
         got = config.sample(fake_model, prompt, generator=torch.Generator().manual_seed(0))
         want = sampler(fake_model, prompt, None, config, generator=torch.Generator().manual_seed(0))
         assert torch.equal(got, want)
+
+
+def test_with_length_sets_tokens_and_steps_in_one_block() -> None:
+    llada = LLaDAGenerationConfig(steps=8, gen_length=8, block_length=4, temperature=0.5).with_length(6, 3)
+    assert llada == LLaDAGenerationConfig(steps=3, gen_length=6, block_length=6, temperature=0.5)
+    dream = DreamGenerationConfig(top_p=0.9).with_length(6, 3)
+    assert dream == DreamGenerationConfig(max_new_tokens=6, steps=3, top_p=0.9)
+    assert (llada.gen_length, dream.gen_length) == (6, 6)
+
+
+def test_answer_generation_config_is_the_default_with_one_step_per_token() -> None:
+    one_block = LLaDAGenerationConfig(steps=5, gen_length=5, block_length=5)
+    assert answer_generation_config("llada", 5) == one_block
+    assert answer_generation_config("dream", 5) == DreamGenerationConfig(max_new_tokens=5, steps=5)
+    with pytest.raises(ValueError, match="unknown model arch"):
+        answer_generation_config("gpt")

@@ -9,8 +9,8 @@ that is left. Tokens are drawn by `dream_sample_tokens` (temperature, then top-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from tqdm.auto import tqdm
@@ -82,6 +82,15 @@ class DreamGenerationConfig:
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
+
+    @property
+    def gen_length(self) -> int:
+        """Generated tokens: ``max_new_tokens``, under the name `LLaDAGenerationConfig` gives it."""
+        return self.max_new_tokens
+
+    def with_length(self, gen_length: int, steps: int) -> Self:
+        """A copy that generates ``gen_length`` tokens (``max_new_tokens``) in ``steps`` steps."""
+        return replace(self, max_new_tokens=gen_length, steps=steps)
 
     def sample(
         self,

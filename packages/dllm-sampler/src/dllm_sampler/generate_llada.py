@@ -10,8 +10,8 @@ most confident ones are committed. Committed tokens are never remasked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from tqdm.auto import tqdm
@@ -103,6 +103,11 @@ class LLaDAGenerationConfig:
     def steps_per_block(self) -> int:
         """``steps // num_blocks``."""
         return self.steps // self.num_blocks
+
+    def with_length(self, gen_length: int, steps: int) -> Self:
+        """A copy that generates ``gen_length`` tokens in one block (``block_length = gen_length``) in
+        ``steps`` steps."""
+        return replace(self, gen_length=gen_length, steps=steps, block_length=gen_length)
 
     def sample(
         self,
