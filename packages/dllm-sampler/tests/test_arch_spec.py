@@ -51,3 +51,10 @@ def test_answer_generation_config_is_the_default_with_one_step_per_token() -> No
     assert answer_generation_config("dream", 5) == DreamGenerationConfig(max_new_tokens=5, steps=5)
     with pytest.raises(ValueError, match="unknown model arch"):
         answer_generation_config("gpt")
+
+
+def test_likelihood_estimator_is_the_papers() -> None:
+    assert {name: spec.likelihood_estimator for name, spec in ARCH_SPECS.items()} == {
+        "llada": "llada",
+        "dream": "dream",
+    }

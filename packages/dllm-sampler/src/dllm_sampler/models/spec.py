@@ -48,6 +48,8 @@ class ArchSpec:
     autoregressive model), so the adapter shifts logits right by one; 0 for LLaDA. ``display_name`` is the
     architecture as messages spell it ("LLaDA"). ``generation_config_cls`` is the config class of the
     architecture's own sampler; its no-argument instance is the default sampler config.
+    ``likelihood_estimator`` names the Monte-Carlo ELBO estimator of ``dllm_sampler.likelihood`` that the
+    architecture's paper uses ("llada": stratified mask counts; "dream": stratified times).
     """
 
     name: str
@@ -57,6 +59,7 @@ class ArchSpec:
     logit_shift: int
     names: TopologyNames
     generation_config_cls: type[LLaDAGenerationConfig] | type[DreamGenerationConfig]
+    likelihood_estimator: str
 
     def default_generation(self) -> LLaDAGenerationConfig | DreamGenerationConfig:
         """The default config of the architecture's sampler (``generation_config_cls()``)."""
@@ -86,6 +89,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             down="ff_out",
         ),
         generation_config_cls=LLaDAGenerationConfig,
+        likelihood_estimator="llada",
     ),
     "dream": ArchSpec(
         name="dream",
@@ -109,6 +113,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             down="mlp.down_proj",
         ),
         generation_config_cls=DreamGenerationConfig,
+        likelihood_estimator="dream",
     ),
 }
 
