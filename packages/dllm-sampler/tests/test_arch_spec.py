@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 from dllm_sampler import DreamGenerationConfig, LLaDAGenerationConfig, generate_dream, generate_llada
+from dllm_sampler.config import DreamConfig, LLaDAConfig, tiny_config
 from dllm_sampler.models import ARCH_SPECS, arch_spec
 from dllm_sampler.tasks import answer_generation_config
+from dllm_sampler.testing import CHAR_VOCAB, char_model_config
 
 
 def test_arch_spec_looks_up_by_name_and_names_the_known_archs() -> None:
@@ -58,3 +60,49 @@ def test_likelihood_estimator_is_the_papers() -> None:
         "llada": "llada",
         "dream": "dream",
     }
+
+
+def test_tiny_config_is_the_two_block_test_shape() -> None:
+    ids = {"mask_token_id": 47, "eos_token_id": 46, "pad_token_id": 45, "bos_token_id": 44}
+    llada = LLaDAConfig(
+        d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, vocab_size=48, max_sequence_length=256, **ids
+    )
+    dream = DreamConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        vocab_size=48,
+        max_position_embeddings=256,
+        **ids,
+    )
+    assert tiny_config("llada") == LLaDAConfig.tiny() == llada
+    assert tiny_config("dream") == DreamConfig.tiny() == dream
+    small = tiny_config("llada", vocab_size=20, n_kv_heads=2)
+    assert (small.mask_token_id, small.eos_token_id, small.pad_token_id, small.bos_token_id) == (
+        19,
+        18,
+        17,
+        16,
+    )
+    assert small.n_kv_heads == 2
+    with pytest.raises(ValueError, match="unknown model arch 'gpt'"):
+        tiny_config("gpt")
+
+
+def test_char_model_config_sets_every_vocab_key() -> None:
+    assert (LLaDAConfig.VOCAB_KEYS, DreamConfig.VOCAB_KEYS) == (
+        ("vocab_size", "embedding_size"),
+        ("vocab_size",),
+    )
+    llada, dream = char_model_config("llada"), char_model_config("dream")
+    assert (llada.vocab_size, llada.embedding_size, dream.vocab_size) == (CHAR_VOCAB, CHAR_VOCAB, CHAR_VOCAB)
+    assert "embedding_size" not in dream.extra
+    for config in (llada, dream):
+        assert (config.pad_token_id, config.bos_token_id, config.eos_token_id, config.mask_token_id) == (
+            0,
+            1,
+            2,
+            3,
+        )
