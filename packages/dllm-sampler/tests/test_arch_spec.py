@@ -106,3 +106,12 @@ def test_char_model_config_sets_every_vocab_key() -> None:
             2,
             3,
         )
+
+
+def test_config_classes_name_their_layer_key_and_published_checkpoint() -> None:
+    assert (LLaDAConfig.LAYER_COUNT_KEY, DreamConfig.LAYER_COUNT_KEY) == ("n_layers", "num_hidden_layers")
+    for cls in (LLaDAConfig, DreamConfig):
+        assert getattr(cls.tiny(), cls.LAYER_COUNT_KEY) == cls.tiny().dims().num_layers == 2
+    assert (LLaDAConfig.PUBLISHED_NAME, DreamConfig.PUBLISHED_NAME) == ("llada-8b", "dream-7b")
+    assert LLaDAConfig.published() == LLaDAConfig(n_kv_heads=32, embedding_size=126464)
+    assert DreamConfig.published() == DreamConfig()

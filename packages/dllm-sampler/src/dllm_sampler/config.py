@@ -90,11 +90,22 @@ class ModelConfig:
     ARCHITECTURES: ClassVar[tuple[str, ...]]
     MODEL_TYPE: ClassVar[str]
     ABSENT_MEANS_NONE: ClassVar[tuple[str, ...]] = ()  # keys whose absence from a file means None
+    LAYER_COUNT_KEY: ClassVar[str]
+    """The key of the number of transformer blocks."""
     VOCAB_KEYS: ClassVar[tuple[str, ...]]
     """The keys that size the embedding and the head; a model with an ``n``-token vocabulary sets all to n."""
+    PUBLISHED_NAME: ClassVar[str]
+    """Short name of the released checkpoint whose config `published` returns (e.g. ``"llada-8b"``)."""
+    PUBLISHED_KEYS: ClassVar[Mapping[str, Any]] = types.MappingProxyType({})
+    """Keys the released config.json spells out where the class defaults leave them implicit."""
     TINY_SHAPES: ClassVar[Mapping[str, Any]]
     """`tiny`'s shape keys: hidden 32, 2 blocks, 4 heads, MLP 64, 256 positions."""
     extra: dict[str, Any]
+
+    @classmethod
+    def published(cls) -> Self:
+        """The released checkpoint's config (`PUBLISHED_NAME`): the class defaults plus `PUBLISHED_KEYS`."""
+        return cls(**cls.PUBLISHED_KEYS)
 
     @classmethod
     def tiny(cls, **overrides: Any) -> Self:
@@ -181,7 +192,12 @@ class LLaDAConfig(ModelConfig):
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("LLaDAModelLM",)
     MODEL_TYPE: ClassVar[str] = "llada"
     ABSENT_MEANS_NONE: ClassVar[tuple[str, ...]] = ("n_kv_heads", "mlp_hidden_size", "embedding_size")
+    LAYER_COUNT_KEY: ClassVar[str] = "n_layers"
     VOCAB_KEYS: ClassVar[tuple[str, ...]] = ("vocab_size", "embedding_size")
+    PUBLISHED_NAME: ClassVar[str] = "llada-8b"
+    PUBLISHED_KEYS: ClassVar[Mapping[str, Any]] = types.MappingProxyType(
+        {"n_kv_heads": 32, "embedding_size": 126464}
+    )
     TINY_SHAPES: ClassVar[Mapping[str, Any]] = types.MappingProxyType(
         {"d_model": 32, "n_layers": 2, "n_heads": 4, "mlp_hidden_size": 64, "max_sequence_length": 256}
     )
@@ -289,7 +305,9 @@ class DreamConfig(ModelConfig):
 
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("DreamModel",)
     MODEL_TYPE: ClassVar[str] = "Dream"
+    LAYER_COUNT_KEY: ClassVar[str] = "num_hidden_layers"
     VOCAB_KEYS: ClassVar[tuple[str, ...]] = ("vocab_size",)
+    PUBLISHED_NAME: ClassVar[str] = "dream-7b"
     TINY_SHAPES: ClassVar[Mapping[str, Any]] = types.MappingProxyType(
         {
             "hidden_size": 32,
