@@ -7,7 +7,7 @@ import pytest
 import torch
 from dllm_sampler import DreamGenerationConfig, LLaDAGenerationConfig, generate_dream, generate_llada
 from dllm_sampler.config import DreamConfig, LLaDAConfig, tiny_config
-from dllm_sampler.models import ARCH_SPECS, arch_spec
+from dllm_sampler.models import ARCH_SPECS, EvalDefaults, arch_spec
 from dllm_sampler.tasks import answer_generation_config
 from dllm_sampler.testing import CHAR_VOCAB, char_model_config
 
@@ -115,3 +115,34 @@ def test_config_classes_name_their_layer_key_and_published_checkpoint() -> None:
     assert (LLaDAConfig.PUBLISHED_NAME, DreamConfig.PUBLISHED_NAME) == ("llada-8b", "dream-7b")
     assert LLaDAConfig.published() == LLaDAConfig(n_kv_heads=32, embedding_size=126464)
     assert DreamConfig.published() == DreamConfig()
+
+
+def test_eval_defaults_are_the_harness_protocols() -> None:
+    llada, dream = arch_spec("llada").eval_defaults, arch_spec("dream").eval_defaults
+    assert llada == EvalDefaults(
+        sampler=LLaDAGenerationConfig(steps=1024, gen_length=1024, block_length=1024),
+        steps_follow_length=True,
+        max_length=4096,
+        add_bos=False,
+        append_eos=False,
+        cut_at_eos=False,
+    )
+    assert dream == EvalDefaults(
+        sampler=DreamGenerationConfig(max_new_tokens=128, steps=512, top_p=0.95),
+        steps_follow_length=False,
+        max_length=2048,
+        add_bos=True,
+        append_eos=True,
+        cut_at_eos=True,
+    )
+    assert (dream.sampler.alg, dream.sampler.alg_temp, dream.sampler.temperature) == ("entropy", 0.0, 0.0)
+
+
+def test_greedy_configs_and_guidance() -> None:
+    assert (LLaDAGenerationConfig.GUIDANCE, DreamGenerationConfig.GUIDANCE) == (True, False)
+    llada = LLaDAGenerationConfig(steps=8, gen_length=8, block_length=4, temperature=0.5, remasking="random")
+    assert llada.greedy(5) == LLaDAGenerationConfig(steps=5, gen_length=5, block_length=5)
+    dream = DreamGenerationConfig(alg="origin", alg_temp=0.2, temperature=0.9, top_p=0.5, top_k=3, eps=0.01)
+    assert dream.greedy(5) == DreamGenerationConfig(
+        max_new_tokens=5, steps=5, alg="origin", top_p=0.5, top_k=3, eps=0.01
+    )

@@ -92,6 +92,8 @@ class ModelConfig:
     ABSENT_MEANS_NONE: ClassVar[tuple[str, ...]] = ()  # keys whose absence from a file means None
     LAYER_COUNT_KEY: ClassVar[str]
     """The key of the number of transformer blocks."""
+    MAX_POSITIONS_KEY: ClassVar[str]
+    """The key of the longest sequence (tokens) the model's positions are meant for."""
     VOCAB_KEYS: ClassVar[tuple[str, ...]]
     """The keys that size the embedding and the head; a model with an ``n``-token vocabulary sets all to n."""
     PUBLISHED_NAME: ClassVar[str]
@@ -193,6 +195,7 @@ class LLaDAConfig(ModelConfig):
     MODEL_TYPE: ClassVar[str] = "llada"
     ABSENT_MEANS_NONE: ClassVar[tuple[str, ...]] = ("n_kv_heads", "mlp_hidden_size", "embedding_size")
     LAYER_COUNT_KEY: ClassVar[str] = "n_layers"
+    MAX_POSITIONS_KEY: ClassVar[str] = "max_sequence_length"
     VOCAB_KEYS: ClassVar[tuple[str, ...]] = ("vocab_size", "embedding_size")
     PUBLISHED_NAME: ClassVar[str] = "llada-8b"
     PUBLISHED_KEYS: ClassVar[Mapping[str, Any]] = types.MappingProxyType(
@@ -306,6 +309,7 @@ class DreamConfig(ModelConfig):
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("DreamModel",)
     MODEL_TYPE: ClassVar[str] = "Dream"
     LAYER_COUNT_KEY: ClassVar[str] = "num_hidden_layers"
+    MAX_POSITIONS_KEY: ClassVar[str] = "max_position_embeddings"
     VOCAB_KEYS: ClassVar[tuple[str, ...]] = ("vocab_size",)
     PUBLISHED_NAME: ClassVar[str] = "dream-7b"
     TINY_SHAPES: ClassVar[Mapping[str, Any]] = types.MappingProxyType(

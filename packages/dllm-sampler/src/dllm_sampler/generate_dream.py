@@ -55,6 +55,8 @@ class DreamGenerationConfig:
 
     SAMPLER_NAME: ClassVar[str] = "dream"
     """Name of the sampler this config drives (as reports record it)."""
+    GUIDANCE: ClassVar[bool] = False
+    """The sampler has no classifier-free guidance."""
 
     max_new_tokens: int = 128
     steps: int = 128
@@ -91,6 +93,11 @@ class DreamGenerationConfig:
     def with_length(self, gen_length: int, steps: int) -> Self:
         """A copy that generates ``gen_length`` tokens (``max_new_tokens``) in ``steps`` steps."""
         return replace(self, max_new_tokens=gen_length, steps=steps)
+
+    def greedy(self, length: int) -> Self:
+        """A deterministic decode of ``length`` tokens, one per step: temperature 0 and ``alg_temp`` 0,
+        this config's ``alg``, ``eps``, ``top_p`` and ``top_k`` kept."""
+        return replace(self, max_new_tokens=length, steps=length, temperature=0.0, alg_temp=0.0)
 
     def sample(
         self,

@@ -60,6 +60,8 @@ class LLaDAGenerationConfig:
 
     SAMPLER_NAME: ClassVar[str] = "llada"
     """Name of the sampler this config drives (as reports record it)."""
+    GUIDANCE: ClassVar[bool] = True
+    """The sampler has classifier-free guidance (``cfg_scale``)."""
 
     steps: int = 128
     gen_length: int = 128
@@ -108,6 +110,14 @@ class LLaDAGenerationConfig:
         """A copy that generates ``gen_length`` tokens in one block (``block_length = gen_length``) in
         ``steps`` steps."""
         return replace(self, gen_length=gen_length, steps=steps, block_length=gen_length)
+
+    def greedy(self, length: int) -> Self:
+        """LLaDA's greedy check (``suffix_greedy_prediction``): ``length`` tokens, one per step, in one
+        block, argmax with low-confidence remasking; every other setting is the default, not this
+        config's (set ``cfg_scale`` on the result for guidance)."""
+        return type(self)(
+            steps=length, gen_length=length, block_length=length, temperature=0.0, remasking="low_confidence"
+        )
 
     def sample(
         self,

@@ -5,6 +5,7 @@ from dllm_sampler.models.llada import LLaDAModelLM
 from dllm_sampler.models.spec import (
     ARCH_SPECS,
     ArchSpec,
+    EvalDefaults,
     TopologyNames,
     arch_spec,
     spec_for_config,
@@ -15,6 +16,7 @@ __all__ = [
     "ARCH_SPECS",
     "ArchSpec",
     "DreamModel",
+    "EvalDefaults",
     "LLaDAModelLM",
     "TopologyNames",
     "arch_spec",

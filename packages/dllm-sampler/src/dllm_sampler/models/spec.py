@@ -17,7 +17,15 @@ from dllm_sampler.generate_llada import LLaDAGenerationConfig
 from dllm_sampler.models.dream import DreamModel
 from dllm_sampler.models.llada import LLaDAModelLM
 
-__all__ = ["ARCH_SPECS", "ArchSpec", "TopologyNames", "arch_spec", "spec_for_config", "spec_for_model"]
+__all__ = [
+    "ARCH_SPECS",
+    "ArchSpec",
+    "EvalDefaults",
+    "TopologyNames",
+    "arch_spec",
+    "spec_for_config",
+    "spec_for_model",
+]
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,32 @@ class TopologyNames:
 
 
 @dataclass(frozen=True)
+class EvalDefaults:
+    """The evaluation protocol of an architecture's own harness (LLaDA's ``eval_llada.py``, Dream's
+    ``dream_base``), as dllm_bench's lm-eval adapter applies it.
+
+    Attributes:
+        sampler: the sampler config of ``generate_until``; its ``gen_length`` and ``steps`` are the
+            protocol's.
+        steps_follow_length: a ``gen_length`` given without ``steps`` also sets ``steps`` (one step per
+            token, LLaDA); otherwise ``steps`` stays the protocol's (Dream's 512).
+        max_length: longest context in tokens (``prefix + target`` or ``prompt + answer``).
+        add_bos: prepend BOS to contexts (Dream's harness does; LLaDA's leaves it to the tokenizer).
+        append_eos: append EOS to likelihood targets (Dream's harness does: its estimator never masks the
+            last position, so the EOS makes every continuation token count).
+        cut_at_eos: a generated answer is the ids before the first EOS (Dream); otherwise it is decoded
+            whole and the special-token strings are removed from the text (LLaDA).
+    """
+
+    sampler: LLaDAGenerationConfig | DreamGenerationConfig
+    steps_follow_length: bool
+    max_length: int
+    add_bos: bool
+    append_eos: bool
+    cut_at_eos: bool
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """One supported architecture.
 
@@ -50,6 +84,7 @@ class ArchSpec:
     architecture's own sampler; its no-argument instance is the default sampler config.
     ``likelihood_estimator`` names the Monte-Carlo ELBO estimator of ``dllm_sampler.likelihood`` that the
     architecture's paper uses ("llada": stratified mask counts; "dream": stratified times).
+    ``eval_defaults`` is the architecture's evaluation-harness protocol.
     """
 
     name: str
@@ -60,6 +95,7 @@ class ArchSpec:
     names: TopologyNames
     generation_config_cls: type[LLaDAGenerationConfig] | type[DreamGenerationConfig]
     likelihood_estimator: str
+    eval_defaults: EvalDefaults
 
     def default_generation(self) -> LLaDAGenerationConfig | DreamGenerationConfig:
         """The default config of the architecture's sampler (``generation_config_cls()``)."""
@@ -90,6 +126,14 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         ),
         generation_config_cls=LLaDAGenerationConfig,
         likelihood_estimator="llada",
+        eval_defaults=EvalDefaults(
+            sampler=LLaDAGenerationConfig(steps=1024, gen_length=1024, block_length=1024),
+            steps_follow_length=True,
+            max_length=4096,
+            add_bos=False,
+            append_eos=False,
+            cut_at_eos=False,
+        ),
     ),
     "dream": ArchSpec(
         name="dream",
@@ -114,6 +158,14 @@ ARCH_SPECS: dict[str, ArchSpec] = {
         ),
         generation_config_cls=DreamGenerationConfig,
         likelihood_estimator="dream",
+        eval_defaults=EvalDefaults(
+            sampler=DreamGenerationConfig(max_new_tokens=128, steps=512, top_p=0.95),
+            steps_follow_length=False,
+            max_length=2048,
+            add_bos=True,
+            append_eos=True,
+            cut_at_eos=True,
+        ),
     ),
 }
 
