@@ -110,8 +110,13 @@ def test_char_model_config_sets_every_vocab_key() -> None:
 
 def test_config_classes_name_their_layer_key_and_published_checkpoint() -> None:
     assert (LLaDAConfig.LAYER_COUNT_KEY, DreamConfig.LAYER_COUNT_KEY) == ("n_layers", "num_hidden_layers")
+    assert (LLaDAConfig.MAX_POSITIONS_KEY, DreamConfig.MAX_POSITIONS_KEY) == (
+        "max_sequence_length",
+        "max_position_embeddings",
+    )
     for cls in (LLaDAConfig, DreamConfig):
         assert getattr(cls.tiny(), cls.LAYER_COUNT_KEY) == cls.tiny().dims().num_layers == 2
+        assert getattr(cls.tiny(), cls.MAX_POSITIONS_KEY) == 256
     assert (LLaDAConfig.PUBLISHED_NAME, DreamConfig.PUBLISHED_NAME) == ("llada-8b", "dream-7b")
     assert LLaDAConfig.published() == LLaDAConfig(n_kv_heads=32, embedding_size=126464)
     assert DreamConfig.published() == DreamConfig()
