@@ -11,7 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from dllm_bench.synthetic import SHAPES, synthetic_checkpoint, synthetic_config, synthetic_model
+from dllm_bench.commands.bench import SYNTHETIC
+from dllm_bench.synthetic import (
+    ARCH_OF_SHAPES,
+    SHAPES,
+    synthetic_checkpoint,
+    synthetic_config,
+    synthetic_model,
+)
 from dllm_sampler import load, tiny_config
 
 # docs/references.md#llada-8b (LLaDA-8B config.json) and #dream-7b (Dream-v0-7B config.json)
@@ -123,6 +130,16 @@ def test_overrides_change_only_what_they_name() -> None:
     assert dream.num_hidden_layers == 3 and dream.mask_token_id == DREAM_7B["mask_token_id"]
 
 
+def test_synthetic_names_are_each_arch_published_and_tiny_shapes() -> None:
+    assert ARCH_OF_SHAPES == {"llada-8b": "llada", "dream-7b": "dream"}
+    assert SYNTHETIC == {
+        "llada-8b": ("llada", "llada-8b"),
+        "dream-7b": ("dream", "dream-7b"),
+        "llada-tiny": ("llada", "tiny"),
+        "dream-tiny": ("dream", "tiny"),
+    }
+
+
 def test_tiny_shapes_are_the_tiny_config() -> None:
     for arch in ("llada", "dream"):
         assert synthetic_config(arch, "tiny").dims() == tiny_config(arch).dims()
@@ -132,7 +149,8 @@ def test_tiny_shapes_are_the_tiny_config() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("gpt", None), "unknown arch"),
+        (("gpt", None), "unknown model arch 'gpt'; known archs: 'llada', 'dream'"),
+        (("gpt", "tiny"), "unknown model arch"),
         (("llada", "llama-70b"), "unknown shapes"),
         (("dream", "llada-8b"), "not dream"),
         (("llada", None, 0), "n_layers"),

@@ -2,9 +2,9 @@
 
 ``synthetic_config("llada", "llada-8b")`` is LLaDA-8B's config.json (docs/references.md#llada-8b: hidden 4096,
 32 layers, 32 heads without GQA, MLP 12288, vocabulary 126464, mask 126336, EOS 126081);
-``synthetic_config("dream", "dream-7b")`` is Dream-v0-7B's (docs/references.md#dream-7b,
-Qwen2-7B shapes: hidden 3584,
-28 layers, 28 query / 4 key-value heads, MLP 18944, vocabulary 152064, mask 151666). ``"tiny"`` is
+``synthetic_config("dream", "dream-7b")`` is Dream-v0-7B's (docs/references.md#dream-7b, Qwen2-7B shapes:
+hidden 3584, 28 layers, 28 query / 4 key-value heads, MLP 18944, vocabulary 152064, mask 151666); both are
+the config class's ``published()``, named by its ``PUBLISHED_NAME``. ``"tiny"`` is
 ``dllm_sampler.tiny_config(arch)``. ``n_layers`` keeps the per-layer shapes with fewer blocks (a CPU can
 hold one or two 8B-shaped blocks); ``vocab_size`` shrinks the embedding and head (the special ids move to
 the top of the smaller vocabulary), for tests only: it changes the per-step cost of the head.
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig, save, tiny_config
+from dllm_sampler.models import ARCH_SPECS, arch_spec
 from torch import Tensor, nn
 
 __all__ = [
@@ -33,26 +34,17 @@ __all__ = [
     "synthetic_model",
 ]
 
-ARCH_OF_SHAPES = {"llada-8b": "llada", "dream-7b": "dream"}
-"""The published shapes and the architecture they belong to."""
+ARCH_OF_SHAPES = {spec.config_cls.PUBLISHED_NAME: name for name, spec in ARCH_SPECS.items()}
+"""The published shapes (each config class's ``PUBLISHED_NAME``) and the architecture they belong to."""
 SHAPES = (*ARCH_OF_SHAPES, "tiny")
 STD = 0.02
 """Standard deviation of the random matrices (``DiffusionLM.from_config``'s)."""
-_ARCHS = ("llada", "dream")
-
-
-def _published(shapes: str) -> LLaDAConfig | DreamConfig:
-    if shapes == "llada-8b":
-        # LLaDAConfig's defaults are LLaDA-8B's; the released config.json also spells out these two keys
-        return LLaDAConfig(n_kv_heads=32, embedding_size=126464)
-    return DreamConfig()  # DreamConfig's defaults are Dream-v0-Base-7B's
 
 
 def _resolve_shapes(arch: str, shapes: str | None) -> str:
-    if arch not in _ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(_ARCHS)}")
+    spec = arch_spec(arch)  # an unknown arch raises first
     if shapes is None:
-        return next(s for s, a in ARCH_OF_SHAPES.items() if a == arch)
+        return spec.config_cls.PUBLISHED_NAME
     if shapes not in SHAPES:
         raise ValueError(f"unknown shapes {shapes!r}; choose one of {', '.join(SHAPES)}")
     if shapes in ARCH_OF_SHAPES and ARCH_OF_SHAPES[shapes] != arch:
@@ -86,19 +78,19 @@ def synthetic_config(
     _positive("vocab_size", vocab_size)
     if vocab_size is not None and vocab_size < 2:
         raise ValueError(f"vocab_size must be >= 2 (mask and EOS ids), got {vocab_size}")
-    base = tiny_config(arch) if shapes == "tiny" else _published(shapes)
+    config_cls = arch_spec(arch).config_cls
+    base = tiny_config(arch) if shapes == "tiny" else config_cls.published()
     data = base.to_dict()
     if n_layers is not None:
-        data["n_layers" if arch == "llada" else "num_hidden_layers"] = n_layers
+        data[config_cls.LAYER_COUNT_KEY] = n_layers
     if vocab_size is not None:
         special = vocab_size - 2
-        data |= {"vocab_size": vocab_size, "mask_token_id": vocab_size - 1}
+        data |= dict.fromkeys(config_cls.VOCAB_KEYS, vocab_size) | {"mask_token_id": vocab_size - 1}
         data |= {"eos_token_id": special, "pad_token_id": special}
-        if arch == "llada":
-            data |= {"embedding_size": vocab_size, "bos_token_id": None}
-        else:
-            data["bos_token_id"] = special
-    return type(base).from_dict(data)
+        # BOS keeps its published role: Dream's is its EOS token, LLaDA's config.json has none
+        published = config_cls.published()
+        data["bos_token_id"] = special if published.bos_token_id == published.eos_token_id else None
+    return config_cls.from_dict(data)  # type: ignore[return-value]
 
 
 @contextmanager

@@ -34,17 +34,17 @@ def test_dispatch_on_config_type(fake_model):
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
 def test_dispatch_on_arch_without_config(fake_model_cls, monkeypatch, arch):
-    dispatch_module = importlib.import_module("dllm_sampler.generate")  # the name is shadowed by the function
     seen = []
     for name in ("generate_llada", "generate_dream"):
-        monkeypatch.setattr(dispatch_module, name, lambda m, p, a, config, **kw: seen.append(config) or p)
+        module = importlib.import_module(f"dllm_sampler.{name}")  # the name is shadowed by the function
+        monkeypatch.setattr(module, name, lambda m, p, a, config, **kw: seen.append(config) or p)
     generate(fake_model_cls(arch=arch), _prompt())
     expected = LLaDAGenerationConfig() if arch == "llada" else DreamGenerationConfig()
     assert seen == [expected] and default_generation_config(arch) == expected
 
 
 def test_dispatch_errors(fake_model_cls):
-    with pytest.raises(ValueError, match="unknown model arch"):
+    with pytest.raises(ValueError, match="unknown model arch 'gpt'; known archs: 'llada', 'dream'"):
         generate(fake_model_cls(arch="gpt"), _prompt())
     with pytest.raises(TypeError, match="LLaDAGenerationConfig or DreamGenerationConfig"):
         generate(fake_model_cls(), _prompt(), config={"steps": 4})

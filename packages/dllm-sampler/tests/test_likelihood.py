@@ -123,8 +123,10 @@ def test_estimator_defaults_to_model_arch(uniform_model_cls):
     assert a == b
     llada = log_likelihood(uniform_model_cls(V), prefix, target, 32, 32)
     assert llada == pytest.approx(-6 * math.log(V), rel=1e-6)
-    with pytest.raises(ValueError, match="estimator"):
+    with pytest.raises(ValueError, match="unknown model arch 'gpt'"):
         log_likelihood(uniform_model_cls(V, arch="gpt"), prefix, target, 8, 8)
+    with pytest.raises(ValueError, match='estimator must be "llada" or "dream"'):
+        log_likelihood(uniform_model_cls(V), prefix, target, 8, 8, "gpt")  # type: ignore[arg-type]
 
 
 def test_likelihood_input_errors(uniform_model_cls):

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 from dllm_sampler import DiffusionLM
+from dllm_sampler.models import ARCH_SPECS
 from dllm_sampler.registry import resolve
 
 from dllm_bench.devices import parse_device
@@ -37,7 +38,7 @@ from dllm_bench.loading import load_any
 from dllm_bench.pipeline import export_model, quantize_model
 from dllm_bench.pipeline.targets import check_fits, ignored_linears
 from dllm_bench.recipes import Recipe, load_recipe
-from dllm_bench.synthetic import synthetic_model
+from dllm_bench.synthetic import ARCH_OF_SHAPES, synthetic_model
 
 HELP = (
     "Measure weight memory and sampler speed (ms/step, tokens/s, steps/token, peak memory) of models side "
@@ -45,13 +46,11 @@ HELP = (
 )
 
 DEFAULT_MODEL = "tiny-llada"
-SYNTHETIC = {
-    "llada-8b": ("llada", "llada-8b"),
-    "dream-7b": ("dream", "dream-7b"),
-    "llada-tiny": ("llada", "tiny"),
-    "dream-tiny": ("dream", "tiny"),
+SYNTHETIC = {shapes: (arch, shapes) for shapes, arch in ARCH_OF_SHAPES.items()} | {
+    f"{arch}-tiny": (arch, "tiny") for arch in ARCH_SPECS
 }
-"""``--synthetic`` name -> (arch, shapes of `dllm_bench.synthetic`)."""
+"""``--synthetic`` name -> (arch, shapes of `dllm_bench.synthetic`): each published shape (``llada-8b``,
+``dream-7b``) and each arch's tiny shape (``llada-tiny``, ``dream-tiny``)."""
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _SIZES = {"batch": 1, "gen_length": 1, "steps": 1, "prompt_len": 1, "warmup": 0, "repeats": 1}
 """Size flags and their least allowed value."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import dllm_sampler
 import torch
-from dllm_sampler import DiffusionLM, DreamGenerationConfig, GenerationConfig
+from dllm_sampler import DiffusionLM, GenerationConfig
 from dllm_sampler.tasks import answer_generation_config
 from torch import Tensor
 
@@ -57,7 +57,7 @@ class SpeedResult:
         peak_memory_source: a key of `PEAK_SOURCES`.
         device: where the model ran (``"cpu"``, ``"cuda:0"``...).
         dtype: the model's floating dtype name (``"bfloat16"``...).
-        sampler: ``"llada"`` or ``"dream"``.
+        sampler: the sampler config's ``SAMPLER_NAME`` (``"llada"`` or ``"dream"``).
     """
 
     batch_size: int
@@ -210,5 +210,5 @@ def sampler_speed(
         peak_memory_source=source,
         device=str(device),
         dtype=str(dlm.dtype).removeprefix("torch."),
-        sampler="dream" if isinstance(config, DreamGenerationConfig) else "llada",
+        sampler=config.SAMPLER_NAME,
     )

@@ -1,7 +1,8 @@
 """``generate_until`` without lm-eval types: run the real sampler on a context and cut the text.
 
 As in the harnesses the papers use, one request is generated at a time with the model arguments'
-``gen_length`` (the task's ``max_gen_toks`` and sampling keywords are not used), and the text is cut as:
+``gen_length`` (the task's ``max_gen_toks`` and sampling keywords are not used), and the text is cut as
+the architecture's ``ArchSpec.eval_defaults.cut_at_eos`` says:
 
 - LLaDA (``eval_llada.py``): decode with special tokens, cut at the first stop string, then drop the
   special-token strings (EOS padding, EoT).
@@ -18,6 +19,7 @@ from collections.abc import Iterable, Sequence
 import dllm_sampler
 import torch
 from dllm_sampler import DiffusionLM
+from dllm_sampler.models import arch_spec
 
 from dllm_bench.lm_eval_adapter.scoring import encode_context
 from dllm_bench.lm_eval_adapter.settings import AdapterSettings
@@ -57,7 +59,7 @@ def special_token_strings(dlm: DiffusionLM) -> list[str]:
 
 def finish_generation(dlm: DiffusionLM, ids: Sequence[int], stops: Sequence[str], escape_until: bool) -> str:
     """The answer text of generated token ids ``ids``, cut as the module docstring describes."""
-    if dlm.arch == "dream":
+    if arch_spec(dlm.arch).eval_defaults.cut_at_eos:
         ids = list(ids)
         if dlm.eos_token_id in ids:
             ids = ids[: ids.index(dlm.eos_token_id)]

@@ -17,7 +17,7 @@ import math
 
 import dllm_sampler
 import torch
-from dllm_sampler import DiffusionLM, DreamGenerationConfig, GenerationConfig, LLaDAGenerationConfig
+from dllm_sampler import DiffusionLM, GenerationConfig
 
 from dllm_bench.lm_eval_adapter.settings import AdapterSettings
 
@@ -83,21 +83,10 @@ def _generator(dlm: DiffusionLM, seed: int) -> torch.Generator:
 
 
 def greedy_config(settings: AdapterSettings, length: int) -> GenerationConfig:
-    """The sampler config of the greedy check for a ``length``-token target (one token per step)."""
-    if isinstance(settings.sampler, LLaDAGenerationConfig):
-        return LLaDAGenerationConfig(
-            steps=length,
-            gen_length=length,
-            block_length=length,
-            temperature=0.0,
-            cfg_scale=settings.cfg,
-            remasking="low_confidence",
-        )
-    if isinstance(settings.sampler, DreamGenerationConfig):
-        return dataclasses.replace(
-            settings.sampler, max_new_tokens=length, steps=length, temperature=0.0, alg_temp=0.0
-        )
-    raise TypeError(f"unsupported sampler config {type(settings.sampler).__name__}")
+    """The sampler config of the greedy check for a ``length``-token target (one token per step): the
+    sampler's ``greedy(length)``, with the likelihood's guidance ``settings.cfg`` if it has guidance."""
+    config = settings.sampler.greedy(length)
+    return dataclasses.replace(config, cfg_scale=settings.cfg) if config.GUIDANCE else config
 
 
 def greedy_continuation(

@@ -1,6 +1,7 @@
 """The adapter's settings: the QDLM / LLaDA / Dream harness protocol as defaults, resolved per architecture.
 
-Defaults (docs/references.md#evaluation-protocol; LLaDA's ``eval_llada.py``):
+Defaults (docs/references.md#evaluation-protocol; LLaDA's ``eval_llada.py``); the per-architecture ones
+(sampler, ``max_length``, BOS, EOS) are ``dllm_sampler``'s ``ArchSpec.eval_defaults``:
 
 - likelihood: ``mc_num=128``, Monte-Carlo batch 32, ``cfg=0``, greedy check off (none of the papers'
   metrics needs it), seed 1234 (LLaDA's harness seeds with 1234);
@@ -24,7 +25,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from dllm_sampler import DiffusionLM, DreamGenerationConfig, GenerationConfig, LLaDAGenerationConfig
+from dllm_sampler import DiffusionLM, GenerationConfig
+from dllm_sampler.models import ARCH_SPECS, ArchSpec, arch_spec
 
 __all__ = [
     "DEFAULT_SEED",
@@ -42,13 +44,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SEED = 1234
 """LLaDA's harness calls ``set_seed(1234)`` before evaluating."""
 
-_LLADA_GEN_LENGTH = 1024
-_DREAM_GEN_LENGTH = 128
-_DREAM_STEPS = 512
-_DREAM_TOP_P = 0.95
-_PROTOCOL_MAX_LENGTH = {"llada": 4096, "dream": 2048}
-_LLADA_ONLY = ("block_length", "remasking")
-_DREAM_ONLY = ("alg", "alg_temp", "top_p", "top_k")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _HARNESS_KEYS = ("batch_size", "device")
 _IGNORED_HARNESS_KEYS = ("max_batch_size", "trust_remote_code")
@@ -105,9 +100,7 @@ class AdapterSettings:
     @property
     def gen_length(self) -> int:
         """Tokens ``generate_until`` produces per request."""
-        if isinstance(self.sampler, LLaDAGenerationConfig):
-            return self.sampler.gen_length
-        return self.sampler.max_new_tokens
+        return self.sampler.gen_length
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (for lm-eval's results ``config``)."""
@@ -130,64 +123,68 @@ def sampler_config(
     top_p: float | None = None,
     top_k: int | None = None,
 ) -> GenerationConfig:
-    """The protocol's sampler config of ``arch`` with the given overrides (None = protocol default).
+    """The protocol's sampler config of ``arch`` (``ArchSpec.eval_defaults.sampler``) with the given
+    overrides (None = protocol default).
 
-    LLaDA-only arguments (``block_length``, ``remasking``) given for Dream, or Dream-only ones (``alg``,
-    ``alg_temp``, ``top_p``, ``top_k``) given for LLaDA, raise ValueError. ``cfg`` is LLaDA's guidance
-    scale; Dream's sampler has none, so it is not used there.
+    ``gen_length`` is the answer length (Dream's ``max_new_tokens``); where the protocol's steps follow the
+    length (LLaDA) it also sets ``steps`` unless those are given, and LLaDA's ``block_length`` defaults to
+    it (one block). Arguments the arch's sampler does not have (LLaDA's ``block_length``, ``remasking``
+    for Dream; Dream's ``alg``, ``alg_temp``, ``top_p``, ``top_k`` for LLaDA) raise ValueError. ``cfg`` is
+    the guidance scale of a sampler with guidance (LLaDA's); Dream's sampler has none, so it is not used
+    there.
     """
-    given = {"block_length": block_length, "remasking": remasking, "alg": alg, "alg_temp": alg_temp}
-    given |= {"top_p": top_p, "top_k": top_k}
-    if arch == "llada":
-        _reject_foreign(arch, {k: given[k] for k in _DREAM_ONLY}, "Dream")
-        length = _LLADA_GEN_LENGTH if gen_length is None else gen_length
-        return LLaDAGenerationConfig(
-            steps=length if steps is None else steps,
-            gen_length=length,
-            block_length=length if block_length is None else block_length,
-            temperature=float(temperature),
-            cfg_scale=float(cfg),
-            remasking=remasking or "low_confidence",  # type: ignore[arg-type]
-        )
-    if arch == "dream":
-        _reject_foreign(arch, {k: given[k] for k in _LLADA_ONLY}, "LLaDA")
-        return DreamGenerationConfig(
-            max_new_tokens=_DREAM_GEN_LENGTH if gen_length is None else gen_length,
-            steps=_DREAM_STEPS if steps is None else steps,
-            alg=alg or "entropy",  # type: ignore[arg-type]
-            alg_temp=float(alg_temp or 0.0),
-            temperature=float(temperature),
-            top_p=_DREAM_TOP_P if top_p is None else float(top_p),
-            top_k=top_k,
-        )
-    raise ValueError(f"unknown model arch {arch!r}; the adapter supports 'llada' and 'dream'")
+    spec = arch_spec(arch)
+    given = {
+        "block_length": block_length,
+        "remasking": remasking,
+        "alg": alg,
+        "alg_temp": alg_temp,
+        "top_p": top_p,
+        "top_k": top_k,
+    }
+    _reject_foreign(spec, [name for name, value in given.items() if value is not None])
+    protocol = spec.eval_defaults.sampler
+    length = protocol.gen_length if gen_length is None else gen_length
+    if steps is None:
+        steps = length if spec.eval_defaults.steps_follow_length else protocol.steps
+    overrides: dict[str, Any] = {"temperature": float(temperature)}
+    if protocol.GUIDANCE:
+        overrides["cfg_scale"] = float(cfg)
+    # an empty remasking / alg and a zero alg_temp keep the protocol's value, as None does
+    options = {
+        "block_length": block_length,
+        "remasking": remasking or None,
+        "alg": alg or None,
+        "alg_temp": float(alg_temp) if alg_temp else None,
+        "top_p": None if top_p is None else float(top_p),
+        "top_k": top_k,
+    }
+    overrides |= {name: value for name, value in options.items() if value is not None}
+    return dataclasses.replace(protocol.with_length(length, steps), **overrides)
 
 
-def _reject_foreign(arch: str, values: dict[str, Any], owner: str) -> None:
-    """Raise if any of ``values`` (arguments of the other architecture's sampler) was given."""
-    given = sorted(k for k, v in values.items() if v is not None)
-    if given:
+def _sampler_fields(spec: ArchSpec) -> set[str]:
+    """The settings of ``spec``'s sampler config."""
+    return {f.name for f in dataclasses.fields(spec.generation_config_cls)}
+
+
+def _reject_foreign(spec: ArchSpec, given: list[str]) -> None:
+    """Raise if any of the ``given`` sampler arguments is not a setting of ``spec``'s sampler, naming the
+    architecture whose sampler has it."""
+    foreign = sorted(set(given) - _sampler_fields(spec))
+    if foreign:
+        owners = [s.display_name for s in ARCH_SPECS.values() if foreign[0] in _sampler_fields(s)]
         raise ValueError(
-            f"{', '.join(given)} only apply to {owner}'s sampler, but the model is {arch!r}; remove them "
-            "from model_args"
+            f"{', '.join(foreign)} only apply to {' / '.join(owners)}'s sampler, but the model is "
+            f"{spec.name!r}; remove them from model_args"
         )
-
-
-def _max_positions(dlm: DiffusionLM) -> int | None:
-    """The model's position limit from its config (LLaDA ``max_sequence_length``, Dream
-    ``max_position_embeddings``), or None."""
-    for key in ("max_sequence_length", "max_position_embeddings"):
-        value = getattr(dlm.config, key, None)
-        if isinstance(value, int):
-            return value
-    return None
 
 
 def default_max_length(dlm: DiffusionLM) -> int:
-    """The protocol's context limit of ``dlm.arch``, capped at the model's own position limit."""
-    limit = _PROTOCOL_MAX_LENGTH[dlm.arch]
-    positions = _max_positions(dlm)
-    return limit if positions is None else min(limit, positions)
+    """The protocol's context limit of ``dlm.arch``, capped at the model's own position limit (the config's
+    ``MAX_POSITIONS_KEY``: LLaDA ``max_sequence_length``, Dream ``max_position_embeddings``)."""
+    positions = getattr(dlm.config, dlm.config.MAX_POSITIONS_KEY)
+    return min(arch_spec(dlm.arch).eval_defaults.max_length, positions)
 
 
 def build_settings(
@@ -209,15 +206,19 @@ def build_settings(
         dlm: the loaded model (its arch, ``generation_defaults`` and position limit are read).
         batch_size: the Monte-Carlo batch; None or "auto" gives 32; int-like strings are accepted.
         max_length: None = `default_max_length`.
-        add_bos_token: None = the folder's ``dllmq_add_bos`` if set, else True for Dream (its harness adds
-            BOS) and False for LLaDA (its tokenizer decides, as in LLaDA's harness).
+        add_bos_token: None = the folder's ``dllmq_add_bos`` if set, else the protocol's
+            (``eval_defaults.add_bos``): True for Dream (its harness adds BOS) and False for LLaDA (its
+            tokenizer decides, as in LLaDA's harness).
         **sampler_args: `sampler_config` keywords (``steps``, ``gen_length``, ``temperature`` ...).
     """
+    spec = arch_spec(dlm.arch)
     sampler = sampler_config(dlm.arch, cfg=cfg, **sampler_args)
-    if dlm.arch == "dream" and cfg > 0:
-        log.warning("cfg=%s applies to the likelihood only: Dream's sampler has no guidance", cfg)
+    if cfg > 0 and not sampler.GUIDANCE:
+        log.warning(
+            "cfg=%s applies to the likelihood only: %s's sampler has no guidance", cfg, spec.display_name
+        )
     if add_bos_token is None:
-        add_bos_token = bool(dlm.generation_defaults.get("dllmq_add_bos", dlm.arch == "dream"))
+        add_bos_token = bool(dlm.generation_defaults.get("dllmq_add_bos", spec.eval_defaults.add_bos))
     return AdapterSettings(
         sampler=sampler,
         mc_num=mc_num,
@@ -227,7 +228,7 @@ def build_settings(
         max_length=default_max_length(dlm) if max_length is None else max_length,
         add_bos_token=bool(add_bos_token),
         escape_until=bool(escape_until),
-        append_eos=dlm.arch == "dream",
+        append_eos=spec.eval_defaults.append_eos,
         seed=seed,
     )
 

@@ -16,6 +16,7 @@ import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
@@ -89,7 +90,33 @@ class ModelConfig:
     ARCHITECTURES: ClassVar[tuple[str, ...]]
     MODEL_TYPE: ClassVar[str]
     ABSENT_MEANS_NONE: ClassVar[tuple[str, ...]] = ()  # keys whose absence from a file means None
+    LAYER_COUNT_KEY: ClassVar[str]
+    """The key of the number of transformer blocks."""
+    MAX_POSITIONS_KEY: ClassVar[str]
+    """The key of the longest sequence (tokens) the model's positions are meant for."""
+    VOCAB_KEYS: ClassVar[tuple[str, ...]]
+    """The keys that size the embedding and the head; a model with an ``n``-token vocabulary sets all to n."""
+    PUBLISHED_NAME: ClassVar[str]
+    """Short name of the released checkpoint whose config `published` returns (e.g. ``"llada-8b"``)."""
+    PUBLISHED_KEYS: ClassVar[Mapping[str, Any]] = types.MappingProxyType({})
+    """Keys the released config.json spells out where the class defaults leave them implicit."""
+    TINY_SHAPES: ClassVar[Mapping[str, Any]]
+    """`tiny`'s shape keys: hidden 32, 2 blocks, 4 heads, MLP 64, 256 positions."""
     extra: dict[str, Any]
+
+    @classmethod
+    def published(cls) -> Self:
+        """The released checkpoint's config (`PUBLISHED_NAME`): the class defaults plus `PUBLISHED_KEYS`."""
+        return cls(**cls.PUBLISHED_KEYS)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> Self:
+        """A small random-test config: `TINY_SHAPES`, vocab 48 with mask = 47, eos = 46, pad = 45, bos = 44
+        (the top four ids of an overridden ``vocab_size``). ``overrides`` use this class's keys (e.g.
+        ``n_kv_heads=2`` for LLaDA)."""
+        v = overrides.get("vocab_size", 48)
+        ids = {"mask_token_id": v - 1, "eos_token_id": v - 2, "pad_token_id": v - 3, "bos_token_id": v - 4}
+        return cls(**{**cls.TINY_SHAPES, "vocab_size": v, **ids, **overrides})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -167,6 +194,16 @@ class LLaDAConfig(ModelConfig):
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("LLaDAModelLM",)
     MODEL_TYPE: ClassVar[str] = "llada"
     ABSENT_MEANS_NONE: ClassVar[tuple[str, ...]] = ("n_kv_heads", "mlp_hidden_size", "embedding_size")
+    LAYER_COUNT_KEY: ClassVar[str] = "n_layers"
+    MAX_POSITIONS_KEY: ClassVar[str] = "max_sequence_length"
+    VOCAB_KEYS: ClassVar[tuple[str, ...]] = ("vocab_size", "embedding_size")
+    PUBLISHED_NAME: ClassVar[str] = "llada-8b"
+    PUBLISHED_KEYS: ClassVar[Mapping[str, Any]] = types.MappingProxyType(
+        {"n_kv_heads": 32, "embedding_size": 126464}
+    )
+    TINY_SHAPES: ClassVar[Mapping[str, Any]] = types.MappingProxyType(
+        {"d_model": 32, "n_layers": 2, "n_heads": 4, "mlp_hidden_size": 64, "max_sequence_length": 256}
+    )
 
     d_model: int = 4096
     n_layers: int = 32
@@ -271,6 +308,20 @@ class DreamConfig(ModelConfig):
 
     ARCHITECTURES: ClassVar[tuple[str, ...]] = ("DreamModel",)
     MODEL_TYPE: ClassVar[str] = "Dream"
+    LAYER_COUNT_KEY: ClassVar[str] = "num_hidden_layers"
+    MAX_POSITIONS_KEY: ClassVar[str] = "max_position_embeddings"
+    VOCAB_KEYS: ClassVar[tuple[str, ...]] = ("vocab_size",)
+    PUBLISHED_NAME: ClassVar[str] = "dream-7b"
+    TINY_SHAPES: ClassVar[Mapping[str, Any]] = types.MappingProxyType(
+        {
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 256,
+        }
+    )
 
     hidden_size: int = 3584
     num_hidden_layers: int = 28
@@ -375,25 +426,13 @@ def config_from_dict(data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
 
 
 def tiny_config(arch: str, **overrides: Any) -> LLaDAConfig | DreamConfig:
-    """A small random-test config of ``arch`` ("llada" or "dream"): hidden 32, 2 blocks, 4 heads, MLP 64,
-    vocab 48 with mask = 47, eos = 46, pad = 45, bos = 44. Dream gets GQA with 2 kv heads. ``overrides``
-    use the architecture's own config keys (e.g. ``n_kv_heads=2`` for LLaDA)."""
-    v = overrides.get("vocab_size", 48)
-    ids = {"mask_token_id": v - 1, "eos_token_id": v - 2, "pad_token_id": v - 3, "bos_token_id": v - 4}
-    if arch == "llada":
-        base = dict(
-            d_model=32, n_layers=2, n_heads=4, mlp_hidden_size=64, vocab_size=v, max_sequence_length=256
-        )
-        return LLaDAConfig(**{**base, **ids, **overrides})
-    if arch == "dream":
-        base = dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            intermediate_size=64,
-            vocab_size=v,
-            max_position_embeddings=256,
-        )
-        return DreamConfig(**{**base, **ids, **overrides})
-    raise ValueError(f"unknown arch {arch!r}; choose 'llada' or 'dream'")
+    """`ModelConfig.tiny` of ``arch``'s config class ("llada" or "dream"): hidden 32, 2 blocks, 4 heads,
+    MLP 64, vocab 48 with mask = 47, eos = 46, pad = 45, bos = 44. Dream gets GQA with 2 kv heads.
+    ``overrides`` use the architecture's own config keys (e.g. ``n_kv_heads=2`` for LLaDA).
+
+    Raises:
+        ValueError: unknown ``arch`` (the message names the known ones).
+    """
+    from dllm_sampler.models.spec import arch_spec  # the spec module imports this one
+
+    return arch_spec(arch).config_cls.tiny(**overrides)  # type: ignore[return-value]

@@ -1,4 +1,5 @@
-"""One entry point for both samplers: dispatch on the config type, or on ``model.arch`` without a config."""
+"""One entry point for both samplers: the config runs its own sampler; without a config, ``model.arch``'s
+default sampler config (`ArchSpec.default_generation`) is used."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any
 
 import torch
 
-from .generate_dream import DreamGenerationConfig, generate_dream
-from .generate_llada import LLaDAGenerationConfig, generate_llada
+from .generate_dream import DreamGenerationConfig
+from .generate_llada import LLaDAGenerationConfig
+from .models.spec import ARCH_SPECS, arch_spec
 from .step import MaskPredictor, StepHook
 
 __all__ = ["GenerationConfig", "default_generation_config", "generate"]
@@ -15,14 +17,17 @@ __all__ = ["GenerationConfig", "default_generation_config", "generate"]
 GenerationConfig = LLaDAGenerationConfig | DreamGenerationConfig
 """Either sampler's config; its type selects the sampler."""
 
+_CONFIG_TYPES = tuple(spec.generation_config_cls for spec in ARCH_SPECS.values())
+
 
 def default_generation_config(arch: str) -> GenerationConfig:
-    """The default sampler config of an arch: `LLaDAGenerationConfig()` or `DreamGenerationConfig()`."""
-    if arch == "llada":
-        return LLaDAGenerationConfig()
-    if arch == "dream":
-        return DreamGenerationConfig()
-    raise ValueError(f"unknown model arch {arch!r}: pass a LLaDAGenerationConfig or DreamGenerationConfig")
+    """The default sampler config of an arch (`ArchSpec.default_generation`): `LLaDAGenerationConfig()`
+    or `DreamGenerationConfig()`.
+
+    Raises:
+        ValueError: unknown ``arch`` (the message names the known ones).
+    """
+    return arch_spec(arch).default_generation()
 
 
 def generate(
@@ -33,7 +38,7 @@ def generate(
     on_step: StepHook | None = None,
     **kwargs: Any,
 ) -> torch.Tensor:
-    """Generate with the sampler chosen by ``config``'s type (``model.arch``'s default when None).
+    """Generate with the sampler of ``config`` (``config.sample``; ``model.arch``'s default when None).
 
     Either sampler runs on any `MaskPredictor`; e.g. a `DreamGenerationConfig` on a LLaDA model is allowed.
 
@@ -50,10 +55,7 @@ def generate(
     """
     if config is None:
         config = default_generation_config(model.arch)
-    if isinstance(config, LLaDAGenerationConfig):
-        return generate_llada(model, prompt_ids, attention_mask, config, on_step=on_step, **kwargs)
-    if isinstance(config, DreamGenerationConfig):
-        return generate_dream(model, prompt_ids, attention_mask, config, on_step=on_step, **kwargs)
-    raise TypeError(
-        f"config must be a LLaDAGenerationConfig or DreamGenerationConfig, got {type(config).__name__}"
-    )
+    if not isinstance(config, _CONFIG_TYPES):
+        names = " or ".join(cls.__name__ for cls in _CONFIG_TYPES)
+        raise TypeError(f"config must be a {names}, got {type(config).__name__}")
+    return config.sample(model, prompt_ids, attention_mask, on_step=on_step, **kwargs)

@@ -9,8 +9,8 @@ that is left. Tokens are drawn by `dream_sample_tokens` (temperature, then top-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +53,11 @@ class DreamGenerationConfig:
         top_k: top-k filter (>= 1), or None.
     """
 
+    SAMPLER_NAME: ClassVar[str] = "dream"
+    """Name of the sampler this config drives (as reports record it)."""
+    GUIDANCE: ClassVar[bool] = False
+    """The sampler has no classifier-free guidance."""
+
     max_new_tokens: int = 128
     steps: int = 128
     eps: float = 1e-3
@@ -79,6 +84,31 @@ class DreamGenerationConfig:
             raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p}")
         if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {self.top_k!r}")
+
+    @property
+    def gen_length(self) -> int:
+        """Generated tokens: ``max_new_tokens``, under the name `LLaDAGenerationConfig` gives it."""
+        return self.max_new_tokens
+
+    def with_length(self, gen_length: int, steps: int) -> Self:
+        """A copy that generates ``gen_length`` tokens (``max_new_tokens``) in ``steps`` steps."""
+        return replace(self, max_new_tokens=gen_length, steps=steps)
+
+    def greedy(self, length: int) -> Self:
+        """A deterministic decode of ``length`` tokens, one per step: temperature 0 and ``alg_temp`` 0,
+        this config's ``alg``, ``eps``, ``top_p`` and ``top_k`` kept."""
+        return replace(self, max_new_tokens=length, steps=length, temperature=0.0, alg_temp=0.0)
+
+    def sample(
+        self,
+        model: MaskPredictor,
+        prompt: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """`generate_dream` with this config; ``kwargs`` are its ``on_step``, ``generator``, ``progress``
+        and ``with_logits``. Returns ``[B, Lp + max_new_tokens]`` long."""
+        return generate_dream(model, prompt, attention_mask, self, **kwargs)
 
 
 def _top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:

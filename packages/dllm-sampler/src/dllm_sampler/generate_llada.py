@@ -10,8 +10,8 @@ most confident ones are committed. Committed tokens are never remasked.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Literal, Self
 
 import torch
 from tqdm.auto import tqdm
@@ -58,6 +58,11 @@ class LLaDAGenerationConfig:
             ranks only EOS last.
     """
 
+    SAMPLER_NAME: ClassVar[str] = "llada"
+    """Name of the sampler this config drives (as reports record it)."""
+    GUIDANCE: ClassVar[bool] = True
+    """The sampler has classifier-free guidance (``cfg_scale``)."""
+
     steps: int = 128
     gen_length: int = 128
     block_length: int = 128
@@ -100,6 +105,30 @@ class LLaDAGenerationConfig:
     def steps_per_block(self) -> int:
         """``steps // num_blocks``."""
         return self.steps // self.num_blocks
+
+    def with_length(self, gen_length: int, steps: int) -> Self:
+        """A copy that generates ``gen_length`` tokens in one block (``block_length = gen_length``) in
+        ``steps`` steps."""
+        return replace(self, gen_length=gen_length, steps=steps, block_length=gen_length)
+
+    def greedy(self, length: int) -> Self:
+        """LLaDA's greedy check (``suffix_greedy_prediction``): ``length`` tokens, one per step, in one
+        block, argmax with low-confidence remasking; every other setting is the default, not this
+        config's (set ``cfg_scale`` on the result for guidance)."""
+        return type(self)(
+            steps=length, gen_length=length, block_length=length, temperature=0.0, remasking="low_confidence"
+        )
+
+    def sample(
+        self,
+        model: MaskPredictor,
+        prompt: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> torch.Tensor:
+        """`generate_llada` with this config; ``kwargs`` are its ``on_step``, ``generator``, ``progress``
+        and ``with_logits``. Returns ``[B, Lp + gen_length]`` long."""
+        return generate_llada(model, prompt, attention_mask, self, **kwargs)
 
 
 def linear_transfer_schedule(num_masked: torch.Tensor, steps: int) -> torch.Tensor:

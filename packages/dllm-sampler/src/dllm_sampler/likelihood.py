@@ -15,12 +15,13 @@ The model's logits are taken as they come (Dream's shift is the adapter's job).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from .models.spec import arch_spec
 from .step import MaskPredictor
 
 __all__ = [
@@ -101,6 +102,14 @@ def dream_likelihood_noise(
     return seq.masked_fill(masked, mask_token_id), masked, p_mask
 
 
+_NOISE: dict[str, Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {
+    "llada": llada_likelihood_noise,
+    "dream": dream_likelihood_noise,
+}
+"""Estimator name -> its noise function ``(seq [b, L], prefix_len, mask_token_id, generator=)`` ->
+``(noisy [b, L], masked [b, L] bool, p_mask [b, 1])``."""
+
+
 @torch.no_grad()
 def log_likelihood(
     model: MaskPredictor,
@@ -121,7 +130,7 @@ def log_likelihood(
         mc_num: number of noisy copies; rows per model call are ``b = min(batch_size, mc_num)`` and ``mc_num``
             must be a multiple of ``b`` (``mc_num=1`` gives a single one-row call, as for MMLU).
         batch_size: rows per model call.
-        estimator: ``"llada"``, ``"dream"`` or None for ``model.arch``.
+        estimator: ``"llada"``, ``"dream"`` or None for ``model.arch``'s (`ArchSpec.likelihood_estimator`).
         generator: torch generator on the model's device, for reproducible estimates.
         cfg_scale: LLaDA-style unsupervised CFG ``un + (w + 1) (cond - un)``, the prefix masked in ``un``;
             0 disables it.
@@ -129,11 +138,11 @@ def log_likelihood(
     Returns:
         ``-mean over copies of sum_masked CE / p_mask``.
     """
-    estimator = estimator or model.arch
-    if estimator not in ("llada", "dream"):
-        raise ValueError(
-            f'estimator must be "llada" or "dream" (or None to use model.arch), got {estimator!r}'
-        )
+    estimator = estimator or arch_spec(model.arch).likelihood_estimator
+    if estimator not in _NOISE:
+        names = " or ".join(f'"{name}"' for name in _NOISE)
+        raise ValueError(f"estimator must be {names} (or None to use model.arch), got {estimator!r}")
+    noise = _NOISE[estimator]
     if prefix.dim() != 1 or target.dim() != 1:
         raise ValueError(
             "prefix and target must be 1-D token ids, "
@@ -156,10 +165,7 @@ def log_likelihood(
     mask_id = model.mask_token_id
     total = torch.zeros((), dtype=torch.float64, device=seq.device)
     for _ in range(mc_num // b):
-        if estimator == "llada":
-            noisy, masked, p_mask = llada_likelihood_noise(seq, prefix_len, mask_id, generator)
-        else:
-            noisy, masked, p_mask = dream_likelihood_noise(seq, prefix_len, mask_id, generator=generator)
+        noisy, masked, p_mask = noise(seq, prefix_len, mask_id, generator=generator)
         if cfg_scale > 0:
             un = noisy.clone()
             un[:, :prefix_len] = mask_id

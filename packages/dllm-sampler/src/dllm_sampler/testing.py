@@ -13,6 +13,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.config import DreamConfig, LLaDAConfig, tiny_config
+from dllm_sampler.models.spec import arch_spec
 
 __all__ = ["CHAR_VOCAB", "char_model_config", "char_tokenizer", "random_char_model"]
 
@@ -33,11 +34,11 @@ def char_tokenizer() -> Tokenizer:
 
 
 def char_model_config(arch: str, **overrides: Any) -> LLaDAConfig | DreamConfig:
-    """`tiny_config` of ``arch`` with `char_tokenizer`'s vocabulary and special ids; ``overrides`` use the
-    architecture's own config keys."""
+    """`tiny_config` of ``arch`` with `char_tokenizer`'s vocabulary (every ``VOCAB_KEYS`` key of the config
+    class is `CHAR_VOCAB`) and special ids; ``overrides`` use the architecture's own config keys."""
     ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
-    extra = {"embedding_size": CHAR_VOCAB} if arch == "llada" else {}
-    return tiny_config(arch, **{"vocab_size": CHAR_VOCAB, **ids, **extra, **overrides})
+    vocab = dict.fromkeys(arch_spec(arch).config_cls.VOCAB_KEYS, CHAR_VOCAB)
+    return tiny_config(arch, **{**vocab, **ids, **overrides})
 
 
 def random_char_model(

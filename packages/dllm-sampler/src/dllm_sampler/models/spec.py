@@ -1,7 +1,8 @@
 """Architecture specs: everything that differs between LLaDA and Dream, as data.
 
-An ``ArchSpec`` names the config class, the model class, the logit shift and the qualified module names
-the topology needs. Code elsewhere looks the spec up instead of branching on the architecture.
+An ``ArchSpec`` names the config class, the model class, the logit shift, the qualified module names
+the topology needs and the default sampler. Code elsewhere looks the spec up (`arch_spec`,
+`spec_for_config`, `spec_for_model`) instead of branching on the architecture.
 """
 
 from __future__ import annotations
@@ -11,10 +12,20 @@ from dataclasses import dataclass
 from torch import nn
 
 from dllm_sampler.config import DreamConfig, LLaDAConfig, ModelConfig
+from dllm_sampler.generate_dream import DreamGenerationConfig
+from dllm_sampler.generate_llada import LLaDAGenerationConfig
 from dllm_sampler.models.dream import DreamModel
 from dllm_sampler.models.llada import LLaDAModelLM
 
-__all__ = ["ARCH_SPECS", "ArchSpec", "TopologyNames", "spec_for_config", "spec_for_model"]
+__all__ = [
+    "ARCH_SPECS",
+    "ArchSpec",
+    "EvalDefaults",
+    "TopologyNames",
+    "arch_spec",
+    "spec_for_config",
+    "spec_for_model",
+]
 
 
 @dataclass(frozen=True)
@@ -38,23 +49,63 @@ class TopologyNames:
 
 
 @dataclass(frozen=True)
+class EvalDefaults:
+    """The evaluation protocol of an architecture's own harness (LLaDA's ``eval_llada.py``, Dream's
+    ``dream_base``), as dllm_bench's lm-eval adapter applies it.
+
+    Attributes:
+        sampler: the sampler config of ``generate_until``; its ``gen_length`` and ``steps`` are the
+            protocol's.
+        steps_follow_length: a ``gen_length`` given without ``steps`` also sets ``steps`` (one step per
+            token, LLaDA); otherwise ``steps`` stays the protocol's (Dream's 512).
+        max_length: longest context in tokens (``prefix + target`` or ``prompt + answer``).
+        add_bos: prepend BOS to contexts (Dream's harness does; LLaDA's leaves it to the tokenizer).
+        append_eos: append EOS to likelihood targets (Dream's harness does: its estimator never masks the
+            last position, so the EOS makes every continuation token count).
+        cut_at_eos: a generated answer is the ids before the first EOS (Dream); otherwise it is decoded
+            whole and the special-token strings are removed from the text (LLaDA).
+    """
+
+    sampler: LLaDAGenerationConfig | DreamGenerationConfig
+    steps_follow_length: bool
+    max_length: int
+    add_bos: bool
+    append_eos: bool
+    cut_at_eos: bool
+
+
+@dataclass(frozen=True)
 class ArchSpec:
     """One supported architecture.
 
     ``logit_shift`` is 1 when the model's logit at position i predicts token i + 1 (Dream, adapted from an
-    autoregressive model), so the adapter shifts logits right by one; 0 for LLaDA.
+    autoregressive model), so the adapter shifts logits right by one; 0 for LLaDA. ``display_name`` is the
+    architecture as messages spell it ("LLaDA"). ``generation_config_cls`` is the config class of the
+    architecture's own sampler; its no-argument instance is the default sampler config.
+    ``likelihood_estimator`` names the Monte-Carlo ELBO estimator of ``dllm_sampler.likelihood`` that the
+    architecture's paper uses ("llada": stratified mask counts; "dream": stratified times).
+    ``eval_defaults`` is the architecture's evaluation-harness protocol.
     """
 
     name: str
+    display_name: str
     config_cls: type[ModelConfig]
     model_cls: type[nn.Module]
     logit_shift: int
     names: TopologyNames
+    generation_config_cls: type[LLaDAGenerationConfig] | type[DreamGenerationConfig]
+    likelihood_estimator: str
+    eval_defaults: EvalDefaults
+
+    def default_generation(self) -> LLaDAGenerationConfig | DreamGenerationConfig:
+        """The default config of the architecture's sampler (``generation_config_cls()``)."""
+        return self.generation_config_cls()
 
 
 ARCH_SPECS: dict[str, ArchSpec] = {
     "llada": ArchSpec(
         name="llada",
+        display_name="LLaDA",
         config_cls=LLaDAConfig,
         model_cls=LLaDAModelLM,
         logit_shift=0,
@@ -73,9 +124,20 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             up="up_proj",
             down="ff_out",
         ),
+        generation_config_cls=LLaDAGenerationConfig,
+        likelihood_estimator="llada",
+        eval_defaults=EvalDefaults(
+            sampler=LLaDAGenerationConfig(steps=1024, gen_length=1024, block_length=1024),
+            steps_follow_length=True,
+            max_length=4096,
+            add_bos=False,
+            append_eos=False,
+            cut_at_eos=False,
+        ),
     ),
     "dream": ArchSpec(
         name="dream",
+        display_name="Dream",
         config_cls=DreamConfig,
         model_cls=DreamModel,
         logit_shift=1,
@@ -94,8 +156,31 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             up="mlp.up_proj",
             down="mlp.down_proj",
         ),
+        generation_config_cls=DreamGenerationConfig,
+        likelihood_estimator="dream",
+        eval_defaults=EvalDefaults(
+            sampler=DreamGenerationConfig(max_new_tokens=128, steps=512, top_p=0.95),
+            steps_follow_length=False,
+            max_length=2048,
+            add_bos=True,
+            append_eos=True,
+            cut_at_eos=True,
+        ),
     ),
 }
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The spec named ``arch`` (a key of `ARCH_SPECS`).
+
+    Raises:
+        ValueError: ``arch`` is not a known architecture (the message names the known ones).
+    """
+    spec = ARCH_SPECS.get(arch)
+    if spec is None:
+        known = ", ".join(repr(name) for name in ARCH_SPECS)
+        raise ValueError(f"unknown model arch {arch!r}; known archs: {known}")
+    return spec
 
 
 def spec_for_config(config: object) -> ArchSpec:

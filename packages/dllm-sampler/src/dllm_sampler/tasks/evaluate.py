@@ -7,7 +7,6 @@ remasking at temperature 0; Dream's ``entropy`` algorithm at temperature 0) with
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +14,6 @@ import torch
 from tokenizers import Tokenizer
 
 from dllm_sampler.generate import GenerationConfig, default_generation_config, generate
-from dllm_sampler.generate_dream import DreamGenerationConfig
 from dllm_sampler.likelihood import elbo_nll_per_token
 from dllm_sampler.step import MaskPredictor
 from dllm_sampler.tasks.arithmetic import (
@@ -47,11 +45,9 @@ GEN_LENGTH = ANSWER_TOKENS + 1
 
 
 def answer_generation_config(arch: str, gen_length: int = GEN_LENGTH) -> GenerationConfig:
-    """The arch's default sampler config with ``gen_length`` tokens, ``gen_length`` steps, one block."""
-    config = default_generation_config(arch)
-    if isinstance(config, DreamGenerationConfig):
-        return dataclasses.replace(config, max_new_tokens=gen_length, steps=gen_length)
-    return dataclasses.replace(config, gen_length=gen_length, steps=gen_length, block_length=gen_length)
+    """The arch's default sampler config with ``gen_length`` tokens, ``gen_length`` steps, one block
+    (``with_length``)."""
+    return default_generation_config(arch).with_length(gen_length, gen_length)
 
 
 def _require_tokenizer(model: MaskPredictor) -> Tokenizer:
