@@ -102,3 +102,30 @@ def test_rtn_rejects_bad_input(weight: torch.Tensor, spec: QuantSpec, match: str
 def test_unsupported_bits_are_rejected_by_the_spec() -> None:
     with pytest.raises(ValueError, match="bits"):
         QuantSpec(5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec(4, True, "group", 128),
+        QuantSpec(3, False, "group", 128),
+        QuantSpec(8, False),
+        QuantSpec(2, True, "tensor"),
+    ],
+)
+def test_gpu_rtn_and_the_torch_grid_on_cuda_equal_the_cpu_result(spec: QuantSpec) -> None:
+    """RTN through dllm_kernels.quantize (Triton on CUDA) and the torch grid (fake_quantize_weight,
+    search_params) give the CPU bits."""
+    w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0)) ** 3
+    cpu, gpu = rtn_quantize(w, None, spec), rtn_quantize(w.cuda(), None, spec)
+    assert torch.equal(gpu.packed, cpu.packed) and torch.equal(gpu.scale, cpu.scale)
+    assert (cpu.zero is None and gpu.zero is None) or torch.equal(gpu.zero, cpu.zero)
+    assert torch.equal(fake_quantize_weight(w.cuda(), spec).cpu(), fake_quantize_weight(w, spec))
+    cells = weight_cells(w, spec)
+    for got, want in zip(
+        search_params(cells.cuda(), spec.bits, spec.symmetric, None),
+        search_params(cells, spec.bits, spec.symmetric, None),
+        strict=True,
+    ):
+        assert (got is None and want is None) or torch.equal(got.cpu(), want)
