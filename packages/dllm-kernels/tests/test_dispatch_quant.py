@@ -81,7 +81,7 @@ def test_a_backend_the_op_lacks_raises(no_env) -> None:
         "unpack": lambda: dllm_kernels.unpack(i32, 4, 8, backend="triton"),
         "pack_rows": lambda: dllm_kernels.pack_rows(i8, 4, backend="triton"),
         "unpack_rows": lambda: dllm_kernels.unpack_rows(i32.t(), 4, 8, backend="triton"),
-        "this op": lambda: dllm_kernels.int8_gemm(i8, torch.ones(8), i8, torch.ones(8), backend="torch"),
+        "int8_gemm": lambda: dllm_kernels.int8_gemm(i8, torch.ones(8), i8, torch.ones(8), backend="torch"),
     }
     for op, call in calls.items():
         with pytest.raises(ValueError, match=f"{op} has no '(triton|torch)' backend"):

@@ -14,8 +14,9 @@ set and the op has that backend, else Numba for CPU tensors and for CUDA tensors
 Triton kernel, the torch implementation where it does not. An explicit ``backend=`` argument wins over the
 environment variable; naming a backend the op lacks raises.
 
-Every backend gets the same validation (shapes, dtypes, bit widths, contiguity, one device) and returns the
-same dtypes and the same bits, except the float GEMM ``wna16_gemm`` (accumulation order differs):
+Every backend gets the same validation (shapes, dtypes, bit widths, one device, contiguity where the op
+requires it: the GEMMs and Hadamard ops do, the quantize and pack ops take any strides) and returns the same
+dtypes and the same bits, except the float GEMM ``wna16_gemm`` (accumulation order differs):
 ``wna16_gemm`` returns ``out_dtype`` (default ``x.dtype``), the integer GEMMs ``out_dtype`` (default
 float32). Value-range checks of GEMM inputs (unsigned zero points, 4-bit activation codes) run for CPU
 tensors only: on CUDA they would force a device synchronisation on every call.
@@ -211,7 +212,7 @@ def wna16_gemm(
         ``[M, N]`` in ``out_dtype``: ``W[n, k] = float32(u[n, k] - z) * scale[n, k // group_size]`` with ``u``
         the stored code and ``z = zero[n, k // group_size]`` or ``2^(bits-1)``.
     """
-    which = resolve_backend(backend, [x, w_packed, scale, zero])
+    which = resolve_backend(backend, [x, w_packed, scale, zero], _KERNELS, "wna16_gemm")
     bits = check_bits(bits)
     x = check_tensor(x, "x", float_dtypes(which), 2)
     k = x.shape[1]
@@ -268,7 +269,7 @@ def _int_gemm(
     activation_bits: int,
 ) -> torch.Tensor:
     """Validate and run the integer GEMM ``name`` (one of `_INT_GEMM_TRITON`) on the chosen backend."""
-    which = resolve_backend(backend, [xq, x_scale, w, w_scale])
+    which = resolve_backend(backend, [xq, x_scale, w, w_scale], _KERNELS, name)
     _check_int_gemm(which, xq, x_scale, w, w_scale, packed4=name != "int8_gemm")
     if activation_bits == 4 and xq.device.type == "cpu" and xq.numel() and (xq.min() < -8 or xq.max() > 7):
         raise ValueError(
@@ -365,7 +366,7 @@ def _check_hadamard_size(n: int) -> None:
 
 def hadamard_transform(x: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
     """``x @ hadamard_matrix(n)`` along the last dim of ``x [..., n]`` (orthonormal); same shape and dtype."""
-    which = resolve_backend(backend, [x])
+    which = resolve_backend(backend, [x], _KERNELS, "hadamard_transform")
     if not isinstance(x, torch.Tensor) or x.ndim == 0:
         raise ValueError("x must be a torch.Tensor with at least one dimension (the transformed last dim)")
     x = check_tensor(x, "x", float_dtypes(which), x.ndim)
@@ -387,7 +388,7 @@ def hadamard_quantize_per_token(
     one fused kernel (rotation kept in fp32 registers, then quantized). Same outputs as
     :func:`quantize_per_token`.
     """
-    which = resolve_backend(backend, [x])
+    which = resolve_backend(backend, [x], _KERNELS, "hadamard_quantize_per_token")
     bits = check_bits(bits)
     symmetric = check_symmetric(symmetric)
     clip_ratio = check_clip(clip_ratio)
