@@ -8,10 +8,15 @@ from dllm_actquant import (
     ActQuantConfig,
     ActQuantLinear,
     DuQuantConfig,
+    StaticActParams,
+    VQuantConfig,
+    VQuantParams,
     apply_duquant,
     apply_quarot,
     apply_smoothquant,
     capture_inputs,
+    fake_quantize_activation,
+    fake_quantize_v,
     quantize_activations,
 )
 
@@ -28,6 +33,30 @@ def test_kernel_mode_on_cuda_matches_cpu(wbits: int, abits: int) -> None:
         cpu = ActQuantLinear(lin, cfg, mode="kernel", weight_bits=wbits)(x)
         gpu = ActQuantLinear(lin.cuda(), cfg, mode="kernel", weight_bits=wbits)(x.cuda())
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_static_and_v_quantizers_on_cuda_equal_the_cpu_result(symmetric: bool) -> None:
+    """The torch grid gives the same bits on CUDA: static activation and V fake quantization."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 256, generator=g) * 3
+    cfg = ActQuantConfig(bits=4, symmetric=symmetric, granularity="tensor", clip_ratio=0.9)
+    params = StaticActParams.from_minmax(float(x.min()), float(x.max()), cfg)
+    assert torch.equal(
+        fake_quantize_activation(x.cuda(), cfg, params).cpu(), fake_quantize_activation(x, cfg, params)
+    )
+    v = torch.randn(2, 16, 4 * 32, generator=g).to(torch.bfloat16)
+    alpha = torch.tensor([1.0, 0.9, 0.75, 0.5])
+    lo, hi = v.float().reshape(-1, 4, 32).amin(0), v.float().reshape(-1, 4, 32).amax(0)
+    cases = {
+        "token": VQuantParams(alpha=alpha),
+        "head": VQuantParams(alpha=alpha, lo=lo.amin(1), hi=hi.amax(1)),
+        "channel": VQuantParams(alpha=alpha, lo=lo, hi=hi),
+    }
+    for granularity, vparams in cases.items():
+        vcfg = VQuantConfig(bits=3, symmetric=symmetric, granularity=granularity)
+        want = fake_quantize_v(v, vparams, vcfg, 4)
+        assert torch.equal(fake_quantize_v(v.cuda(), vparams, vcfg, 4).cpu(), want), granularity
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])

@@ -272,7 +272,7 @@ def test_bad_targets_and_collectors(llada, make_set) -> None:
     out = collect(
         ModelFeed(llada, cset), [TARGETS[1], TARGETS[0], TARGETS[1]], [HessianCollector(UniformWeight())]
     )
-    assert list(out["hessian"]) == [TARGETS[1], TARGETS[0]]  # targets deduplicated, in the order given
+    assert sorted(out["hessian"]) == sorted(TARGETS[:2])  # a repeated target is collected once
 
 
 @pytest.mark.gpu

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dllm_kernels
 import numpy as np
 import pytest
 import torch
 from compressed_tensors.quantization.lifecycle.forward import fake_quantize as ct_fake_quantize
 from compressed_tensors.quantization.utils import calculate_qparams
-from dllm_kernels import QuantSpec, ops_cpu
+from dllm_kernels import QuantSpec
 from dllm_kernels import reference as ref
 from hypothesis import given
 from hypothesis import strategies as st
@@ -165,11 +166,11 @@ def test_quantize_per_token_asymmetric_matches_spec_quantize(make_matrix) -> Non
 def test_fp8_matches_compressed_tensors(make_matrix, gran: str) -> None:
     spec = QuantSpec(8, granularity=gran, type="float")
     x = make_matrix(5, 7, 48, "outliers", 3.0)
-    codes, scale, zero = ops_cpu.quantize(torch.from_numpy(x), spec)
+    codes, scale, zero = dllm_kernels.quantize(torch.from_numpy(x), spec)
     assert codes.dtype == torch.float8_e4m3fn and zero is None
     ct_fq, ct_scale, _ = ct_reference(x, spec)
     np.testing.assert_array_equal(scale.numpy(), ct_scale.numpy().reshape(scale.shape))
-    assert torch.equal(ops_cpu.dequantize(codes, scale, zero, spec), ct_fq)
+    assert torch.equal(dllm_kernels.dequantize(codes, scale, zero, spec), ct_fq)
     assert float(scale.max()) == pytest.approx(float(np.abs(x).max()) / 448.0, rel=1e-6)
 
 

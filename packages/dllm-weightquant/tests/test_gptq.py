@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from dllm_kernels import QuantSpec
+from dllm_kernels import QuantSpec, torch_grid
 from dllm_weightquant import GPTQConfig, gptq_quantize, layer_objective, rtn_quantize
-from dllm_weightquant.grid import decode, encode, search_params
+from dllm_weightquant.grid import search_params
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,7 +22,8 @@ def dense_gptq(
 ) -> torch.Tensor:
     """Textbook GPTQ/OBS, written plainly: after each column, update every remaining column with the full
     inverse Hessian, then drop the column from the inverse (Schur complement). float64, no blocking.
-    Group scales come from the group's current weights when its first column is reached. Returns codes."""
+    Group scales come from the group's current weights when its first column is reached. Returns codes in the
+    weight storage (unsigned if asymmetric)."""
     w = w.double().clone()
     h = h.double().clone()
     n = w.shape[1]
@@ -43,16 +44,16 @@ def dense_gptq(
             cells = w[:, cols].reshape(1, -1) if spec.granularity == "tensor" else w[:, cols]
             scales[g] = search_params(cells, spec.bits, spec.symmetric, None)
         s, z = scales[g]
-        c = encode(w[:, j], s, z, spec.bits)
+        c = torch_grid.encode(w[:, j], s, z, spec.bits)
         codes[:, j] = c.to(torch.int16)
-        q = decode(c, s, z).double()
+        q = torch_grid.decode(c, s, z).double()
         err = (w[:, j] - q) / hinv[j, j]
         remaining.remove(j)
         rest = torch.tensor(remaining, dtype=torch.long)
         w[:, rest] -= err[:, None] * hinv[j, rest][None, :]
         w[:, j] = q
         hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
-    return codes
+    return codes if spec.symmetric else codes + (1 << (spec.bits - 1))
 
 
 gptq_specs = st.builds(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dllm_kernels
 import pytest
 import torch
-from dllm_kernels import QuantSpec
+from dllm_kernels import QuantSpec, torch_grid
 from dllm_weightquant import ClipSearch, RTNConfig, rtn_quantize
-from dllm_weightquant.grid import decode, encode, search_params
+from dllm_weightquant.grid import search_params
 from dllm_weightquant.rtn import fake_quantize_weight, weight_cells
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,13 +29,17 @@ def test_grid_matches_kernels_bit_for_bit(spec: QuantSpec, seed: int, scale: flo
     codes, ksc, kz = dllm_kernels.quantize(w, spec)
     cells = weight_cells(w, spec)
     s, z = search_params(cells, spec.bits, spec.symmetric, None)
-    mine = encode(cells, s[..., None], None if z is None else z[..., None], spec.bits).reshape(w.shape)
+    zc = None if z is None else z[..., None]
+    signed = torch_grid.encode(cells, s[..., None], zc, spec.bits)
+    deq = torch_grid.decode(signed, s[..., None], zc)
+    assert torch.equal(deq.reshape(w.shape), dllm_kernels.dequantize(codes, ksc, kz, spec))
+    mine = signed.reshape(w.shape)
+    if z is not None:
+        mine, z = torch_grid.to_unsigned(mine, z, spec.bits)
     assert torch.equal(mine, codes)
     assert torch.equal(s.reshape(ksc.shape), ksc)
     if kz is not None:
         assert z is not None and torch.equal(z.reshape(kz.shape), kz)
-    deq = decode(mine.reshape(cells.shape), s[..., None], None if z is None else z[..., None])
-    assert torch.equal(deq.reshape(w.shape), dllm_kernels.dequantize(codes, ksc, kz, spec))
     assert torch.equal(fake_quantize_weight(w, spec), dllm_kernels.fake_quantize(w, spec))
 
 
@@ -98,3 +102,30 @@ def test_rtn_rejects_bad_input(weight: torch.Tensor, spec: QuantSpec, match: str
 def test_unsupported_bits_are_rejected_by_the_spec() -> None:
     with pytest.raises(ValueError, match="bits"):
         QuantSpec(5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "spec",
+    [
+        QuantSpec(4, True, "group", 128),
+        QuantSpec(3, False, "group", 128),
+        QuantSpec(8, False),
+        QuantSpec(2, True, "tensor"),
+    ],
+)
+def test_gpu_rtn_and_the_torch_grid_on_cuda_equal_the_cpu_result(spec: QuantSpec) -> None:
+    """RTN through dllm_kernels.quantize (Triton on CUDA) and the torch grid (fake_quantize_weight,
+    search_params) give the CPU bits."""
+    w = torch.randn(256, 1024, generator=torch.Generator().manual_seed(0)) ** 3
+    cpu, gpu = rtn_quantize(w, None, spec), rtn_quantize(w.cuda(), None, spec)
+    assert torch.equal(gpu.packed, cpu.packed) and torch.equal(gpu.scale, cpu.scale)
+    assert (cpu.zero is None and gpu.zero is None) or torch.equal(gpu.zero, cpu.zero)
+    assert torch.equal(fake_quantize_weight(w.cuda(), spec).cpu(), fake_quantize_weight(w, spec))
+    cells = weight_cells(w, spec)
+    for got, want in zip(
+        search_params(cells.cuda(), spec.bits, spec.symmetric, None),
+        search_params(cells, spec.bits, spec.symmetric, None),
+        strict=True,
+    ):
+        assert (got is None and want is None) or torch.equal(got.cpu(), want)

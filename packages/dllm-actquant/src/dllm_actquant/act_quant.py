@@ -1,13 +1,9 @@
-"""Activation quantizers: dynamic per-token (through dllm_kernels) and static per-tensor (calibrated).
+"""Activation quantizers: dynamic per-token (``dllm_kernels.quantize_per_token``) and static per-tensor
+(calibrated, on ``dllm_kernels.torch_grid``).
 
-Conventions are dllm_kernels' (``quantize_per_token``): codes are signed integers in
-``[-2^(b-1), 2^(b-1)-1]`` also when asymmetric, and a value is ``(code - zero) * scale``.
-
-* symmetric: ``scale = max(|lo|, |hi|) / ((2^b - 1) / 2)``, no zero point;
-* asymmetric: ``scale = (hi - lo) / (2^b - 1)``, ``zero = rint(clamp(-2^(b-1) - lo / scale))``;
-
-with ``lo = min(min(x), 0) * clip``, ``hi = max(max(x), 0) * clip`` over the cell (a token row for
-dynamic, the whole tensor seen during calibration for static). Rounding is half-to-even.
+Both are the integer grid of dllm_kernels in its signed storage: codes are signed integers in
+``[-2^(b-1), 2^(b-1)-1]`` also when asymmetric, and a value is ``(code - zero) * scale``; the range of a cell
+(a token row for dynamic, the whole tensor seen during calibration for static) is shrunk by the clip ratio.
 """
 
 from __future__ import annotations
@@ -18,19 +14,17 @@ from typing import Literal
 import dllm_kernels
 import torch
 from dllm_calib import MethodConfig
+from dllm_kernels import torch_grid
 from torch import Tensor
 
 __all__ = [
     "ActQuantConfig",
     "StaticActParams",
     "fake_quantize_activation",
-    "minmax_scale_zero",
     "quantize_activation",
-    "quantize_with_params",
 ]
 
 ACT_BITS = (4, 8)
-_EPS32 = torch.finfo(torch.float32).eps
 
 
 @dataclass(frozen=True)
@@ -77,44 +71,6 @@ class ActQuantConfig(MethodConfig):
         return (1 << (self.bits - 1)) - 1
 
 
-def minmax_scale_zero(lo: Tensor, hi: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor | None]:
-    """float32 scale and signed float32 zero (None if symmetric) from per-cell ``lo``/``hi`` (any shape).
-
-    Same formulas as dllm_kernels (module docstring); a zero-width cell gets scale eps32 and zero 0.
-    """
-    lo = torch.clamp(lo.to(torch.float32), max=0.0)
-    hi = torch.clamp(hi.to(torch.float32), min=0.0)
-    qmin, qmax = float(-(1 << (bits - 1))), float((1 << (bits - 1)) - 1)
-    q_range = qmax - qmin
-    if symmetric:
-        scale = torch.maximum(lo.abs(), hi.abs()) / (q_range / 2)
-        zero = None
-    else:
-        scale = (hi - lo) / q_range
-        safe = torch.where(scale == 0, torch.ones_like(scale), scale)
-        zero = torch.where(
-            scale == 0, torch.zeros_like(scale), torch.round((qmin - lo / safe).clamp(qmin, qmax))
-        )
-    scale = torch.where(scale == 0, torch.full_like(scale, _EPS32), scale)
-    return scale, zero
-
-
-def quantize_with_params(x: Tensor, scale: Tensor, zero: Tensor | None, bits: int) -> Tensor:
-    """Signed integer codes (int8) of ``x`` for broadcastable ``scale``/``zero`` (computed in float32)."""
-    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    v = x.to(torch.float32) / scale
-    if zero is not None:
-        v = v + zero
-    return torch.round(v).clamp(qmin, qmax).to(torch.int8)
-
-
-def _dequant(codes: Tensor, scale: Tensor, zero: Tensor | None) -> Tensor:
-    c = codes.to(torch.float32)
-    if zero is not None:
-        c = c - zero
-    return c * scale
-
-
 @dataclass(frozen=True)
 class StaticActParams:
     """Calibrated per-tensor parameters of a static activation quantizer.
@@ -143,34 +99,27 @@ class StaticActParams:
                 "static asymmetric activation quantization needs the calibration min and max, not only the "
                 "absmax; use StaticActParams.from_minmax or a symmetric config"
             )
-        amax = float(torch.as_tensor(absmax, dtype=torch.float64).max()) * config.clip_ratio
-        scale, _ = minmax_scale_zero(torch.tensor(-amax), torch.tensor(amax), config.bits, True)
+        amax = torch.as_tensor(absmax, dtype=torch.float64).max().float()
+        scale, _ = torch_grid.scale_zero(-amax, amax, config.bits, True, config.clip_ratio)
         return cls(float(scale))
 
     @classmethod
     def from_minmax(cls, lo: float, hi: float, config: ActQuantConfig) -> StaticActParams:
         """Parameters from the calibration min ``lo`` and max ``hi`` (the clip ratio is applied here)."""
-        r = config.clip_ratio
-        scale, zero = minmax_scale_zero(
-            torch.tensor(lo * r), torch.tensor(hi * r), config.bits, config.symmetric
+        scale, zero = torch_grid.scale_zero(
+            torch.tensor(lo), torch.tensor(hi), config.bits, config.symmetric, config.clip_ratio
         )
         return cls(float(scale), None if zero is None else int(zero))
 
 
-def quantize_activation(
-    x: Tensor, config: ActQuantConfig, static: StaticActParams | None = None
+def _quantize(
+    x: Tensor, config: ActQuantConfig, static: StaticActParams | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """``x [M, K]`` -> ``(codes int8 [M, K], scale float32 [M], zero float32 [M] or None)``.
-
-    Dynamic configs call ``dllm_kernels.quantize_per_token``; static ones need ``static`` parameters.
-    """
+    """``x [M, K]`` -> ``(codes int8 [M, K], scale float32 [M], signed zero int32 [M] or None)``."""
     if x.dim() != 2:
         raise ValueError(f"quantize_activation expects x [tokens, features], got shape {tuple(x.shape)}")
     if config.dynamic:
-        codes, scale, zero = dllm_kernels.quantize_per_token(
-            x, config.bits, config.symmetric, config.clip_ratio
-        )
-        return codes, scale.to(torch.float32), None if zero is None else zero.to(torch.float32)
+        return dllm_kernels.quantize_per_token(x, config.bits, config.symmetric, config.clip_ratio)
     if static is None:
         raise ValueError("a static ('tensor') activation quantizer needs calibrated StaticActParams")
     if (static.zero is None) != config.symmetric:
@@ -180,16 +129,26 @@ def quantize_activation(
         )
     m = x.shape[0]
     scale = torch.full((m,), static.scale, dtype=torch.float32, device=x.device)
-    zero = None if static.zero is None else torch.full((m,), float(static.zero), device=x.device)
-    codes = quantize_with_params(x, scale[:, None], None if zero is None else zero[:, None], config.bits)
+    zero = None if static.zero is None else torch.full((m,), static.zero, dtype=torch.int32, device=x.device)
+    codes = torch_grid.encode(x, scale[:, None], None if zero is None else zero[:, None], config.bits)
     return codes, scale, zero
+
+
+def quantize_activation(
+    x: Tensor, config: ActQuantConfig, static: StaticActParams | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """``x [M, K]`` -> ``(codes int8 [M, K], scale float32 [M], zero float32 [M] or None)``.
+
+    Dynamic configs call ``dllm_kernels.quantize_per_token``; static ones need ``static`` parameters.
+    """
+    codes, scale, zero = _quantize(x, config, static)
+    return codes, scale, None if zero is None else zero.to(torch.float32)
 
 
 def fake_quantize_activation(
     x: Tensor, config: ActQuantConfig, static: StaticActParams | None = None
 ) -> Tensor:
     """Quantize then dequantize ``x [..., K]`` along its last dim; returns the dtype of ``x``."""
-    flat = x.reshape(-1, x.shape[-1])
-    codes, scale, zero = quantize_activation(flat, config, static)
-    out = _dequant(codes, scale[:, None], None if zero is None else zero[:, None])
+    codes, scale, zero = _quantize(x.reshape(-1, x.shape[-1]), config, static)
+    out = torch_grid.decode(codes, scale[:, None], None if zero is None else zero[:, None])
     return out.to(x.dtype).reshape(x.shape)

@@ -84,15 +84,14 @@ class ActQuantLinear(RotationAware):
             )
         if weight_bits not in WEIGHT_BITS:
             raise ValueError(f"mode='kernel' needs weight_bits in {WEIGHT_BITS}, got {weight_bits!r}")
-        # spec-driven quantize/pack run on CPU (once); the codes then live on the weight's device
-        device = inner.weight.device
-        w = inner.weight.detach().float().cpu()
-        codes, scale, _ = dllm_kernels.quantize(w, QuantSpec(weight_bits, True, "channel"))
+        # spec-driven quantize/pack, once, on the weight's device (the dispatcher picks the backend)
+        spec = QuantSpec(weight_bits, True, "channel")
+        codes, scale, _ = dllm_kernels.quantize(inner.weight.detach(), spec)
         stored = codes if weight_bits == 8 else dllm_kernels.pack(codes, 4)
-        self.register_buffer("w_scale", scale.reshape(-1).to(device=device, dtype=torch.float32))
-        self.register_buffer("w_codes", stored.to(device))
+        self.register_buffer("w_scale", scale.reshape(-1))
+        self.register_buffer("w_codes", stored)
         # scale_w[n] * sum_k codes[n, k]: the zero-point correction term of asymmetric activations
-        colsum = codes.to(device=device, dtype=torch.float32).sum(1)
+        colsum = codes.to(torch.float32).sum(1)
         self.register_buffer("w_colterm", self.w_scale * colsum)
         mark_quantized(self, "weights+activations")
 

@@ -8,7 +8,7 @@
 
 Each kv head ``k`` has a clip factor ``alpha_k`` (searched by IA-AQ, `calibrate_iaaq`): the range used is
 ``alpha_k * [lo, hi]``, i.e. the scale is ``alpha_k`` times the min-max scale and the zero point is
-unchanged. Formulas and rounding are dllm_kernels' (`dllm_actquant.act_quant`).
+unchanged. The grid is dllm_kernels' (``dllm_kernels.torch_grid``, with ``alpha`` as its clip ratio).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from typing import Literal
 
 import torch
 from dllm_calib import MethodConfig
+from dllm_kernels import torch_grid
 from dllm_sampler import DiffusionLM, Topology
 from torch import Tensor, nn
 
-from dllm_actquant.act_quant import minmax_scale_zero, quantize_with_params
 from dllm_actquant.guards import mark_quantized
 from dllm_actquant.modules import as_topology, replace_module
 
@@ -112,19 +112,16 @@ def fake_quantize_v(v: Tensor, params: VQuantParams, config: VQuantConfig, num_k
     head_dim = shape[-1] // num_kv_heads
     x = v.reshape(*shape[:-1], num_kv_heads, head_dim)
     params.check(config, num_kv_heads, head_dim)
-    alpha = params.alpha.to(device=v.device, dtype=torch.float32)
+    alpha = params.alpha.to(device=v.device, dtype=torch.float32)[:, None]
     if config.granularity == "token":
-        lo = x.amin(-1, keepdim=True).float() * alpha[:, None]
-        hi = x.amax(-1, keepdim=True).float() * alpha[:, None]
-    elif config.granularity == "head":
-        lo = (params.lo.to(v.device).float() * alpha)[:, None]  # type: ignore[union-attr]
-        hi = (params.hi.to(v.device).float() * alpha)[:, None]  # type: ignore[union-attr]
+        lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
     else:
-        lo = params.lo.to(v.device).float() * alpha[:, None]  # type: ignore[union-attr]
-        hi = params.hi.to(v.device).float() * alpha[:, None]  # type: ignore[union-attr]
-    scale, zero = minmax_scale_zero(lo, hi, config.bits, config.symmetric)
-    codes = quantize_with_params(x, scale, zero, config.bits).to(torch.float32)
-    out = (codes if zero is None else codes - zero) * scale
+        assert params.lo is not None and params.hi is not None  # params.check requires them
+        lo, hi = params.lo.to(v.device), params.hi.to(v.device)
+        if config.granularity == "head":
+            lo, hi = lo[:, None], hi[:, None]
+    scale, zero = torch_grid.scale_zero(lo, hi, config.bits, config.symmetric, alpha)
+    out = torch_grid.decode(torch_grid.encode(x, scale, zero, config.bits), scale, zero)
     return out.to(v.dtype).reshape(shape)
 
 

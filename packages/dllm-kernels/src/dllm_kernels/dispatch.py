@@ -1,15 +1,25 @@
-"""Backend dispatcher: one validated front end for the Triton kernels and the Numba CPU references.
+"""Backend dispatcher: the one validated front end of every primitive (what ``dllm_kernels`` exports).
 
-Every op takes ``backend: "auto" | "triton" | "numba"``. ``"auto"`` uses the environment variable
-``DLLM_KERNELS_BACKEND`` (``triton`` or ``numba``) if set, else Triton for CUDA tensors and Numba for CPU
-tensors. An explicit ``backend=`` argument wins over the environment variable. Triton on CPU tensors runs
-the Triton interpreter and needs ``TRITON_INTERPRET=1`` set before triton is first imported (this is how
-the CPU test suite checks the kernels); Numba needs CPU tensors.
+Every op takes a keyword-only ``backend: "auto" | "numba" | "triton" | "torch"``, among the backends it has
+(``docs/architecture.md`` tabulates them):
 
-Both backends get the same validation (shapes, dtypes, bit widths, contiguity, one device) and return the
-same dtypes: ``wna16_gemm`` returns ``out_dtype`` (default ``x.dtype``), the integer GEMMs ``out_dtype``
-(default float32). Value-range checks (unsigned zero points, 4-bit activation codes) run for CPU tensors
-only: on CUDA they would force a device synchronisation on every call.
+* ``numba``: the CPU references (:mod:`dllm_kernels.ops_cpu` over :mod:`dllm_kernels.reference`);
+* ``triton``: the GPU kernels (:mod:`dllm_kernels.triton`), for CUDA tensors, or CPU tensors under
+  ``TRITON_INTERPRET=1`` set before triton is first imported (how the CPU test suite checks the kernels);
+* ``torch``: plain torch ops on any device (:mod:`dllm_kernels.ops_torch`), for the quantize and pack
+  primitives; fp8 specs have only this one (numba has no fp8 type).
+
+``"auto"`` uses the environment variable ``DLLM_KERNELS_BACKEND`` (``numba``, ``triton`` or ``torch``) if
+set and the op has that backend, else Numba for CPU tensors and for CUDA tensors Triton where the op has a
+Triton kernel, the torch implementation where it does not. An explicit ``backend=`` argument wins over the
+environment variable; naming a backend the op lacks raises.
+
+Every backend gets the same validation (shapes, dtypes, bit widths, one device, contiguity where the op
+requires it: the GEMMs and Hadamard ops do, the quantize and pack ops take any strides) and returns the same
+dtypes and the same bits, except the float GEMM ``wna16_gemm`` (accumulation order differs):
+``wna16_gemm`` returns ``out_dtype`` (default ``x.dtype``), the integer GEMMs ``out_dtype`` (default
+float32). Value-range checks of GEMM inputs (unsigned zero points, 4-bit activation codes) run for CPU
+tensors only: on CUDA they would force a device synchronisation on every call.
 
 Numerical conventions are those of :mod:`dllm_kernels.reference` (see its module docstrings). Importing
 this module never imports triton.
@@ -26,28 +36,59 @@ from typing import Any, Literal
 
 import torch
 
-from dllm_kernels import ops_cpu
+from dllm_kernels import ops_cpu, ops_torch
+from dllm_kernels._args import (
+    check_any_strides,
+    check_bits,
+    check_clip,
+    check_codes,
+    check_count,
+    check_out_dtype,
+    check_quant_input,
+    check_quantized,
+    check_spec,
+    check_symmetric,
+    check_tensor,
+    check_type,
+    float_dtypes,
+)
+from dllm_kernels.ops_cpu import hadamard_matrix
 from dllm_kernels.reference.hadamard_matrix import supported_hadamard_size
+from dllm_kernels.spec import QuantSpec
 
 __all__ = [
+    "BACKENDS",
     "BACKEND_ENV",
     "Backend",
+    "dequantize",
+    "fake_quantize",
+    "hadamard_matrix",
     "hadamard_quantize_per_token",
     "hadamard_transform",
     "int8_gemm",
+    "pack",
+    "pack_rows",
+    "quantize",
     "quantize_per_token",
     "resolve_backend",
+    "supported_hadamard_size",
     "triton_available",
+    "unpack",
+    "unpack_rows",
     "w4a4_gemm",
     "w4a8_gemm",
     "wna16_gemm",
 ]
 
-Backend = Literal["auto", "triton", "numba"]
+Backend = Literal["auto", "numba", "triton", "torch"]
+Concrete = Literal["numba", "triton", "torch"]
+BACKENDS: tuple[Concrete, ...] = ("numba", "triton", "torch")
 BACKEND_ENV = "DLLM_KERNELS_BACKEND"
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32)
-_BITS = (2, 3, 4, 8)
+_KERNELS: tuple[Concrete, ...] = ("numba", "triton")
+"""Backends of the GEMMs and the Hadamard ops."""
+_NO_TRITON: tuple[Concrete, ...] = ("numba", "torch")
+"""Backends of dequantize and the pack ops (no Triton kernel: on CUDA they run the torch implementation)."""
 _MAX_INT_K = (1 << 31) // (128 * 128)  # largest K whose int32 accumulator cannot overflow
 _MAX_TRITON_NUMEL = 1 << 31  # the kernels use int32 offsets
 
@@ -60,7 +101,7 @@ def triton_available() -> bool:
 def _triton_ops() -> ModuleType:
     if not triton_available():
         raise RuntimeError(
-            "backend='triton' needs the triton package (pip install triton); use backend='numba'"
+            "backend='triton' needs the triton package (pip install triton); use backend='numba' or 'torch'"
         )
     import dllm_kernels.triton as ops
 
@@ -74,15 +115,27 @@ def _run_triton(op: str, device: torch.device, *args: object) -> Any:
         return fn(*args)
 
 
-def resolve_backend(backend: str, tensors: Sequence[object]) -> Literal["triton", "numba"]:
+def _auto(device: torch.device, available: Sequence[Concrete]) -> Concrete:
+    """Numba for CPU tensors, Triton for CUDA tensors, else (or if the op lacks that one) torch."""
+    if device.type == "cpu" and "numba" in available:
+        return "numba"
+    if device.type == "cuda" and "triton" in available:
+        return "triton"
+    return "torch" if "torch" in available else "numba"
+
+
+def resolve_backend(
+    backend: str, tensors: Sequence[object], available: Sequence[Concrete] = _KERNELS, op: str = "this op"
+) -> Concrete:
     """The concrete backend for ``backend`` and the op's tensors (which must share one device).
 
-    Non-tensor entries (None for optional inputs, wrong types caught later) are ignored. Raises
-    ``ValueError`` for an unknown backend name, no tensor at all, mixed devices, or a backend that cannot
-    run on the tensors' device, and ``RuntimeError`` if Triton is requested but not installed.
+    ``available`` lists the backends of the op named ``op`` (for messages). Non-tensor entries (None for
+    optional inputs, wrong types caught later) are ignored. Raises ``ValueError`` for an unknown backend
+    name, a backend the op lacks, no tensor at all, mixed devices, or a backend that cannot run on the
+    tensors' device, and ``RuntimeError`` if Triton is requested but not installed.
     """
-    if backend not in ("auto", "triton", "numba"):
-        raise ValueError(f"backend must be 'auto', 'triton' or 'numba', got {backend!r}")
+    if backend not in ("auto", *BACKENDS):
+        raise ValueError(f"backend must be 'auto', 'numba', 'triton' or 'torch', got {backend!r}")
     present = [t for t in tensors if isinstance(t, torch.Tensor)]
     if not present:
         raise ValueError("expected torch.Tensor inputs, got none")
@@ -92,19 +145,29 @@ def resolve_backend(backend: str, tensors: Sequence[object]) -> Literal["triton"
             f"all tensors must be on one device, got {sorted(map(str, devices))}; move them with .to()"
         )
     device = present[0].device
-    chosen = backend
-    if chosen == "auto":
+    if backend == "auto":
         env = os.environ.get(BACKEND_ENV, "").strip().lower()
-        if env and env not in ("triton", "numba"):
-            raise ValueError(f"{BACKEND_ENV} must be 'triton' or 'numba', got {env!r}; unset it for 'auto'")
-        chosen = env or ("triton" if device.type == "cuda" else "numba")
+        if env and env not in BACKENDS:
+            raise ValueError(
+                f"{BACKEND_ENV} must be 'numba', 'triton' or 'torch', got {env!r}; unset it for 'auto'"
+            )
+        chosen: Concrete = env if env in available else _auto(device, available)  # type: ignore[assignment]
+    elif backend not in available:
+        raise ValueError(f"{op} has no {backend!r} backend; use {', '.join(map(repr, available))} or 'auto'")
+    else:
+        chosen = backend  # type: ignore[assignment]
     if chosen == "numba":
         if device.type != "cpu":
             raise ValueError(
                 f"backend 'numba' runs on CPU tensors, got tensors on {device}; move them with .cpu() or use "
                 "backend='triton'"
             )
-        return "numba"
+    elif chosen == "triton":
+        _check_triton_device(device, present)
+    return chosen
+
+
+def _check_triton_device(device: torch.device, tensors: list[torch.Tensor]) -> None:
     ops = _triton_ops()
     if device.type == "cpu" and not ops.INTERPRET:
         raise ValueError(
@@ -113,63 +176,12 @@ def resolve_backend(backend: str, tensors: Sequence[object]) -> Literal["triton"
         )
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"backend 'triton' supports CUDA (or interpreted CPU) tensors, got {device}")
-    for t in present:
+    for t in tensors:
         if t.numel() >= _MAX_TRITON_NUMEL:
             raise ValueError(
                 f"tensor of shape {list(t.shape)} has >= 2^31 elements; the Triton kernels use int32 "
                 "offsets, split the call"
             )
-    return "triton"
-
-
-def _check_tensor(
-    t: object, name: str, dtypes: tuple[torch.dtype, ...], shape: Sequence[int | None] | int
-) -> torch.Tensor:
-    """Check type, dtype, shape (a tuple with None wildcards, or an ndim) and contiguity of ``t``."""
-    if not isinstance(t, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in dtypes:
-        allowed = "/".join(str(d).removeprefix("torch.") for d in dtypes)
-        raise ValueError(f"{name} must have dtype {allowed}, got {t.dtype}")
-    if isinstance(shape, int):
-        if t.ndim != shape:
-            raise ValueError(f"{name} must be {shape}-D, got shape {list(t.shape)}")
-    elif t.ndim != len(shape) or any(s is not None and s != d for d, s in zip(t.shape, shape, strict=True)):
-        want = "[" + ", ".join("*" if s is None else str(s) for s in shape) + "]"
-        raise ValueError(f"{name} must have shape {want}, got {list(t.shape)}")
-    if not t.is_contiguous():
-        raise ValueError(f"{name} must be contiguous (row-major); call .contiguous() first")
-    return t
-
-
-def _check_bits(bits: object, allowed: tuple[int, ...] = _BITS) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or bits not in allowed:
-        raise ValueError(f"bits must be one of {allowed}, got {bits!r}")
-    return bits
-
-
-def _check_out_dtype(out_dtype: object) -> torch.dtype:
-    for dtype in _FLOATS:
-        if out_dtype == dtype:
-            return dtype
-    raise ValueError(f"out_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {out_dtype!r}")
-
-
-def _float_dtypes(backend: str) -> tuple[torch.dtype, ...]:
-    """Float input dtypes: fp16/bf16/fp32, plus float64 for the Numba reference only."""
-    return (*_FLOATS, torch.float64) if backend == "numba" else _FLOATS
-
-
-def _check_clip(clip_ratio: object) -> float:
-    if isinstance(clip_ratio, bool) or not isinstance(clip_ratio, int | float) or not 0.0 < clip_ratio <= 1.0:
-        raise ValueError(f"clip_ratio must be a number in (0, 1], got {clip_ratio!r}")
-    return float(clip_ratio)
-
-
-def _check_symmetric(symmetric: object) -> bool:
-    if not isinstance(symmetric, bool):
-        raise ValueError(f"symmetric must be a bool, got {symmetric!r}")
-    return symmetric
 
 
 def wna16_gemm(
@@ -200,9 +212,9 @@ def wna16_gemm(
         ``[M, N]`` in ``out_dtype``: ``W[n, k] = float32(u[n, k] - z) * scale[n, k // group_size]`` with ``u``
         the stored code and ``z = zero[n, k // group_size]`` or ``2^(bits-1)``.
     """
-    which = resolve_backend(backend, [x, w_packed, scale, zero])
-    bits = _check_bits(bits)
-    x = _check_tensor(x, "x", _float_dtypes(which), 2)
+    which = resolve_backend(backend, [x, w_packed, scale, zero], _KERNELS, "wna16_gemm")
+    bits = check_bits(bits)
+    x = check_tensor(x, "x", float_dtypes(which), 2)
     k = x.shape[1]
     if k == 0:
         raise ValueError("x must have at least one column (K >= 1)")
@@ -214,14 +226,14 @@ def wna16_gemm(
         raise ValueError(f"group_size={group_size} must divide K={k}; pad K or pick another group size")
     else:
         group = group_size
-    w_packed = _check_tensor(w_packed, "w_packed", (torch.int32,), (None, (k * bits + 31) // 32))
+    w_packed = check_tensor(w_packed, "w_packed", (torch.int32,), (None, (k * bits + 31) // 32))
     n = w_packed.shape[0]
-    scale = _check_tensor(scale, "scale", _float_dtypes(which), (n, k // group))
+    scale = check_tensor(scale, "scale", float_dtypes(which), (n, k // group))
     if zero is not None:
-        zero = _check_tensor(zero, "zero", (torch.int32,), (n, k // group))
+        zero = check_tensor(zero, "zero", (torch.int32,), (n, k // group))
         if zero.device.type == "cpu" and zero.numel() and (zero.min() < 0 or zero.max() >= 1 << bits):
             raise ValueError(f"zero must hold unsigned zero points in [0, {(1 << bits) - 1}] for bits={bits}")
-    out_dtype = _check_out_dtype(x.dtype if out_dtype is None else out_dtype)
+    out_dtype = check_out_dtype(x.dtype if out_dtype is None else out_dtype)
     if which == "numba":
         return ops_cpu.wna16_gemm(x, w_packed, scale, zero, bits, group_size).to(out_dtype)
     return _run_triton("wna16_gemm", x.device, x, w_packed, scale, zero, bits, group, out_dtype)
@@ -230,16 +242,16 @@ def wna16_gemm(
 def _check_int_gemm(
     which: str, xq: torch.Tensor, x_scale: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, packed4: bool
 ) -> None:
-    _check_tensor(xq, "xq", (torch.int8,), 2)
+    check_tensor(xq, "xq", (torch.int8,), 2)
     m, k = xq.shape
     if k > _MAX_INT_K:
         raise ValueError(f"K={k} exceeds {_MAX_INT_K}, the largest K whose int32 accumulator cannot overflow")
     if packed4:
-        _check_tensor(w, "w_packed", (torch.int32,), (None, (k + 7) // 8))
+        check_tensor(w, "w_packed", (torch.int32,), (None, (k + 7) // 8))
     else:
-        _check_tensor(w, "wq", (torch.int8,), (None, k))
-    _check_tensor(x_scale, "x_scale", _float_dtypes(which), (m,))
-    _check_tensor(w_scale, "w_scale", _float_dtypes(which), (w.shape[0],))
+        check_tensor(w, "wq", (torch.int8,), (None, k))
+    check_tensor(x_scale, "x_scale", float_dtypes(which), (m,))
+    check_tensor(w_scale, "w_scale", float_dtypes(which), (w.shape[0],))
 
 
 _INT_GEMM_TRITON = {"int8_gemm": "int8_gemm", "w4a8_gemm": "w4a8_gemm", "w4a4_gemm": "w4a8_gemm"}
@@ -257,14 +269,14 @@ def _int_gemm(
     activation_bits: int,
 ) -> torch.Tensor:
     """Validate and run the integer GEMM ``name`` (one of `_INT_GEMM_TRITON`) on the chosen backend."""
-    which = resolve_backend(backend, [xq, x_scale, w, w_scale])
+    which = resolve_backend(backend, [xq, x_scale, w, w_scale], _KERNELS, name)
     _check_int_gemm(which, xq, x_scale, w, w_scale, packed4=name != "int8_gemm")
     if activation_bits == 4 and xq.device.type == "cpu" and xq.numel() and (xq.min() < -8 or xq.max() > 7):
         raise ValueError(
             f"{name} needs 4-bit activation codes in [-8, 7], got [{int(xq.min())}, {int(xq.max())}]; "
             "quantize with quantize_per_token(x, 4) or use w4a8_gemm"
         )
-    out_dtype = _check_out_dtype(out_dtype)
+    out_dtype = check_out_dtype(out_dtype)
     if which == "numba":
         return getattr(ops_cpu, name)(xq, x_scale, w, w_scale).to(out_dtype)
     return _run_triton(_INT_GEMM_TRITON[name], xq.device, xq, x_scale, w, w_scale, out_dtype)
@@ -328,16 +340,19 @@ def quantize_per_token(
 
     Returns ``(codes int8 [M, K] in [-2^(b-1), 2^(b-1)-1], scale float32 [M], zero int32 [M] or None)``;
     the asymmetric zero point is signed (dequant ``(codes - zero) * scale``). Round half to even.
+    Backends: numba, triton, torch.
     """
-    which = resolve_backend(backend, [x])
-    bits = _check_bits(bits)
-    symmetric = _check_symmetric(symmetric)
-    clip_ratio = _check_clip(clip_ratio)
-    x = _check_tensor(x, "x", _float_dtypes(which), 2)
+    which = resolve_backend(backend, [x], BACKENDS, "quantize_per_token")
+    bits = check_bits(bits)
+    symmetric = check_symmetric(symmetric)
+    clip_ratio = check_clip(clip_ratio)
+    x = check_tensor(x, "x", float_dtypes(which), 2)
     if x.shape[1] == 0:
         raise ValueError("x must have at least one column (K >= 1)")
     if which == "numba":
         return ops_cpu.quantize_per_token(x, bits, symmetric, clip_ratio)
+    if which == "torch":
+        return ops_torch.quantize_per_token(x, bits, symmetric, clip_ratio)
     return _run_triton("quantize_per_token", x.device, x, bits, symmetric, clip_ratio)
 
 
@@ -351,10 +366,10 @@ def _check_hadamard_size(n: int) -> None:
 
 def hadamard_transform(x: torch.Tensor, *, backend: Backend = "auto") -> torch.Tensor:
     """``x @ hadamard_matrix(n)`` along the last dim of ``x [..., n]`` (orthonormal); same shape and dtype."""
-    which = resolve_backend(backend, [x])
+    which = resolve_backend(backend, [x], _KERNELS, "hadamard_transform")
     if not isinstance(x, torch.Tensor) or x.ndim == 0:
         raise ValueError("x must be a torch.Tensor with at least one dimension (the transformed last dim)")
-    x = _check_tensor(x, "x", _float_dtypes(which), x.ndim)
+    x = check_tensor(x, "x", float_dtypes(which), x.ndim)
     _check_hadamard_size(x.shape[-1])
     if which == "numba":
         return ops_cpu.hadamard_transform(x)
@@ -373,12 +388,134 @@ def hadamard_quantize_per_token(
     one fused kernel (rotation kept in fp32 registers, then quantized). Same outputs as
     :func:`quantize_per_token`.
     """
-    which = resolve_backend(backend, [x])
-    bits = _check_bits(bits)
-    symmetric = _check_symmetric(symmetric)
-    clip_ratio = _check_clip(clip_ratio)
-    x = _check_tensor(x, "x", _float_dtypes(which), 2)
+    which = resolve_backend(backend, [x], _KERNELS, "hadamard_quantize_per_token")
+    bits = check_bits(bits)
+    symmetric = check_symmetric(symmetric)
+    clip_ratio = check_clip(clip_ratio)
+    x = check_tensor(x, "x", float_dtypes(which), 2)
     _check_hadamard_size(x.shape[1])
     if which == "numba":
         return ops_cpu.hadamard_quantize_per_token(x, bits, symmetric, clip_ratio)
     return _run_triton("hadamard_quantize_per_token", x.device, x, bits, symmetric, clip_ratio)
+
+
+def _quantize_backends(spec: QuantSpec) -> tuple[Concrete, ...]:
+    """Integer specs: numba, triton (the per-row kernel on the scale cells), torch; fp8: torch only."""
+    return ("torch",) if spec.is_fp8 else BACKENDS
+
+
+def _op_name(op: str, spec: QuantSpec) -> str:
+    return f"{op} of an fp8 spec" if spec.is_fp8 else op
+
+
+def quantize(
+    x: torch.Tensor, spec: QuantSpec, *, backend: Backend = "auto"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize ``x [rows, cols]`` with ``spec`` (conventions of :mod:`dllm_kernels.reference.quant`).
+
+    Args:
+        x: non-empty 2-D fp16/bf16/fp32/float64 tensor, any strides (float64 is rounded to float32 first:
+            all backends compute in float32); ``group_size`` must divide ``cols``.
+        spec: the format. Integer specs run on numba, triton or torch, fp8 specs on torch only.
+        backend: see the module docstring.
+
+    Returns:
+        codes: ``[rows, cols]``, int8 in ``[-2^(b-1), 2^(b-1)-1]`` (symmetric), uint8 in ``[0, 2^b-1]``
+            (asymmetric) or float8_e4m3fn (fp8).
+        scale: float32 ``[1]`` (tensor), ``[rows, 1]`` (channel, token) or ``[rows, cols/group_size]``.
+        zero: int32 unsigned zero points in ``[0, 2^b-1]`` shaped like ``scale`` (asymmetric), else None.
+    """
+    spec = check_spec(spec)
+    check_type(x, "x")
+    which = resolve_backend(backend, [x], _quantize_backends(spec), _op_name("quantize", spec))
+    x = check_quant_input(x, spec)
+    if which == "numba":
+        return ops_cpu.quantize(x, spec)
+    if which == "torch":
+        return ops_torch.quantize(x, spec)
+    return _run_triton("quantize", x.device, x, spec)
+
+
+def dequantize(
+    codes: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    spec: QuantSpec,
+    *,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """float32 ``[rows, cols]`` values ``float32(codes - zero) * scale`` (fp8: ``codes.float() * scale``) from
+    the outputs of :func:`quantize`. Backends: numba and torch (integer specs), torch (fp8)."""
+    spec = check_spec(spec)
+    check_type(codes, "codes")
+    available = ("torch",) if spec.is_fp8 else _NO_TRITON
+    which = resolve_backend(backend, [codes, scale, zero], available, _op_name("dequantize", spec))
+    codes, scale, zero = check_quantized(codes, scale, zero, spec)
+    if which == "numba":
+        return ops_cpu.dequantize(codes, scale, zero, spec)
+    return ops_torch.dequantize(codes, scale, zero, spec)
+
+
+def fake_quantize(x: torch.Tensor, spec: QuantSpec, *, backend: Backend = "auto") -> torch.Tensor:
+    """``dequantize(quantize(x, spec))`` in the dtype of ``x`` (same backends as :func:`quantize`; after a
+    Triton quantize the values come from the torch dequantize)."""
+    spec = check_spec(spec)
+    check_type(x, "x")
+    which = resolve_backend(backend, [x], _quantize_backends(spec), _op_name("fake_quantize", spec))
+    codes, scale, zero = quantize(x, spec, backend=which)
+    values = dequantize(codes, scale, zero, spec, backend="numba" if which == "numba" else "torch")
+    return values.to(x.dtype)
+
+
+def pack(codes: torch.Tensor, bits: int, *, backend: Backend = "auto") -> torch.Tensor:
+    """Pack codes ``[rows, cols]`` along the last dim (compressed-tensors ``pack-quantized``, see
+    :mod:`dllm_kernels.reference.pack`): int8 symmetric codes are stored offset-binary ``q + 2^(b-1)``, uint8
+    asymmetric ones as they are. Returns int32 ``[rows, ceil(cols * bits / 32)]``. Backends: numba, torch.
+    """
+    bits = check_bits(bits)
+    check_type(codes, "codes")
+    which = resolve_backend(backend, [codes], _NO_TRITON, "pack")
+    codes = check_codes(codes, bits)
+    return ops_cpu.pack(codes, bits) if which == "numba" else ops_torch.pack(codes, bits)
+
+
+def unpack(
+    packed: torch.Tensor, bits: int, n_cols: int, symmetric: bool = True, *, backend: Backend = "auto"
+) -> torch.Tensor:
+    """Inverse of :func:`pack`: int32 ``[rows, ceil(n_cols * bits / 32)]`` -> ``[rows, n_cols]`` int8 codes
+    (``symmetric``) or the stored uint8 values. Backends: numba, torch."""
+    bits = check_bits(bits)
+    n_cols = check_count(n_cols, "n_cols")
+    symmetric = check_symmetric(symmetric)
+    check_type(packed, "packed")
+    which = resolve_backend(backend, [packed], _NO_TRITON, "unpack")
+    packed = check_any_strides(packed, "packed", (torch.int32,), (None, (n_cols * bits + 31) // 32))
+    if which == "numba":
+        return ops_cpu.unpack(packed, bits, n_cols, symmetric)
+    return ops_torch.unpack(packed, bits, n_cols, symmetric)
+
+
+def pack_rows(codes: torch.Tensor, bits: int, *, backend: Backend = "auto") -> torch.Tensor:
+    """:func:`pack` along dim 0 (compressed-tensors' zero-point layout): ``[rows, cols]`` -> int32
+    ``[ceil(rows * bits / 32), cols]``. Backends: numba, torch."""
+    bits = check_bits(bits)
+    check_type(codes, "codes")
+    which = resolve_backend(backend, [codes], _NO_TRITON, "pack_rows")
+    codes = check_codes(codes, bits)
+    return ops_cpu.pack_rows(codes, bits) if which == "numba" else ops_torch.pack_rows(codes, bits)
+
+
+def unpack_rows(
+    packed: torch.Tensor, bits: int, n_rows: int, symmetric: bool = True, *, backend: Backend = "auto"
+) -> torch.Tensor:
+    """Inverse of :func:`pack_rows`: int32 ``[ceil(n_rows * bits / 32), cols]`` -> ``[n_rows, cols]``.
+    Backends: numba, torch."""
+    bits = check_bits(bits)
+    n_rows = check_count(n_rows, "n_rows")
+    symmetric = check_symmetric(symmetric)
+    check_type(packed, "packed")
+    which = resolve_backend(backend, [packed], _NO_TRITON, "unpack_rows")
+    packed = check_any_strides(packed, "packed", (torch.int32,), ((n_rows * bits + 31) // 32, None))
+    if which == "numba":
+        return ops_cpu.unpack_rows(packed, bits, n_rows, symmetric)
+    return ops_torch.unpack_rows(packed, bits, n_rows, symmetric)

@@ -1,16 +1,10 @@
-"""Torch front end of the Numba CPU references (:mod:`dllm_kernels.reference`).
+"""Numba backend of the dispatcher: torch front end of the CPU references (:mod:`dllm_kernels.reference`).
 
 Every function takes CPU ``torch.Tensor``s, converts floats to float32 numpy arrays (bf16/fp16 are upcast),
-calls the reference, and returns tensors. Float results that mirror an input (``fake_quantize``,
-``hadamard_transform``) come back in the input dtype; ``dequantize`` and the GEMMs return float32. Shapes,
-dtypes and numerical conventions are those of the reference modules.
-
-fp8 e4m3 (``QuantSpec(type="float")``): the scales come from the reference (``absmax / 448`` per cell); the
-cast ``clamp(x / scale, -448, 448).to(torch.float8_e4m3fn)`` is done here in torch because numba has no fp8
-type. Codes are ``torch.float8_e4m3fn``, ``zero`` is None, ``dequantize`` is ``codes.float() * scale``.
-
-``backend`` is accepted for signature compatibility with the dispatcher: only ``"auto"`` and ``"numba"`` are
-valid here (use ``dllm_kernels.dispatch`` for Triton).
+calls the reference, and returns tensors. ``hadamard_transform`` returns the input dtype; ``dequantize`` and
+the GEMMs return float32. Shapes, dtypes and numerical conventions are those of the reference modules;
+integer specs only (fp8 is the torch backend's, :mod:`dllm_kernels.ops_torch`). Call these through
+:mod:`dllm_kernels.dispatch` (``backend="numba"``), which validates the arguments first.
 """
 
 from __future__ import annotations
@@ -21,11 +15,10 @@ import numpy as np
 import torch
 
 from dllm_kernels import reference as ref
-from dllm_kernels.spec import FP8_E4M3_MAX, QuantSpec
+from dllm_kernels.spec import QuantSpec
 
 __all__ = [
     "dequantize",
-    "fake_quantize",
     "hadamard_matrix",
     "hadamard_quantize_per_token",
     "hadamard_transform",
@@ -34,7 +27,6 @@ __all__ = [
     "pack_rows",
     "quantize",
     "quantize_per_token",
-    "supported_hadamard_size",
     "unpack",
     "unpack_rows",
     "w4a4_gemm",
@@ -43,14 +35,6 @@ __all__ = [
 ]
 
 _NP_INT = {torch.int8: np.int8, torch.uint8: np.uint8, torch.int32: np.int32}
-
-
-def _check_backend(backend: str) -> None:
-    if backend not in ("auto", "numba"):
-        raise ValueError(
-            "dllm_kernels.ops_cpu runs the Numba reference only (backend='auto' or 'numba'), "
-            f"got {backend!r}; use dllm_kernels.dispatch for other backends"
-        )
 
 
 def _tensor(x: object, name: str) -> torch.Tensor:
@@ -85,96 +69,45 @@ def _torch(a: np.ndarray | None) -> torch.Tensor | None:
     return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
 
 
-def _expand_scale(scale: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-    """Broadcast a [1] / [rows, 1] / [rows, groups] scale to [rows, cols]."""
-    if scale.ndim == 1:
-        return scale.reshape(1, 1).expand(rows, cols)
-    return scale.repeat_interleave(cols // scale.shape[1], dim=1)
-
-
-def quantize(
-    x: torch.Tensor, spec: QuantSpec, *, backend: str = "auto"
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Quantize ``x [rows, cols]`` -> ``(codes, scale float32, zero int32 or None)`` (see reference.quant).
-
-    Codes are int8 (symmetric), uint8 (asymmetric) or float8_e4m3fn (fp8 spec).
-    """
-    _check_backend(backend)
-    xn = _float_np(x, "x")
-    if not spec.is_fp8:
-        codes, scale, zero = ref.quantize(xn, spec)
-        return _torch(codes), _torch(scale), _torch(zero)
-    scale_np, _ = ref.quant_params(xn, spec)
-    scale = torch.from_numpy(scale_np)
-    xf = torch.from_numpy(np.ascontiguousarray(xn, dtype=np.float32))
-    scaled = xf / _expand_scale(scale, *xf.shape)
-    codes = scaled.clamp(-FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn)
-    return codes, scale, None
+def quantize(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize ``x [rows, cols]`` with an int ``spec`` -> ``(codes int8 / uint8, scale float32, zero int32 or
+    None)`` (see reference.quant)."""
+    codes, scale, zero = ref.quantize(_float_np(x, "x"), spec)
+    return _torch(codes), _torch(scale), _torch(zero)
 
 
 def dequantize(
-    codes: torch.Tensor,
-    scale: torch.Tensor,
-    zero: torch.Tensor | None,
-    spec: QuantSpec,
-    *,
-    backend: str = "auto",
+    codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, spec: QuantSpec
 ) -> torch.Tensor:
     """float32 ``[rows, cols]`` from the outputs of :func:`quantize`."""
-    _check_backend(backend)
-    if spec.is_fp8:
-        codes_t = _tensor(codes, "codes")
-        if codes_t.dtype != torch.float8_e4m3fn or codes_t.ndim != 2:
-            raise ValueError(
-                f"fp8 codes must be a 2-D float8_e4m3fn tensor, got {codes_t.dtype} {codes_t.shape}"
-            )
-        if zero is not None:
-            raise ValueError("zero must be None for fp8")
-        scale_t = _tensor(scale, "scale").float()
-        return codes_t.float() * _expand_scale(scale_t, *codes_t.shape)
     out = ref.dequantize(_int_np(codes, "codes"), _float_np(scale, "scale"), _opt(zero, "zero"), spec)
     return torch.from_numpy(out)
 
 
-def fake_quantize(x: torch.Tensor, spec: QuantSpec, *, backend: str = "auto") -> torch.Tensor:
-    """``dequantize(quantize(x))`` in the dtype of ``x``."""
-    codes, scale, zero = quantize(x, spec, backend=backend)
-    return dequantize(codes, scale, zero, spec, backend=backend).to(x.dtype)
-
-
-def pack(codes: torch.Tensor, bits: int, *, backend: str = "auto") -> torch.Tensor:
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """int8 (symmetric) / uint8 (asymmetric) codes ``[rows, cols]`` -> int32 ``[rows, ceil(cols*b/32)]``."""
-    _check_backend(backend)
     return torch.from_numpy(ref.pack(_int_np(codes, "codes"), bits))
 
 
-def unpack(
-    packed: torch.Tensor, bits: int, n_cols: int, symmetric: bool = True, *, backend: str = "auto"
-) -> torch.Tensor:
+def unpack(packed: torch.Tensor, bits: int, n_cols: int, symmetric: bool = True) -> torch.Tensor:
     """Inverse of :func:`pack`: int8 codes if ``symmetric`` else uint8, ``[rows, n_cols]``."""
-    _check_backend(backend)
     return torch.from_numpy(ref.unpack(_int_np(packed, "packed"), bits, n_cols, symmetric))
 
 
-def pack_rows(codes: torch.Tensor, bits: int, *, backend: str = "auto") -> torch.Tensor:
+def pack_rows(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack along dim 0 (compressed-tensors zero-point layout) -> int32 ``[ceil(rows*bits/32), cols]``."""
-    _check_backend(backend)
     return torch.from_numpy(ref.pack_rows(_int_np(codes, "codes"), bits))
 
 
-def unpack_rows(
-    packed: torch.Tensor, bits: int, n_rows: int, symmetric: bool = True, *, backend: str = "auto"
-) -> torch.Tensor:
+def unpack_rows(packed: torch.Tensor, bits: int, n_rows: int, symmetric: bool = True) -> torch.Tensor:
     """Inverse of :func:`pack_rows`."""
-    _check_backend(backend)
     return torch.from_numpy(ref.unpack_rows(_int_np(packed, "packed"), bits, n_rows, symmetric))
 
 
 def quantize_per_token(
-    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0, *, backend: str = "auto"
+    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``x [M, K]`` -> ``(codes int8 [M, K], scale float32 [M], zero int32 [M] or None)``."""
-    _check_backend(backend)
     codes, scale, zero = ref.quantize_per_token(_float_np(x, "x"), bits, symmetric, clip_ratio)
     return _torch(codes), _torch(scale), _torch(zero)
 
@@ -186,11 +119,8 @@ def wna16_gemm(
     zero: torch.Tensor | None,
     bits: int,
     group_size: int | None,
-    *,
-    backend: str = "auto",
 ) -> torch.Tensor:
     """``x [M, K] @ dequant(W)^T`` -> float32 ``[M, N]`` (see reference.gemm.wna16_gemm)."""
-    _check_backend(backend)
     out = ref.wna16_gemm(
         _float_np(x, "x"),
         _int_np(w_packed, "w_packed"),
@@ -208,45 +138,33 @@ def _int_gemm(
     x_scale: torch.Tensor,
     w: torch.Tensor,
     w_scale: torch.Tensor,
-    backend: str,
     w_name: str,
 ) -> torch.Tensor:
     """Run an integer-GEMM reference on the tensors' NumPy views (``w_name`` names ``w`` in errors)."""
-    _check_backend(backend)
     x_np, w_np = _int_np(xq, "xq"), _int_np(w, w_name)
     x_scale_np, w_scale_np = _float_np(x_scale, "x_scale"), _float_np(w_scale, "w_scale")
     return torch.from_numpy(reference(x_np, x_scale_np, w_np, w_scale_np))
 
 
 def int8_gemm(
-    xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor, *, backend: str = "auto"
+    xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor
 ) -> torch.Tensor:
     """W8A8 int8 GEMM with int32 accumulation -> float32 ``[M, N]``."""
-    return _int_gemm(ref.int8_gemm, xq, x_scale, wq, w_scale, backend, "wq")
+    return _int_gemm(ref.int8_gemm, xq, x_scale, wq, w_scale, "wq")
 
 
 def w4a8_gemm(
-    xq: torch.Tensor,
-    x_scale: torch.Tensor,
-    w_packed: torch.Tensor,
-    w_scale: torch.Tensor,
-    *,
-    backend: str = "auto",
+    xq: torch.Tensor, x_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor
 ) -> torch.Tensor:
     """int8 activations x packed symmetric int4 weights -> float32 ``[M, N]``."""
-    return _int_gemm(ref.w4a8_gemm, xq, x_scale, w_packed, w_scale, backend, "w_packed")
+    return _int_gemm(ref.w4a8_gemm, xq, x_scale, w_packed, w_scale, "w_packed")
 
 
 def w4a4_gemm(
-    xq: torch.Tensor,
-    x_scale: torch.Tensor,
-    w_packed: torch.Tensor,
-    w_scale: torch.Tensor,
-    *,
-    backend: str = "auto",
+    xq: torch.Tensor, x_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor
 ) -> torch.Tensor:
     """:func:`w4a8_gemm` with 4-bit activation codes (int8 in ``[-8, 7]``)."""
-    return _int_gemm(ref.w4a4_gemm, xq, x_scale, w_packed, w_scale, backend, "w_packed")
+    return _int_gemm(ref.w4a4_gemm, xq, x_scale, w_packed, w_scale, "w_packed")
 
 
 def hadamard_matrix(n: int) -> torch.Tensor:
@@ -254,21 +172,14 @@ def hadamard_matrix(n: int) -> torch.Tensor:
     return torch.from_numpy(ref.hadamard_matrix(n))
 
 
-def supported_hadamard_size(n: int) -> bool:
-    """True if a Hadamard matrix of order n can be built."""
-    return ref.supported_hadamard_size(n)
-
-
-def hadamard_transform(x: torch.Tensor, *, backend: str = "auto") -> torch.Tensor:
+def hadamard_transform(x: torch.Tensor) -> torch.Tensor:
     """``x @ hadamard_matrix(n)`` along the last dim, returned in the dtype of ``x``."""
-    _check_backend(backend)
     return torch.from_numpy(ref.hadamard_transform(_float_np(x, "x"))).to(x.dtype)
 
 
 def hadamard_quantize_per_token(
-    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0, *, backend: str = "auto"
+    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``quantize_per_token(hadamard_transform(x))`` for ``x [M, K]``."""
-    _check_backend(backend)
     codes, scale, zero = ref.hadamard_quantize_per_token(_float_np(x, "x"), bits, symmetric, clip_ratio)
     return _torch(codes), _torch(scale), _torch(zero)

@@ -30,11 +30,11 @@ from dataclasses import dataclass
 
 import torch
 from dllm_calib import MethodConfig, check_choice, check_positive_int, check_range
-from dllm_kernels import QuantSpec
+from dllm_kernels import QuantSpec, torch_grid
 from torch import Tensor
 
 from dllm_weightquant._checks import check_hessian, check_uniform_spec, check_weight, n_groups
-from dllm_weightquant.grid import ClipSearch, decode, encode, search_params
+from dllm_weightquant.grid import ClipSearch, search_params
 from dllm_weightquant.hessian import inverse_hessian_factor
 from dllm_weightquant.qweight import QuantizedWeight
 from dllm_weightquant.rtn import RTNConfig, rtn_quantize
@@ -93,7 +93,8 @@ def prepare_hessian(weight: Tensor, hessian: Tensor, dtype: torch.dtype) -> tupl
 
 
 class _GroupParams:
-    """Scale/zero of every group, filled lazily; ``position_group[j]`` is the group of processed column j."""
+    """Scale and signed zero of every group, filled lazily; ``position_group[j]`` is the group of processed
+    column j."""
 
     def __init__(
         self, spec: QuantSpec, clip: ClipSearch | None, out: int, perm: Tensor, device: torch.device
@@ -120,7 +121,7 @@ class _GroupParams:
         self.done[g] = True
 
     def result(self) -> tuple[Tensor, Tensor | None]:
-        """(scale, zero) shaped as ``QuantizedWeight`` wants."""
+        """(scale, signed zero) shaped as ``QuantizedWeight`` wants."""
         if self.spec.granularity == "tensor":
             return self.scale[:1, 0].clone(), None if self.zero is None else self.zero[:1, 0].clone()
         return self.scale, self.zero
@@ -167,19 +168,19 @@ def gptq_quantize(
         )
 
     params = _GroupParams(spec, config.clip, out, perm.cpu(), w.device)
-    codes = _solve(w, u, params, spec.bits, config.block_size)
-    inverse = torch.argsort(perm)
+    codes = _solve(w, u, params, spec.bits, config.block_size)[:, torch.argsort(perm)]
     scale, zero = params.result()
-    return QuantizedWeight.from_codes(codes[:, inverse], scale, zero, spec)
+    if zero is not None:
+        codes, zero = torch_grid.to_unsigned(codes, zero, spec.bits)
+    return QuantizedWeight.from_codes(codes, scale, zero, spec)
 
 
 def _solve(w: Tensor, u: Tensor, params: _GroupParams, bits: int, block_size: int) -> Tensor:
-    """The blocked GPTQ sweep over the (permuted) columns of ``w [out, in]``; returns codes ``[out, in]`` in
-    processing order. Works on ``W^T`` so that every column is a contiguous row."""
+    """The blocked GPTQ sweep over the (permuted) columns of ``w [out, in]``; returns the signed grid codes
+    ``[out, in]`` in processing order. Works on ``W^T`` so that every column is a contiguous row."""
     out, inp = w.shape
     wt = w.T.contiguous()
-    code_dtype = torch.int8 if params.zero is None else torch.uint8
-    codes = torch.empty(inp, out, dtype=code_dtype, device=w.device)
+    codes = torch.empty(inp, out, dtype=torch.int8, device=w.device)
     scale_t = params.scale.T  # [groups, out] views, filled lazily
     zero_t = None if params.zero is None else params.zero.T
     for i1 in range(0, inp, block_size):
@@ -194,9 +195,9 @@ def _solve(w: Tensor, u: Tensor, params: _GroupParams, bits: int, block_size: in
             scale = scale_t[g]
             zero = None if zero_t is None else zero_t[g]
             col = w1[i]
-            c = encode(col, scale, zero, bits)
+            c = torch_grid.encode(col, scale, zero, bits)
             codes[i1 + i] = c
-            err = (col - decode(c, scale, zero).to(w.dtype)) / u1[i, i]
+            err = (col - torch_grid.decode(c, scale, zero).to(w.dtype)) / u1[i, i]
             w1[i:] -= u1[i, i:, None] * err[None, :]
             err1[i] = err
         wt[i2:] -= u[i1:i2, i2:].T @ err1

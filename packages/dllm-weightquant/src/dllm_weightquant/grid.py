@@ -1,22 +1,14 @@
-"""The uniform integer grid of ``dllm_kernels`` in torch, with an optional MSE clip search.
+"""MSE clip search on the integer grid of ``dllm_kernels`` (GPTQ's "MSE observer", RTN and AWQ's proxy).
 
-The formulas reproduce ``dllm_kernels.quantize`` bit for bit (tests hold them to it), so codes made here
-dequantize exactly like the kernels' and like compressed-tensors' decompressor:
+The grid itself is ``dllm_kernels.torch_grid`` (the torch implementation that equals ``dllm_kernels.quantize``
+bit for bit): per cell (a row's group of columns) the range ``[min(min(w), 0), max(max(w), 0)]`` gives a
+float32 scale and, for asymmetric grids, a signed int32 zero point; codes are signed until they are stored
+(``torch_grid.to_unsigned`` gives the weight storage of asymmetric grids). GPTQ encodes one column at a time
+with a group's parameters and the clip search needs parameters from shrunk ranges, on any device, which is
+why the graph-side quantizers use the torch grid instead of the dispatched ``dllm_kernels.quantize``.
 
-* per cell (a row's group of columns): ``lo = min(min(w), 0)``, ``hi = max(max(w), 0)`` in float32;
-* symmetric: ``scale = max(|lo|, hi) / ((2^b - 1) / 2)``, codes int8 in ``[-2^(b-1), 2^(b-1) - 1]``;
-* asymmetric: ``scale = (hi - lo) / (2^b - 1)``, signed zero ``zs = rint(clamp(-2^(b-1) - lo / scale))``,
-  codes uint8 ``clamp(rint(w / scale + zs)) + 2^(b-1)``; the zero point is stored unsigned (``zs + 2^(b-1)``,
-  int32);
-* a zero scale becomes float32 eps; rounding is half-to-even; dequantization is
-  ``float32(code - zero) * scale``.
-
-They are reimplemented here (instead of calling the kernels) because GPTQ needs to encode one column at
-a time with a group's parameters and the clip search needs parameters from shrunk ranges, on any device.
-
-``ClipSearch`` (GPTQ's "MSE observer"): for each cell try the shrunk ranges ``[p*lo, p*hi]`` for
-``p = 1, 1 - 1/grid, ...`` down to ``1 - max_shrink`` (exclusive) and keep the one with the smallest
-``sum |dequant(w) - w|^norm`` over the cell.
+``ClipSearch``: for each cell try the shrunk ranges ``[p*lo, p*hi]`` for ``p = 1, 1 - 1/grid, ...`` down to
+``1 - max_shrink`` (exclusive) and keep the one with the smallest ``sum |dequant(w) - w|^norm`` over the cell.
 """
 
 from __future__ import annotations
@@ -25,11 +17,10 @@ from dataclasses import dataclass
 
 import torch
 from dllm_calib import MethodConfig, check_positive_int, check_range
+from dllm_kernels import torch_grid
 from torch import Tensor
 
-__all__ = ["ClipSearch", "decode", "encode", "grid_params", "search_params"]
-
-EPS32 = float(torch.finfo(torch.float32).eps)
+__all__ = ["ClipSearch", "search_params"]
 
 
 @dataclass(frozen=True)
@@ -56,66 +47,22 @@ class ClipSearch(MethodConfig):
         return [1.0 - k / self.grid for k in range(max(1, int(self.max_shrink * self.grid)))]
 
 
-def grid_params(lo: Tensor, hi: Tensor, bits: int, symmetric: bool) -> tuple[Tensor, Tensor | None]:
-    """Scale (float32) and unsigned int32 zero point (None if symmetric) from per-cell ``lo``/``hi``.
-
-    ``lo`` and ``hi`` have the same shape (any); the results have that shape.
-    """
-    half = 1 << (bits - 1)
-    qmin, qmax = -half, half - 1
-    q_range = float(qmax - qmin)
-    lo = torch.clamp(lo.float(), max=0.0)
-    hi = torch.clamp(hi.float(), min=0.0)
-    zero: Tensor | None = None
-    if symmetric:
-        scale = torch.maximum(lo.abs(), hi.abs()) / (q_range / 2.0)
-    else:
-        scale = (hi - lo) / q_range
-        zs = torch.clamp(qmin - lo / scale, qmin, qmax)
-        zs = torch.where(scale == 0, torch.zeros_like(zs), zs).round()
-        zero = zs.to(torch.int32) + half
-    scale = torch.where(scale == 0, torch.full_like(scale, EPS32), scale)
-    return scale, zero
-
-
-def encode(w: Tensor, scale: Tensor, zero: Tensor | None, bits: int) -> Tensor:
-    """Codes of ``w`` on the grid (``scale``/``zero`` broadcast against ``w``).
-
-    Returns int8 codes (symmetric, ``zero`` None) or uint8 codes (asymmetric) with the shape of ``w``.
-    """
-    half = 1 << (bits - 1)
-    v = w.float() / scale
-    if zero is not None:
-        v = v + (zero - half).float()
-    v = torch.clamp(v, -half, half - 1).round()
-    return v.to(torch.int8) if zero is None else (v + half).to(torch.uint8)
-
-
-def decode(codes: Tensor, scale: Tensor, zero: Tensor | None) -> Tensor:
-    """float32 values ``float32(codes - zero) * scale`` (zero 0 when None); broadcasting as in ``encode``."""
-    q = codes.to(torch.int32)
-    if zero is not None:
-        q = q - zero
-    return q.float() * scale
-
-
 def search_params(
     cells: Tensor, bits: int, symmetric: bool, clip: ClipSearch | None
 ) -> tuple[Tensor, Tensor | None]:
     """Grid parameters for each cell of ``cells [..., n]`` (the last dim is one cell's values).
 
-    Returns scale float32 ``[...]`` and unsigned int32 zero ``[...]`` (None if symmetric): min/max
+    Returns scale float32 ``[...]`` and the signed int32 zero ``[...]`` (None if symmetric): min/max
     parameters when ``clip`` is None, else the clip search's best per cell.
     """
-    x = cells.float()
-    lo, hi = x.amin(dim=-1), x.amax(dim=-1)
-    best_scale, best_zero = grid_params(lo, hi, bits, symmetric)
+    lo, hi = torch.aminmax(cells.float(), dim=-1)
+    best_scale, best_zero = torch_grid.scale_zero(lo, hi, bits, symmetric)
     if clip is None:
         return best_scale, best_zero
-    best_err = _cell_error(x, best_scale, best_zero, bits, clip.norm)
+    best_err = _cell_error(cells, best_scale, best_zero, bits, clip.norm)
     for p in clip.ratios()[1:]:
-        scale, zero = grid_params(lo * p, hi * p, bits, symmetric)
-        err = _cell_error(x, scale, zero, bits, clip.norm)
+        scale, zero = torch_grid.scale_zero(lo, hi, bits, symmetric, p)
+        err = _cell_error(cells, scale, zero, bits, clip.norm)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)
@@ -128,4 +75,5 @@ def _cell_error(x: Tensor, scale: Tensor, zero: Tensor | None, bits: int, norm: 
     """``sum |dequant(x) - x|^norm`` over the last dim of ``x`` for per-cell ``scale``/``zero`` ``[...]``."""
     s = scale[..., None]
     z = None if zero is None else zero[..., None]
-    return (decode(encode(x, s, z, bits), s, z) - x).abs().pow(norm).sum(-1)
+    x = x.float()
+    return (torch_grid.decode(torch_grid.encode(x, s, z, bits), s, z) - x).abs().pow(norm).sum(-1)

@@ -21,10 +21,8 @@ from dataclasses import dataclass
 
 import dllm_kernels
 import torch
-from dllm_kernels import QuantSpec
+from dllm_kernels import QuantSpec, torch_grid
 from torch import Tensor
-
-from dllm_weightquant.grid import decode
 
 __all__ = ["QuantizedWeight"]
 
@@ -151,7 +149,7 @@ class QuantizedWeight:
         if zero is not None and self.spec.granularity == "tensor":
             zero = zero.reshape(1, 1).expand(out, 1)
         groups = self.column_groups()
-        return decode(self.codes, scale[:, groups], None if zero is None else zero[:, groups])
+        return torch_grid.decode(self.codes, scale[:, groups], None if zero is None else zero[:, groups])
 
     def kernel_layout(self) -> tuple[Tensor, Tensor, Tensor | None, int | None, Tensor | None]:
         """Arguments for ``dllm_kernels.wna16_gemm``: ``(packed, scale [out, G'], zero, group_size, perm)``.

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 import dllm_kernels
 from dllm_calib import MethodConfig
-from dllm_kernels import QuantSpec
+from dllm_kernels import QuantSpec, torch_grid
 from torch import Tensor
 
 from dllm_weightquant._checks import check_uniform_spec, check_weight
-from dllm_weightquant.grid import ClipSearch, decode, encode, search_params
+from dllm_weightquant.grid import ClipSearch, search_params
 from dllm_weightquant.qweight import QuantizedWeight
 
 __all__ = ["RTNConfig", "fake_quantize_weight", "rtn_quantize", "weight_cells"]
@@ -45,16 +45,12 @@ def weight_cells(weight: Tensor, spec: QuantSpec) -> Tensor:
 def _grid_quantize(
     weight: Tensor, spec: QuantSpec, clip: ClipSearch | None
 ) -> tuple[Tensor, Tensor, Tensor | None]:
-    """(codes [out, in], scale, zero) with ``scale``/``zero`` shaped as ``QuantizedWeight`` wants."""
+    """Signed grid codes ``[rows, cells, n]`` of ``weight_cells(weight)`` and their scale and zero
+    ``[rows, cells, 1]`` (zero None if symmetric)."""
     cells = weight_cells(weight.float(), spec)
     scale, zero = search_params(cells, spec.bits, spec.symmetric, clip)
-    codes = encode(cells, scale[..., None], None if zero is None else zero[..., None], spec.bits)
-    shape = QuantizedWeight.scale_shape(spec, *weight.shape)
-    return (
-        codes.reshape(weight.shape),
-        scale.reshape(shape),
-        None if zero is None else zero.reshape(shape),
-    )
+    scale, zero = scale[..., None], None if zero is None else zero[..., None]
+    return torch_grid.encode(cells, scale, zero, spec.bits), scale, zero
 
 
 def rtn_quantize(
@@ -62,24 +58,24 @@ def rtn_quantize(
 ) -> QuantizedWeight:
     """Round ``weight [out, in]`` to the grid of ``spec``; ``hessian`` is ignored (the common signature).
 
-    Without a clip search this is ``dllm_kernels.quantize`` (min/max scales); with one, every cell's
-    range is shrunk to the ratio with the least error (see ``grid.ClipSearch``). Works on any device;
-    the result lives on the CPU.
+    Without a clip search this is ``dllm_kernels.quantize`` (min/max scales, on the weight's device); with
+    one, every cell's range is shrunk to the ratio with the least error (see ``grid.ClipSearch``). Works on
+    any device; the result lives on the CPU.
     """
     config = config or RTNConfig()
     w = check_weight(weight)
     spec = check_uniform_spec(spec, w.shape[1], "RTN")
     if config.clip is None:
-        codes, scale, zero = dllm_kernels.quantize(w.float().cpu(), spec)
-    else:
-        codes, scale, zero = _grid_quantize(w, spec, config.clip)
+        codes, scale, zero = dllm_kernels.quantize(w, spec)
+        return QuantizedWeight.from_codes(codes, scale, zero, spec)
+    codes, scale, zero = _grid_quantize(w, spec, config.clip)
+    shape = QuantizedWeight.scale_shape(spec, *w.shape)
+    codes, scale = codes.reshape(w.shape), scale.reshape(shape)
+    if zero is not None:
+        codes, zero = torch_grid.to_unsigned(codes, zero.reshape(shape), spec.bits)
     return QuantizedWeight.from_codes(codes, scale, zero, spec)
 
 
 def fake_quantize_weight(weight: Tensor, spec: QuantSpec, clip: ClipSearch | None = None) -> Tensor:
     """``dequantize(rtn(weight))`` as float32 on the weight's device (the proxy quantizer of AWQ's search)."""
-    codes, scale, zero = _grid_quantize(weight, spec, clip)
-    cells = weight_cells(codes, spec)
-    s = scale.reshape(cells.shape[0], cells.shape[1], 1)
-    z = None if zero is None else zero.reshape(cells.shape[0], cells.shape[1], 1)
-    return decode(cells, s, z).reshape(weight.shape)
+    return torch_grid.decode(*_grid_quantize(weight, spec, clip)).reshape(weight.shape)

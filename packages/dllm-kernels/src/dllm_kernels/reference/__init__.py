@@ -2,8 +2,10 @@
 
 Modules and their conventions (documented in each module docstring):
 
+* :mod:`.grid` - the integer min/max grid both quantizers build on (scale and zero point from a cell's
+  range, codes, values, unsigned weight storage);
 * :mod:`.quant` - spec-driven ``quantize`` / ``dequantize`` / ``fake_quantize`` (compressed-tensors' scale
-  and rounding conventions, round half to even);
+  and rounding conventions, round half to even; integer specs, fp8 is torch-only);
 * :mod:`.act_quant` - ``quantize_per_token`` (dynamic activation quantization, int8 codes);
 * :mod:`.pack` - ``pack`` / ``unpack`` (compressed-tensors ``pack-quantized`` int32 layout), ``pack_rows``;
 * :mod:`.gemm` - ``wna16_gemm``, ``int8_gemm``, ``w4a8_gemm``, ``w4a4_gemm``;

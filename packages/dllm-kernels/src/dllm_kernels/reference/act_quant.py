@@ -1,18 +1,17 @@
 """Numba reference for dynamic per-token activation quantization (the A in W8A8 / W4A8 / W4A4).
 
-``quantize_per_token(x [M, K], bits, symmetric=True, clip_ratio=1.0)`` follows the conventions of
-:mod:`dllm_kernels.reference.quant` with one scale per row (token) and two differences:
+``quantize_per_token(x [M, K], bits, symmetric=True, clip_ratio=1.0)`` is the grid of
+:mod:`dllm_kernels.reference.grid` with one cell per row (token):
 
-* ``clip_ratio`` (0 < r <= 1) shrinks the row statistics first: ``lo = min(min(x), 0) * r``,
-  ``hi = max(max(x), 0) * r`` (float32 multiply), before the scale formula; values outside the clipped
-  range saturate.
-* Codes are **always int8 in the signed range** ``[-2^(b-1), 2^(b-1)-1]``, also when asymmetric, so one int8
-  GEMM handles both; the asymmetric zero point is the signed int32 ``zs`` (dequant ``(q - zs) * scale``).
-  (:func:`~dllm_kernels.reference.quant.quantize` stores asymmetric codes unsigned instead; both describe
-  the same grid.)
+* ``clip_ratio`` (0 < r <= 1) shrinks the row range (``lo = min(min(x), 0) * r``, ``hi = max(max(x), 0) * r``,
+  float32 multiply) before the scale formula; values outside the clipped range saturate.
+* Codes are the grid's signed ones, **always int8** in ``[-2^(b-1), 2^(b-1)-1]``, also when asymmetric, so
+  one int8 GEMM handles both; the asymmetric zero point is the signed int32 ``zs`` (dequant
+  ``(q - zs) * scale``). (:func:`~dllm_kernels.reference.quant.quantize` stores asymmetric grids unsigned
+  instead; both describe the same grid.)
 
-With ``clip_ratio=1`` and ``symmetric=True`` the result equals
-``quantize(x, QuantSpec(bits, True, "token"))`` with the scale flattened to ``[M]``.
+With ``clip_ratio=1`` the result equals ``quantize(x, QuantSpec(bits, symmetric, "token"))`` with the scale
+flattened to ``[M]`` and, when asymmetric, codes and zero shifted back by ``2^(b-1)``.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from dllm_kernels.reference._checks import as_float2d, check_bits
-from dllm_kernels.reference.quant import encode_kernel, minmax_kernel, scale_zero_from_minmax
+from dllm_kernels.reference.grid import encode_kernel, minmax_kernel, scale_zero
 
 __all__ = ["quantize_per_token"]
 
@@ -45,13 +44,9 @@ def quantize_per_token(
     lo = np.empty((m, 1), dtype=np.float32)
     hi = np.empty_like(lo)
     minmax_kernel(x, k, lo, hi)
-    lo = np.minimum(lo, np.float32(0)) * np.float32(clip_ratio)
-    hi = np.maximum(hi, np.float32(0)) * np.float32(clip_ratio)
-    scale, zero_s = scale_zero_from_minmax(lo, hi, bits, symmetric)
+    scale, zero = scale_zero(lo, hi, bits, symmetric, clip_ratio)
     half = 1 << (bits - 1)
     codes = np.empty((m, k), dtype=np.int8)
-    asym = zero_s is not None
-    zs = zero_s if asym else np.zeros((1, 1), dtype=np.float32)
-    encode_kernel(x, scale, zs, asym, np.float32(-half), np.float32(half - 1), 0, codes)
-    zero = zero_s.reshape(m).astype(np.int32) if asym else None
-    return codes, scale.reshape(m), zero
+    zero_f = np.zeros_like(scale) if zero is None else zero.astype(np.float32)
+    encode_kernel(x, scale, zero_f, np.float32(-half), np.float32(half - 1), codes)
+    return codes, scale.reshape(m), None if zero is None else zero.reshape(m)

@@ -1,6 +1,8 @@
-"""Per-token quantization arithmetic as ``@triton.jit`` helpers, bit-exact with the Numba reference.
+"""The integer min/max grid as ``@triton.jit`` helpers, bit-exact with the Numba reference.
 
-The conventions are those of :mod:`dllm_kernels.reference.quant` / ``act_quant`` (all float32):
+The Triton implementation of the grid of :mod:`dllm_kernels.reference.grid` (the torch one is
+:mod:`dllm_kernels.torch_grid`); callers pass the row range ``lo <= 0 <= hi`` already multiplied by the clip
+ratio. All float32:
 
 * symmetric: ``scale = max(|lo|, hi) / ((2^b - 1) / 2)``, ``code = rint(clamp(x / scale, qmin, qmax))``;
 * asymmetric: ``scale = (hi - lo) / (2^b - 1)``, ``zs = rint(clamp(qmin - lo / scale, qmin, qmax))`` (0 for a

@@ -1,8 +1,9 @@
-"""Dynamic per-token activation quantization: one scale (and zero point) per row of ``x [M, K]``.
+"""Quantization on the integer grid, one scale (and zero point) per row: per-token and spec-driven.
 
 Two passes over each block of rows: row min/max, then encode. Codes are int8 in the signed range
 ``[-2^(b-1), 2^(b-1)-1]`` also when asymmetric (then ``zero`` is the signed int32 zero point), exactly as
 :func:`dllm_kernels.reference.quantize_per_token`, including ``clip_ratio`` (row min/max scaled by it).
+Spec-driven :func:`quantize` runs the same kernel on the scale cells as rows.
 """
 
 from __future__ import annotations
@@ -11,10 +12,13 @@ import torch
 import triton
 import triton.language as tl
 
+from dllm_kernels._cells import cell_size
+from dllm_kernels.ops_torch import from_cells
+from dllm_kernels.spec import QuantSpec
 from dllm_kernels.triton._quant_math import encode, scale_zero
 from dllm_kernels.triton._runtime import INTERPRET, cdiv, m_bucket
 
-__all__ = ["quantize_per_token"]
+__all__ = ["quantize", "quantize_per_token"]
 
 
 def _gpu_configs() -> list[triton.Config]:
@@ -83,3 +87,15 @@ def quantize_per_token(
     else:
         _quant_rows_tuned[lambda cfg: (cdiv(m, cfg["BLOCK_M"]),)](*args, **meta)
     return codes, scale, zero
+
+
+def quantize(x: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launch on validated inputs (see :func:`dllm_kernels.dispatch.quantize`): an int ``spec`` on ``x``.
+
+    Every scale cell is a contiguous run of ``x [rows, cols]`` (fp16/bf16/fp32, contiguous), so the cells
+    are the rows of ``x.reshape(-1, cell_size)`` and the per-row kernel quantizes them (clip ratio 1).
+    Returns ``(codes, scale, zero)`` in the spec's layout, asymmetric grids in the unsigned weight storage.
+    """
+    rows, cols = x.shape
+    cells = x.reshape(-1, cell_size(spec, rows, cols))
+    return from_cells(*quantize_per_token(cells, spec.bits, spec.symmetric, 1.0), spec, rows, cols)
