@@ -10,7 +10,9 @@ ratio. All float32:
 * a zero scale becomes float32 eps; ``qmin = -2^(b-1)``, ``qmax = 2^(b-1) - 1``; rint is round half to even.
 
 Divisions use ``tl.math.div_rn`` (IEEE round-to-nearest): the plain ``/`` compiles to an approximate
-division on NVIDIA GPUs. Round-half-even is built from ``floor`` because ``libdevice.rint`` does not exist
+division on NVIDIA GPUs. Kernels using these helpers launch with ``enable_fp_fusion=False``: a fused
+multiply-add would round ``hi * clip - lo * clip`` once instead of after each product, and the scale
+would differ from the reference's by an ulp. Round-half-even is built from ``floor`` because ``libdevice.rint`` does not exist
 under the interpreter.
 """
 

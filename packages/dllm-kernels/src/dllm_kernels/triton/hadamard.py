@@ -182,6 +182,6 @@ def hadamard_quantize_per_token(
     zero_arg = zero if zero is not None else scale
     _hadamard_quant_kernel[(m,)](
         x, at, b, codes, scale, zero_arg, n, r, c, 1.0 / math.sqrt(n), float(clip_ratio),
-        **meta, BITS=bits, SYMMETRIC=symmetric,
+        **meta, BITS=bits, SYMMETRIC=symmetric, enable_fp_fusion=False,  # clip products rounded alone
     )  # fmt: skip
     return codes, scale, zero

@@ -81,7 +81,8 @@ def quantize_per_token(
     if m == 0:
         return codes, scale, zero
     args = (x, codes, scale, zero if zero is not None else scale, m, k, float(clip_ratio), m_bucket(m))
-    meta = {"BITS": bits, "SYMMETRIC": symmetric}
+    # no fused multiply-add: ``hi * clip - lo * clip`` must round each product, as the reference does
+    meta = {"BITS": bits, "SYMMETRIC": symmetric, "enable_fp_fusion": False}
     if INTERPRET:
         _quant_rows_kernel[(cdiv(m, 16),)](*args, **meta, BLOCK_M=16, BLOCK_K=64)
     else:
