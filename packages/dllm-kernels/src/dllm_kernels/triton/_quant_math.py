@@ -12,8 +12,8 @@ ratio. All float32:
 Divisions use ``tl.math.div_rn`` (IEEE round-to-nearest): the plain ``/`` compiles to an approximate
 division on NVIDIA GPUs. Kernels using these helpers launch with ``enable_fp_fusion=False``: a fused
 multiply-add would round ``hi * clip - lo * clip`` once instead of after each product, and the scale
-would differ from the reference's by an ulp. Round-half-even is built from ``floor`` because ``libdevice.rint`` does not exist
-under the interpreter.
+would differ from the reference's by an ulp. Round-half-even is built from ``floor`` because
+``libdevice.rint`` does not exist under the interpreter.
 """
 
 from __future__ import annotations
