@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig
-from dllm_sampler.config import tiny_config
+from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig, tiny_config
 from dllm_sampler.models import ARCH_SPECS
 from tokenizers import Tokenizer, models, pre_tokenizers
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dllm_sampler import DreamGenerationConfig, LLaDAGenerationConfig, generate_dream, generate_llada
-from dllm_sampler.config import DreamConfig, LLaDAConfig, tiny_config
+from dllm_sampler import (
+    DreamGenerationConfig,
+    LLaDAGenerationConfig,
+    generate_dream,
+    generate_llada,
+    tiny_config,
+)
+from dllm_sampler.config import DreamConfig, LLaDAConfig
 from dllm_sampler.models import ARCH_SPECS, EvalDefaults, arch_spec
 from dllm_sampler.tasks import answer_generation_config
 from dllm_sampler.testing import CHAR_VOCAB, char_model_config

@@ -12,9 +12,9 @@ from dllm_sampler import (
     MaskPredictor,
     generate,
     log_likelihood,
+    tiny_config,
 )
 from dllm_sampler.adapter import DiffusionLM
-from dllm_sampler.config import tiny_config
 
 
 @pytest.fixture(scope="module", params=["llada", "dream"])

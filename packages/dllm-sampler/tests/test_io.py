@@ -9,8 +9,7 @@ from pathlib import Path
 import dllm_sampler.io as dio
 import pytest
 import torch
-from dllm_sampler import CheckpointError, ConfigError, DiffusionLM, available_models, load, save
-from dllm_sampler.config import tiny_config
+from dllm_sampler import CheckpointError, ConfigError, DiffusionLM, available_models, load, save, tiny_config
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 

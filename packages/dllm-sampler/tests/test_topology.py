@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dllm_sampler import DiffusionLM, Topology
-from dllm_sampler.config import tiny_config
+from dllm_sampler import DiffusionLM, Topology, tiny_config
 from hypothesis import given
 from hypothesis import strategies as st
 

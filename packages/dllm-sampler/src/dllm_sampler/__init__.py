@@ -2,9 +2,9 @@
 
 # --- models, loading and topology ---
 from dllm_sampler.adapter import DiffusionLM
-from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig, tiny_config
+from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig
 from dllm_sampler.io import CheckpointError, atomic_folder, load, save, write_weights
-from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM
+from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM, tiny_config
 from dllm_sampler.registry import available_models
 from dllm_sampler.rope import RopeFn, model_rope
 from dllm_sampler.topology import INPUT_GROUPS, LINEAR_ROLES, BlockTopology, Topology, weight_holder

@@ -27,7 +27,6 @@ __all__ = [
     "ModelConfig",
     "ModelDims",
     "config_from_dict",
-    "tiny_config",
 ]
 
 
@@ -423,16 +422,3 @@ def config_from_dict(data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
         f"{_supported_names()} (model_type "
         f"{[c.MODEL_TYPE for c in CONFIG_CLASSES]})"
     )
-
-
-def tiny_config(arch: str, **overrides: Any) -> LLaDAConfig | DreamConfig:
-    """`ModelConfig.tiny` of ``arch``'s config class ("llada" or "dream"): hidden 32, 2 blocks, 4 heads,
-    MLP 64, vocab 48 with mask = 47, eos = 46, pad = 45, bos = 44. Dream gets GQA with 2 kv heads.
-    ``overrides`` use the architecture's own config keys (e.g. ``n_kv_heads=2`` for LLaDA).
-
-    Raises:
-        ValueError: unknown ``arch`` (the message names the known ones).
-    """
-    from dllm_sampler.models.spec import arch_spec  # the spec module imports this one
-
-    return arch_spec(arch).config_cls.tiny(**overrides)  # type: ignore[return-value]

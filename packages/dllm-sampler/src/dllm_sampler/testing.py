@@ -12,8 +12,8 @@ from typing import Any
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from dllm_sampler.adapter import DiffusionLM
-from dllm_sampler.config import DreamConfig, LLaDAConfig, tiny_config
-from dllm_sampler.models.spec import arch_spec
+from dllm_sampler.config import DreamConfig, LLaDAConfig
+from dllm_sampler.models.spec import arch_spec, tiny_config
 
 __all__ = ["CHAR_VOCAB", "char_model_config", "char_tokenizer", "random_char_model"]
 

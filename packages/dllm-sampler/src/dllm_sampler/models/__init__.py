@@ -10,6 +10,7 @@ from dllm_sampler.models.spec import (
     arch_spec,
     spec_for_config,
     spec_for_model,
+    tiny_config,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "arch_spec",
     "spec_for_config",
     "spec_for_model",
+    "tiny_config",
 ]

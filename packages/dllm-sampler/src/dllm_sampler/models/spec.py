@@ -8,6 +8,7 @@ the topology needs and the default sampler. Code elsewhere looks the spec up (`a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -25,6 +26,7 @@ __all__ = [
     "arch_spec",
     "spec_for_config",
     "spec_for_model",
+    "tiny_config",
 ]
 
 
@@ -203,3 +205,14 @@ def spec_for_model(model: nn.Module) -> ArchSpec:
         f"no architecture for model type {type(model).__name__}; supported: "
         f"{[s.model_cls.__name__ for s in ARCH_SPECS.values()]}"
     )
+
+
+def tiny_config(arch: str, **overrides: Any) -> LLaDAConfig | DreamConfig:
+    """`ModelConfig.tiny` of ``arch``'s config class ("llada" or "dream"): hidden 32, 2 blocks, 4 heads,
+    MLP 64, vocab 48 with mask = 47, eos = 46, pad = 45, bos = 44. Dream gets GQA with 2 kv heads.
+    ``overrides`` use the architecture's own config keys (e.g. ``n_kv_heads=2`` for LLaDA).
+
+    Raises:
+        ValueError: unknown ``arch`` (the message names the known ones).
+    """
+    return arch_spec(arch).config_cls.tiny(**overrides)  # type: ignore[return-value]
