@@ -34,7 +34,8 @@ def test_model_feed_batches_are_iter_batches_and_its_forward_is_logits(llada, ma
 def test_token_feed_marks_mask_tokens_and_padding(dream) -> None:
     ids = torch.tensor([[5, 6, dream.mask_token_id, 7], [8, dream.mask_token_id, 9, 10]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
-    (batch,) = TokenFeed(dream, [(ids, mask)]).batches()
+    batch, second = TokenFeed(dream, [(ids, mask), ids[:1]]).batches()
+    assert batch.indices == (0, 1) and second.indices == (2,)  # numbered across batches, as in a set
     assert torch.equal(batch.attention_mask, mask.bool())
     assert batch.is_masked.tolist() == [[False, False, True, False], [False, True, False, False]]
     assert batch.mask_ratio.tolist() == [1 / 3, 1 / 4] and batch.logit_shift == 1

@@ -45,7 +45,21 @@ class Feed(Protocol):
         ...
 
 
-class ModelFeed:
+class _WholeModel:
+    """What the whole-model feeds share: the model is the unit, its forward is ``dlm.logits``."""
+
+    def __init__(self, dlm: DiffusionLM) -> None:
+        self.dlm = dlm
+
+    @property
+    def module(self) -> nn.Module:
+        return self.dlm.model
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self.dlm.logits(batch.input_ids, batch.model_attention_mask)
+
+
+class ModelFeed(_WholeModel):
     """The whole model as a feed: ``calibration_set`` in batches of ``batch_size`` through ``dlm.logits``.
 
     Batches are right-padded with the model's pad token and carry its logit shift (`iter_batches`); they
@@ -55,13 +69,9 @@ class ModelFeed:
     def __init__(self, dlm: DiffusionLM, calibration_set: CalibrationSet, batch_size: int = 8) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.dlm = dlm
+        super().__init__(dlm)
         self.calibration_set = calibration_set
         self.batch_size = batch_size
-
-    @property
-    def module(self) -> nn.Module:
-        return self.dlm.model
 
     def batches(self) -> Iterator[Batch]:
         dlm = self.dlm
@@ -73,36 +83,31 @@ class ModelFeed:
             logit_shift=dlm.logit_shift,
         )
 
-    def forward(self, batch: Batch) -> Tensor:
-        return self.dlm.logits(batch.input_ids, batch.model_attention_mask)
 
-
-class TokenFeed:
+class TokenFeed(_WholeModel):
     """A model over given token batches: ``input_ids [B, L]`` tensors or ``(input_ids, attention_mask)``
     pairs (mask ``[B, L]``, 1 = real token, or None), run through ``dlm.logits``.
 
     The batches carry no calibration metadata: positions holding the model's mask token count as masked,
-    there is no confidence, and the mask ratio is each row's share of mask tokens.
+    there is no confidence, and the mask ratio is each row's share of mask tokens. Rows are numbered
+    across the batches (``Batch.indices``), as the states of a set are.
     """
 
     def __init__(self, dlm: DiffusionLM, batches: Sequence[Tensor | tuple[Tensor, Tensor | None]]) -> None:
-        self.dlm = dlm
+        super().__init__(dlm)
         self._pairs = [(b, None) if isinstance(b, Tensor) else b for b in batches]
-
-    @property
-    def module(self) -> nn.Module:
-        return self.dlm.model
 
     def batches(self) -> Iterator[Batch]:
         device = self.dlm.device
-        for start, (ids, mask) in enumerate(self._pairs):
+        start = 0
+        for number, (ids, mask) in enumerate(self._pairs):
             if ids.dim() != 2:
-                raise ValueError(f"token batch {start}: input_ids must be [B, L], got {tuple(ids.shape)}")
+                raise ValueError(f"token batch {number}: input_ids must be [B, L], got {tuple(ids.shape)}")
             ids = ids.to(device)
             attn = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.to(device).bool()
             masked = (ids == self.dlm.mask_token_id) & attn
             yield Batch(
-                indices=tuple(range(ids.shape[0])),
+                indices=tuple(range(start, start + ids.shape[0])),
                 lengths=(ids.shape[1],) * ids.shape[0],
                 input_ids=ids,
                 attention_mask=attn,
@@ -111,6 +116,4 @@ class TokenFeed:
                 mask_ratio=masked.double().sum(1) / attn.double().sum(1).clamp_min(1.0),
                 logit_shift=self.dlm.logit_shift,
             )
-
-    def forward(self, batch: Batch) -> Tensor:
-        return self.dlm.logits(batch.input_ids, batch.model_attention_mask)
+            start += ids.shape[0]
