@@ -40,7 +40,7 @@ from dllm_actquant.duquant import DUQUANT_SITES, DuQuantConfig, apply_duquant
 from dllm_actquant.iaaq import IAAQConfig, VOutputCollector, calibrate_iaaq
 from dllm_actquant.quarot import QuaRotConfig, apply_quarot, check_quarot_sizes
 from dllm_actquant.smoothquant import SmoothQuantConfig, apply_smoothquant
-from dllm_actquant.vquant import VQuantConfig, attach_v_quantizers
+from dllm_actquant.vquant import attach_v_quantizers
 
 __all__ = ["DUQUANT_SAMPLE_TOKENS", "READER_ROLES", "float_block_inputs"]
 
@@ -137,7 +137,7 @@ def _bind_iaaq(params: dict[str, Any], context: BindContext) -> IAAQConfig:
     params = dict(params)
     vquant = dict(params.pop("vquant", None) or {})
     vquant.setdefault("bits", context.activation_bits or 8)
-    return IAAQConfig.from_dict({**params, "vquant": VQuantConfig.from_dict(vquant)})
+    return IAAQConfig.from_dict({**params, "vquant": vquant})
 
 
 def _check_quarot_model(config: QuaRotConfig, dlm: DiffusionLM) -> None:

@@ -8,6 +8,7 @@ confidence) and which bit settings it can represent.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -51,10 +52,6 @@ def _uniform_weighting(config: Any) -> TokenWeighting | None:
     return None
 
 
-def _fits_any(config: Any, weight_spec: QuantSpec, activation_bits: int | None) -> None:
-    return None
-
-
 def _quantizer_step(
     context: MethodContext,
     config: Any,
@@ -78,7 +75,7 @@ def quantizer_method(
     needs_hessian: bool = True,
     weighting: Weighting = _uniform_weighting,
     needs_confidence: Callable[[Any], bool] | None = None,
-    check: SpecCheck = _fits_any,
+    check: SpecCheck | None = None,
 ) -> Method:
     """A weight-quantizer `Method` running ``fn`` on every block linear (`quantize_linears`).
 
@@ -91,7 +88,8 @@ def quantizer_method(
         weighting: ``weighting(config)`` -> the Hessian's token weighting (None: uniform).
         needs_confidence: ``needs_confidence(config)`` -> whether the weighting reads the float model's
             per-token confidence (default: never).
-        check: raises for bit settings ``fn`` cannot represent (default: none).
+        check: raises for bit settings ``fn`` cannot represent (default: the registry's, which accepts
+            every setting).
     """
 
     def needs(config: Any) -> Needs:
@@ -102,7 +100,7 @@ def quantizer_method(
             confidence=bool(needs_confidence and needs_confidence(config)),
         )
 
-    return Method(
+    method = Method(
         name=name,
         stage=Stage.QUANTIZER,
         config_cls=config_cls,
@@ -110,8 +108,8 @@ def quantizer_method(
         summary=summary,
         needs=needs,
         writes=lambda config: _ALL_WEIGHTS,
-        check=check,
     )
+    return method if check is None else dataclasses.replace(method, check=check)
 
 
 def _check_daq(config: DAQConfig, weight_spec: QuantSpec, activation_bits: int | None) -> None:
