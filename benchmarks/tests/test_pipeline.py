@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from dllm_actquant import ActQuantLinear, OnlineRotation, VQuantOutput
+from dllm_actquant import ActQuantLinear, OnlineRotation, VQuantOutput, attention_site_summary
 from dllm_bench.loading import load_any
 from dllm_bench.pipeline import (
     LOG_FILE,
@@ -186,8 +186,11 @@ def test_activation_recipes_export_and_reload_with_their_wrappers(
     folder = export_model(result, tmp_path / "q")
     runtime = json.loads((folder / RUNTIME_FILE).read_text())
     assert set(runtime["linears"]) == set(dlm.topology.linear_names())
-    assert (runtime["vquant"] is not None) == (name == "dllmquant")
+    # W8A8 quantizes the attention activations too: V (IA-AQ's or attn_quant's) and the q/k sites
+    assert runtime["vquant"] is not None
+    assert set(runtime["attention"]) == {b.names["qk"] for b in dlm.topology}
     loaded = load_any(folder)
+    assert attention_site_summary(loaded) == attention_site_summary(dlm)
     inner = loaded.model.get_submodule(wrapped[0])
     assert isinstance(inner, OnlineRotation) and isinstance(inner.inner, ActQuantLinear)
     assert isinstance(inner.inner.inner, QuantLinear)

@@ -91,7 +91,36 @@ def test_multibinary_quantizers_reject_settings_they_cannot_represent() -> None:
         Recipe.model_validate(_recipe(steps=[{"method": "daq"}], scheme={"weights": {"bits": 8}}))
 
 
-@pytest.mark.parametrize("label", ["W5A16", "W4A2", "4bit", "W4A16g", ""])
+def test_attention_width_follows_the_activations_unless_the_label_says_kv() -> None:
+    w4a4 = load_recipe("quarot", scheme="W4A4").scheme
+    assert (w4a4.label, w4a4.activation_bits, w4a4.attention_bits) == ("W4A4", 4, 4)
+    kv16 = load_recipe("quarot", scheme="W4A4KV16").scheme
+    assert (kv16.label, kv16.activation_bits, kv16.attention_bits) == ("W4A4KV16", 4, None)
+    kv8 = load_recipe("gptq", scheme="W4A4KV8g64").scheme
+    assert (kv8.label, kv8.attention_bits) == ("W4A4KV8g64", 8)
+    assert load_recipe("gptq", scheme="W4A16").scheme.attention_bits is None
+    with pytest.raises(ValueError, match="only be quantized when the linear inputs are"):
+        parse_scheme("W4A16KV4")
+
+
+def _planned(label: str) -> list[str]:
+    return [method.name for method, _ in load_recipe("rtn").with_scheme(label).plan()]
+
+
+def test_plan_adds_or_drops_the_attention_quantizer_with_the_scheme() -> None:
+    assert _planned("W4A16") == ["rtn"]
+    assert _planned("W4A4")[0] == "rtn" and sorted(_planned("W4A4")[1:]) == ["act_quant", "attn_quant"]
+    assert _planned("W4A4KV16") == ["rtn", "act_quant"]
+    k_only = [{"method": "rtn"}, {"method": "attn_quant", "sites": ["k"], "per_head": False}]
+    listed = Recipe.model_validate(_recipe(steps=k_only, scheme={"weights": {"bits": 4}, "activations": 4}))
+    planned = {method.name: config for method, config in listed.plan()}
+    assert planned["attn_quant"].sites == ("k",) and planned["attn_quant"].bits == 4
+    assert planned["act_quant"].bits == 4 and len(planned) == 3
+    with pytest.raises(ValidationError, match="bits from the scheme"):
+        Recipe.model_validate(_recipe(steps=[{"method": "rtn"}, {"method": "attn_quant", "bits": 8}]))
+
+
+@pytest.mark.parametrize("label", ["W5A16", "W4A2", "4bit", "W4A16g", "W4A4KV2", ""])
 def test_bad_scheme_labels_name_the_accepted_form(label: str) -> None:
     with pytest.raises(ValueError, match="W<weight bits>A<activation bits>"):
         parse_scheme(label)
@@ -112,7 +141,10 @@ def test_bad_scheme_labels_name_the_accepted_form(label: str) -> None:
             {"steps": [{"method": "duquant"}, {"method": "awq"}, {"method": "rtn"}]},
             "awq cannot follow duquant",
         ),
-        ({"steps": [{"method": "quarot"}, {"method": "awq"}, {"method": "rtn"}]}, "wraps the down linears"),
+        (
+            {"steps": [{"method": "quarot"}, {"method": "awq"}, {"method": "rtn"}]},
+            "wraps the o, down linears",
+        ),
         (
             {"steps": [{"method": "quarot"}, {"method": "smoothquant"}, {"method": "rtn"}]},
             "smoothquant cannot follow quarot",
@@ -135,13 +167,15 @@ def test_invalid_recipes_raise_clear_errors(change: dict, message: str) -> None:
         Recipe.model_validate(_recipe(**change))
 
 
-def test_awq_after_quarot_is_fine_without_the_down_group() -> None:
-    steps = [
-        {"method": "quarot"},
-        {"method": "awq", "groups": ["attn", "vo", "mlp"]},
-        {"method": "rtn"},
-    ]
+def test_awq_after_quarot_is_fine_without_the_groups_folding_into_wrapped_linears() -> None:
+    steps = [{"method": "quarot"}, {"method": "awq", "groups": ["attn", "mlp"]}, {"method": "rtn"}]
     assert [s.method for s in Recipe.model_validate(_recipe(steps=steps)).steps] == ["quarot", "awq", "rtn"]
+    steps[0] = {"method": "quarot", "online_o": False}
+    steps[1] = {"method": "awq", "groups": ["attn", "vo", "mlp"]}
+    assert [s.method for s in Recipe.model_validate(_recipe(steps=steps)).steps] == ["quarot", "awq", "rtn"]
+    steps[0] = {"method": "quarot"}
+    with pytest.raises(ValueError, match="wraps the o linears"):
+        Recipe.model_validate(_recipe(steps=steps))
 
 
 def test_python_construction_and_yaml_round_trip() -> None:

@@ -34,8 +34,10 @@ def test_quarot_keeps_logits_fp64(make_model, batches, relerr, arch, seed, rando
     assert result.r1 is not None and result.r2 is not None
     eye = torch.eye(result.r1.shape[0], dtype=torch.float64)
     torch.testing.assert_close(result.r1 @ result.r1.T, eye)
-    assert len(result.online) == len(dlm.topology)
-    assert all(isinstance(dlm.model.get_submodule(n), OnlineHadamard) for n in result.online)
+    downs = [b.names["down"] for b in dlm.topology]
+    assert sorted(result.online) == sorted([*downs, *(b.names["o"] for b in dlm.topology)])
+    assert all(isinstance(dlm.model.get_submodule(n), OnlineHadamard) for n in downs)
+    assert result.qk == [b.names["qk"] for b in dlm.topology]
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])
@@ -98,9 +100,9 @@ def test_transforms_after_quarot_or_quantization_fail_clearly(make_model, batche
     with torch.no_grad():
         stats = capture_inputs(dlm, data, dlm.topology.linear_names()).absmax
     apply_quarot(dlm)
-    with pytest.raises(TransformError, match="OnlineHadamard"):
+    with pytest.raises(TransformError, match=r"OnlineRotation|OnlineHadamard"):
         apply_smoothquant(dlm, stats, SmoothQuantConfig())
-    with pytest.raises(TransformError, match="OnlineHadamard"):
+    with pytest.raises(TransformError, match=r"OnlineRotation|OnlineHadamard"):
         apply_quarot(dlm)
     names = quantize_activations(dlm, ActQuantConfig(bits=8))
     assert len(names) == 7 * len(dlm.topology)

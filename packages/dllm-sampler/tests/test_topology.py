@@ -96,6 +96,7 @@ def test_dream_names_and_gqa_shape() -> None:
         "q": "model.layers.0.self_attn.q_proj",
         "k": "model.layers.0.self_attn.k_proj",
         "v": "model.layers.0.self_attn.v_proj",
+        "qk": "model.layers.0.self_attn.qk_site",
         "o": "model.layers.0.self_attn.o_proj",
         "mlp_norm": "model.layers.0.post_attention_layernorm",
         "gate": "model.layers.0.mlp.gate_proj",

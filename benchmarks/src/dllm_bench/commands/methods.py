@@ -38,6 +38,8 @@ def _describe(method: Method) -> list[str]:
         lines.append(f"  changes: {'; '.join(p for p in (changed, wrapped) if p)}")
     if method.activation_only:
         lines.append("  runs only when the scheme quantizes activations")
+    if method.attention_only:
+        lines.append("  runs only when the scheme quantizes the attention activations (not at A16 or KV16)")
     return lines
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 from dllm_calib import BUILDERS, BindContext, Method, Stage, builder_config, get_method, registered_methods
+from dllm_sampler import LINEAR_ROLES
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from dllm_bench.recipes.scheme import Scheme, SchemeLabel
@@ -139,10 +140,11 @@ class Step(BaseModel):
         """When the step runs."""
         return self.registered.stage
 
-    def config(self, seed: int = 0, act_bits: int | None = None) -> Any:
-        """The library config object of this step, for the recipe ``seed`` and activation width
-        ``act_bits`` (None: float activations)."""
-        return self.registered.configure(self.params, BindContext(seed=seed, activation_bits=act_bits))
+    def config(self, seed: int = 0, act_bits: int | None = None, attention_bits: int | None = None) -> Any:
+        """The library config object of this step, for the recipe ``seed``, activation width ``act_bits``
+        and attention width ``attention_bits`` (None: float)."""
+        context = BindContext(seed=seed, activation_bits=act_bits, attention_bits=attention_bits)
+        return self.registered.configure(self.params, context)
 
     def to_dict(self) -> dict[str, Any]:
         """The flat form ``{"method": ..., **params}``."""
@@ -210,16 +212,17 @@ class Recipe(BaseModel):
 
     def plan(self) -> list[tuple[Method, Any]]:
         """The steps that run at this scheme, in order, with their configs: activation-only steps are
-        dropped at float activations, and the scheme's default activation quantizer is added when the
-        activations are quantized and no step of its stage is listed."""
-        act_bits = self.scheme.activation_bits
-        steps = [s for s in self.steps if act_bits is not None or not s.registered.activation_only]
-        planned = [(s.registered, s.config(self.seed, act_bits)) for s in steps]
-        if act_bits is not None:
-            stages = {method.stage for method, _ in planned}
-            for method in _scheme_defaults():
-                if method.stage not in stages:
-                    planned.append((method, method.configure({}, BindContext(self.seed, act_bits))))
+        dropped at float activations and attention-only ones at float attention, and the scheme's default
+        quantizers (activations, attention) are added when their width is quantized and no step of the same
+        stage and width is listed."""
+        act_bits, attn_bits = self.scheme.activation_bits, self.scheme.attention_bits
+        steps = [s for s in self.steps if s.registered.runs_at(act_bits, attn_bits)]
+        planned = [(s.registered, s.config(self.seed, act_bits, attn_bits)) for s in steps]
+        listed = {(method.stage, method.attention_only) for method, _ in planned}
+        context = BindContext(self.seed, act_bits, attn_bits)
+        for method in _scheme_defaults():
+            if method.runs_at(act_bits, attn_bits) and (method.stage, method.attention_only) not in listed:
+                planned.append((method, method.configure({}, context)))
         return sorted(planned, key=lambda mc: mc[0].stage.rank)
 
     # ----- derived views ---------------------------------------------------------------------------
@@ -285,7 +288,8 @@ def _check_wrapping(planned: list[tuple[Method, Any]]) -> None:
     for i, (later, later_config) in enumerate(planned):
         plain = later.needs(later_config).plain
         for earlier, earlier_config in planned[:i]:
-            clash = sorted(plain & earlier.writes(earlier_config).wraps)
+            wrapped = earlier.writes(earlier_config).wraps
+            clash = [role for role in LINEAR_ROLES if role in plain & wrapped]
             if clash:
                 raise ValueError(
                     f"{later.name} cannot follow {earlier.name}: {earlier.name} wraps the {', '.join(clash)} "

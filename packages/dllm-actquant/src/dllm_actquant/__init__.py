@@ -20,6 +20,16 @@ from dllm_actquant.act_quant import (
     quantize_activation,
 )
 from dllm_actquant.apply import quantize_activations
+from dllm_actquant.attention import (
+    ATTENTION_SITES,
+    AttnQuantConfig,
+    QKHadamard,
+    QKQuant,
+    attach_attention_quantizers,
+    attention_site_summary,
+    fake_quantize_heads,
+    rotate_qk,
+)
 from dllm_actquant.capture import CapturedInputs, capture_inputs
 from dllm_actquant.duquant import (
     DUQUANT_SITES,
@@ -44,10 +54,18 @@ from dllm_actquant.iaaq import (
 from dllm_actquant.linear import ActQuantLinear
 from dllm_actquant.methods import DUQUANT_SAMPLE_TOKENS, READER_ROLES, float_block_inputs
 from dllm_actquant.metrics import channel_spread, outlier_ratio, range_imbalance
-from dllm_actquant.quarot import QuaRotConfig, QuaRotResult, apply_quarot, check_quarot_sizes
+from dllm_actquant.quarot import (
+    QuaRotConfig,
+    QuaRotResult,
+    apply_quarot,
+    check_quarot_sizes,
+    head_mixing_matrix,
+    quarot_wrapped_roles,
+)
 from dllm_actquant.rotation import (
     BlockRotation,
     HadamardRotation,
+    HeadRotation,
     InputRotation,
     OnlineHadamard,
     OnlineRotation,
@@ -65,6 +83,7 @@ from dllm_actquant.vquant import (
 )
 
 __all__ = [
+    "ATTENTION_SITES",
     "DUQUANT_SAMPLE_TOKENS",
     "DUQUANT_SITES",
     "QUANTIZED_ATTR",
@@ -72,17 +91,21 @@ __all__ = [
     "RUNTIME_FORMAT",
     "ActQuantConfig",
     "ActQuantLinear",
+    "AttnQuantConfig",
     "BlockRotation",
     "CapturedInputs",
     "DuQuantConfig",
     "DuQuantResult",
     "HadamardRotation",
+    "HeadRotation",
     "IAAQAccumulator",
     "IAAQConfig",
     "IAAQResult",
     "InputRotation",
     "OnlineHadamard",
     "OnlineRotation",
+    "QKHadamard",
+    "QKQuant",
     "QuaRotConfig",
     "QuaRotResult",
     "RuntimeState",
@@ -97,7 +120,9 @@ __all__ = [
     "apply_duquant",
     "apply_quarot",
     "apply_smoothquant",
+    "attach_attention_quantizers",
     "attach_v_quantizers",
+    "attention_site_summary",
     "calibrate_iaaq",
     "capture_inputs",
     "channel_spread",
@@ -106,18 +131,22 @@ __all__ = [
     "duquant_rotation",
     "effective_block_size",
     "fake_quantize_activation",
+    "fake_quantize_heads",
     "fake_quantize_v",
     "float_block_inputs",
     "fold_rotation",
     "greedy_block_rotation",
+    "head_mixing_matrix",
     "is_quantized",
     "mark_quantized",
     "outlier_ratio",
     "quantize_activation",
     "quantize_activations",
+    "quarot_wrapped_roles",
     "random_hadamard",
     "range_imbalance",
     "restore_wrappers",
+    "rotate_qk",
     "search_v_quant",
     "smoothquant_scales",
     "stripped_wrappers",

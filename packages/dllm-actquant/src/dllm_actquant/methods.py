@@ -9,7 +9,10 @@ method, each with its pipeline step:
 * ``iaaq``: DLLMQuant's attention-weighted search of the V quantizer (stage ``act_calibration``), attached
   once the block's weights are quantized;
 * ``act_quant``: dynamic per-token activation quantization of the block linears (stage ``activations``),
-  at the scheme's activation width; a scheme with quantized activations implies it.
+  at the scheme's activation width; a scheme with quantized activations implies it;
+* ``attn_quant``: dynamic quantization of the attention's Q and K (after RoPE) and V (stage
+  ``activations``), at the scheme's attention width; a scheme with quantized attention (``W4A4``, not
+  ``W4A4KV16``) implies it with all three sites.
 """
 
 from __future__ import annotations
@@ -36,9 +39,10 @@ from dllm_sampler import LINEAR_ROLES, DiffusionLM
 
 from dllm_actquant.act_quant import ActQuantConfig
 from dllm_actquant.apply import quantize_activations
+from dllm_actquant.attention import AttnQuantConfig, attach_attention_quantizers
 from dllm_actquant.duquant import DUQUANT_SITES, DuQuantConfig, apply_duquant
 from dllm_actquant.iaaq import IAAQConfig, VOutputCollector, calibrate_iaaq
-from dllm_actquant.quarot import QuaRotConfig, apply_quarot, check_quarot_sizes
+from dllm_actquant.quarot import QuaRotConfig, apply_quarot, check_quarot_sizes, quarot_wrapped_roles
 from dllm_actquant.smoothquant import SmoothQuantConfig, apply_smoothquant
 from dllm_actquant.vquant import attach_v_quantizers
 
@@ -122,6 +126,26 @@ def _act_quant_step(context: MethodContext, config: ActQuantConfig) -> list[LogR
     return rows
 
 
+def _attn_quant_step(context: MethodContext, config: AttnQuantConfig) -> list[LogRow]:
+    rows: list[LogRow] = []
+    for index in context.blocks:
+        start = time.perf_counter()
+        names = attach_attention_quantizers(context.dlm, config, blocks=[index])
+        seconds = (time.perf_counter() - start) / max(len(names), 1)
+        label = f"attn_quant({'/'.join(config.sites)} a{config.bits})"
+        rows += [LogRow(index, name, label, seconds=seconds) for name in names]
+    return rows
+
+
+def _bind_attn_quant(params: dict[str, Any], context: BindContext) -> AttnQuantConfig:
+    if "bits" in params:
+        raise ValueError(
+            "attn_quant takes its bits from the scheme (W4A4 quantizes Q/K/V to 4 bits, W4A4KV8 to 8, "
+            "W4A4KV16 keeps them in float); remove 'bits'"
+        )
+    return AttnQuantConfig.from_dict({**params, "bits": context.attention_bits or 8})
+
+
 def _bind_act_quant(params: dict[str, Any], context: BindContext) -> ActQuantConfig:
     allowed = {"symmetric", "clip_ratio"}
     unknown = sorted(set(params) - allowed)
@@ -152,9 +176,9 @@ register_method(
         stage=Stage.GLOBAL,
         config_cls=QuaRotConfig,
         apply=_quarot_step,
-        summary="QuaRot: Hadamard rotations of the residual stream (R1), values (R2), down input (R4)",
+        summary="QuaRot: Hadamard rotations of the residual (R1), values (R2), q/k (R3), o/down inputs (R4)",
         needs=lambda config: Needs(plain=_ALL),
-        writes=lambda config: Writes(weights=_ALL, wraps=frozenset({"down"} if config.online_down else ())),
+        writes=lambda config: Writes(weights=_ALL, wraps=quarot_wrapped_roles(config)),
         check_model=_check_quarot_model,
     )
 )
@@ -198,6 +222,19 @@ register_method(
         writes=lambda config: Writes(wraps=frozenset({"v"})),
         bind=_bind_iaaq,
         activation_only=True,
+    )
+)
+register_method(
+    Method(
+        name="attn_quant",
+        stage=Stage.ACTIVATIONS,
+        config_cls=AttnQuantConfig,
+        apply=_attn_quant_step,
+        summary="dynamic quantization of the attention's Q, K (after RoPE) and V at the attention width",
+        writes=lambda config: Writes(wraps=frozenset({"v"} if "v" in config.sites else ())),
+        bind=_bind_attn_quant,
+        attention_only=True,
+        scheme_default=True,
     )
 )
 register_method(

@@ -9,6 +9,8 @@ linear in `OnlineRotation`, which computes ``inner(x M)``. Two rotations exist:
   an `ActQuantLinear` on the integer kernel path, rotation and quantization run as one fused
   ``dllm_kernels.hadamard_quantize_per_token`` call.
 * `BlockRotation`: DuQuant's sequence of block-diagonal rotations ``[nb, b, b]`` and channel permutations.
+* `HeadRotation`: ``x @ (C kron I_Dh)`` for a ``[H, H]`` orthogonal ``C``, mixing attention heads channel by
+  channel (QuaRot's online cross-head Hadamard on the o-projection input).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dllm_actquant.hadamard import check_hadamard_size
 __all__ = [
     "BlockRotation",
     "HadamardRotation",
+    "HeadRotation",
     "InputRotation",
     "OnlineHadamard",
     "OnlineRotation",
@@ -126,6 +129,45 @@ class BlockRotation(InputRotation):
 
     def extra_repr(self) -> str:
         return f"size={self.size}, steps={self.kinds}"
+
+
+class HeadRotation(InputRotation):
+    """``x @ (C kron I_Dh)`` on ``x [..., H * Dh]``: channel ``d`` of head ``g`` of the output is
+    ``sum_h x[h, d] C[h, g]``.
+
+    Args:
+        matrix: orthogonal ``[H, H]`` (stored float64 as the buffer ``mixing``; the forward computes in at
+            least float32).
+        head_dim: ``Dh``, the channels of one head.
+    """
+
+    def __init__(self, matrix: Tensor, head_dim: int) -> None:
+        super().__init__()
+        if matrix.dim() != 2 or matrix.shape[0] != matrix.shape[1]:
+            raise ValueError(f"HeadRotation needs a square [H, H] matrix, got {tuple(matrix.shape)}")
+        if not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"HeadRotation head_dim must be a positive int, got {head_dim!r}")
+        eye = torch.eye(matrix.shape[0], dtype=torch.float64, device=matrix.device)
+        c = matrix.detach().to(torch.float64)
+        if not torch.allclose(c @ c.T, eye, atol=1e-6):
+            raise ValueError("HeadRotation matrix is not orthogonal (C @ C^T != I)")
+        self.register_buffer("mixing", c.clone())
+        self.heads = int(matrix.shape[0])
+        self.head_dim = head_dim
+        self.size = self.heads * head_dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-1] != self.size:
+            raise ValueError(
+                f"HeadRotation({self.heads} x {self.head_dim}) got an input with last dim {x.shape[-1]}"
+            )
+        compute = torch.promote_types(x.dtype, torch.float32)
+        y = x.to(compute).reshape(*x.shape[:-1], self.heads, self.head_dim)
+        y = torch.einsum("...hd,hg->...gd", y, self.mixing.to(device=y.device, dtype=compute))
+        return y.reshape(x.shape).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"heads={self.heads}, head_dim={self.head_dim}"
 
 
 class RotationAware(nn.Module):

@@ -1,19 +1,25 @@
 """The run-time wrappers of a quantized model as data: what a weight checkpoint cannot express.
 
 Around the block linears of a quantized model sit modules that hold no weight of their own format:
-online input rotations (`OnlineRotation`: QuaRot's Hadamard R4, DuQuant's block rotations, whose weights
-already absorbed them), dynamic activation quantizers (`ActQuantLinear` in fake mode) and V quantizers
-(`VQuantOutput`). They nest in one order, outermost first: V quantizer, online rotation, activation
-quantizer, the layer holding the weight.
+online input rotations (`OnlineRotation`: QuaRot's Hadamard R4 and cross-head o rotation, DuQuant's block
+rotations, whose weights already absorbed them), dynamic activation quantizers (`ActQuantLinear` in fake
+mode) and V quantizers (`VQuantOutput`). They nest in one order, outermost first: V quantizer, online
+rotation, activation quantizer, the layer holding the weight. Each block's q/k site (``QKSite``) may be
+wrapped too: R3's `QKHadamard` and the Q/K quantizer `QKQuant`.
 
 `stripped_wrappers` takes them off for the ``with`` body (so a weight exporter sees plain layers) and
 yields a `RuntimeState`: a JSON-ready record plus the tensors it names (rotation steps, V ranges).
-`restore_wrappers` puts the same wrappers back on a loaded model. Record layout (``format`` 1)::
+`restore_wrappers` puts the same wrappers back on a loaded model. Record layout (``format`` 2)::
 
-    {"format": 1,
-     "linears": {name: {"rotation": {"kind": "hadamard", "size": n} | {"kind": "block", "steps": [keys]},
+    {"format": 2,
+     "linears": {name: {"rotation": {"kind": "hadamard", "size": n} | {"kind": "block", "steps": [keys]}
+                                    | {"kind": "heads", "head_dim": dh, "matrix": key},
                         "activations": ActQuantConfig fields}},
-     "vquant": {"config": VQuantConfig fields, "blocks": {index: {"alpha" | "lo" | "hi": key}}} | null}
+     "vquant": {"config": VQuantConfig fields, "blocks": {index: {"alpha" | "lo" | "hi": key}}} | null,
+     "attention": {qk site name: [{"hadamard": head_dim} | {"quant": AttnQuantConfig fields}, ...]}}
+
+The ``attention`` list is outermost first. Format 1 (written before q/k sites existed) is the same without
+``attention`` and is still read.
 
 A rotation shared by several linears (DuQuant's one rotation for q, k and v) is recorded once per linear
 with the same tensor keys and shared again when restored.
@@ -31,14 +37,22 @@ from dllm_sampler import DiffusionLM
 from torch import Tensor, nn
 
 from dllm_actquant.act_quant import ActQuantConfig
+from dllm_actquant.attention import AttnQuantConfig, QKHadamard, QKQuant
 from dllm_actquant.linear import ActQuantLinear
 from dllm_actquant.modules import replace_module
-from dllm_actquant.rotation import BlockRotation, HadamardRotation, InputRotation, OnlineRotation
+from dllm_actquant.rotation import (
+    BlockRotation,
+    HadamardRotation,
+    HeadRotation,
+    InputRotation,
+    OnlineRotation,
+)
 from dllm_actquant.vquant import VQuantConfig, VQuantOutput, VQuantParams, attach_v_quantizers
 
 __all__ = ["RUNTIME_FORMAT", "RuntimeState", "restore_wrappers", "stripped_wrappers"]
 
-RUNTIME_FORMAT = 1
+RUNTIME_FORMAT = 2
+_READABLE_FORMATS = (1, 2)
 
 
 @dataclass
@@ -50,7 +64,7 @@ class RuntimeState:
     tensors: dict[str, Tensor] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.record.get("linears")) or bool(self.record.get("vquant"))
+        return any(bool(self.record.get(key)) for key in ("linears", "vquant", "attention"))
 
 
 class _Rotations:
@@ -70,6 +84,10 @@ class _Rotations:
             for key, step in zip(keys, rotation.steps(), strict=True):
                 self.tensors[key] = step.detach().cpu().contiguous()
             record = {"kind": "block", "steps": keys}
+        elif isinstance(rotation, HeadRotation):
+            key = f"{name}.rotation.matrix"
+            self.tensors[key] = rotation.mixing.detach().cpu().contiguous()
+            record = {"kind": "heads", "head_dim": rotation.head_dim, "matrix": key}
         else:
             raise ValueError(f"{name}: cannot record an online rotation of type {type(rotation).__name__}")
         self.seen[id(rotation)] = record
@@ -113,6 +131,18 @@ def _vquant_record(wrappers: dict[int, VQuantOutput], tensors: dict[str, Tensor]
     return {"config": next(iter(wrappers.values())).config.to_dict(), "blocks": blocks}
 
 
+def _peel_site(module: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The bare q/k site inside ``module`` and its wrappers' records, outermost first."""
+    chain: list[dict[str, Any]] = []
+    while isinstance(module, QKQuant | QKHadamard):
+        if isinstance(module, QKQuant):
+            chain.append({"quant": module.config.to_dict()})
+        else:
+            chain.append({"hadamard": module.head_dim})
+        module = module.inner
+    return module, chain
+
+
 @contextmanager
 def stripped_wrappers(dlm: DiffusionLM) -> Iterator[RuntimeState]:
     """Inside the ``with`` body every block linear name of ``dlm`` holds its innermost layer; yields the
@@ -123,6 +153,7 @@ def stripped_wrappers(dlm: DiffusionLM) -> Iterator[RuntimeState]:
     vquant: dict[int, VQuantOutput] = {}
     wrapped: dict[str, nn.Module] = {}
     linears: dict[str, Any] = {}
+    attention: dict[str, list[dict[str, Any]]] = {}
     try:
         for block in dlm.topology:
             for name in block.linear_names():
@@ -133,10 +164,18 @@ def stripped_wrappers(dlm: DiffusionLM) -> Iterator[RuntimeState]:
                     replace_module(root, name, inner)
                 if entry:
                     linears[name] = entry
+            site_name = block.names["qk"]
+            outer = root.get_submodule(site_name)
+            site, chain = _peel_site(outer)
+            if chain:
+                wrapped[site_name] = outer
+                replace_module(root, site_name, site)
+                attention[site_name] = chain
         state.record = {
             "format": RUNTIME_FORMAT,
             "linears": linears,
             "vquant": _vquant_record(vquant, state.tensors),
+            "attention": attention,
         }
         yield state
     finally:
@@ -147,6 +186,8 @@ def stripped_wrappers(dlm: DiffusionLM) -> Iterator[RuntimeState]:
 def _rotation(record: dict[str, Any], tensors: dict[str, Tensor]) -> InputRotation:
     if record["kind"] == "hadamard":
         return HadamardRotation(int(record["size"]))
+    if record["kind"] == "heads":
+        return HeadRotation(tensors[record["matrix"]], int(record["head_dim"]))
     return BlockRotation([tensors[key] for key in record["steps"]])
 
 
@@ -156,10 +197,10 @@ def restore_wrappers(dlm: DiffusionLM, record: dict[str, Any], tensors: dict[str
     Raises:
         ValueError: a record of another format.
     """
-    if record.get("format") != RUNTIME_FORMAT:
+    if record.get("format") not in _READABLE_FORMATS:
         raise ValueError(
-            f"unsupported runtime format {record.get('format')!r} (this version reads {RUNTIME_FORMAT}); "
-            "re-export the checkpoint with this version of dllmq"
+            f"unsupported runtime format {record.get('format')!r} (this version reads formats "
+            f"{list(_READABLE_FORMATS)}); re-export the checkpoint with this version of dllmq"
         )
     root = dlm.model
     shared: dict[str, InputRotation] = {}
@@ -181,4 +222,12 @@ def restore_wrappers(dlm: DiffusionLM, record: dict[str, Any], tensors: dict[str
             for index, keys in vquant["blocks"].items()
         }
         attach_v_quantizers(dlm, config, params)
+    for name, chain in (record.get("attention") or {}).items():
+        site = root.get_submodule(name)
+        for entry in reversed(chain):
+            if "hadamard" in entry:
+                site = QKHadamard(site, int(entry["hadamard"]))
+            else:
+                site = QKQuant(site, AttnQuantConfig.from_dict(entry["quant"]))
+        replace_module(root, name, site)
     return dlm

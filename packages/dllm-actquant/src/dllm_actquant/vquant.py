@@ -4,7 +4,9 @@
 
 * ``"head"``: static, one (scale, zero) per kv head from the calibrated range ``[lo_k, hi_k]``;
 * ``"channel"``: static, one per (kv head, channel) from ``[lo_kd, hi_kd]``;
-* ``"token"``: dynamic, one per (token, kv head) row of Dh values, from the row's own min/max.
+* ``"token"``: dynamic, one per (token, kv head) row of Dh values, from the row's own min/max;
+* ``"row"``: dynamic, one per token over all ``K * Dh`` values (QuaRot's ``v_groupsize=-1``); the clip
+  factor must then be the same for every head.
 
 Each kv head ``k`` has a clip factor ``alpha_k`` (searched by IA-AQ, `calibrate_iaaq`): the range used is
 ``alpha_k * [lo, hi]``, i.e. the scale is ``alpha_k`` times the min-max scale and the zero point is
@@ -46,28 +48,29 @@ class VQuantConfig(MethodConfig):
     Attributes:
         bits: 2, 3, 4 or 8.
         symmetric: signed codes without zero point; the default asymmetric min-max grid is IA-AQ's.
-        granularity: ``"head"`` (static per kv head), ``"channel"`` (static per kv head and channel) or
-            ``"token"`` (dynamic per token and kv head).
+        granularity: ``"head"`` (static per kv head), ``"channel"`` (static per kv head and channel),
+            ``"token"`` (dynamic per token and kv head) or ``"row"`` (dynamic per token, all heads).
     """
 
     bits: int = 8
     symmetric: bool = False
-    granularity: Literal["head", "channel", "token"] = "head"
+    granularity: Literal["head", "channel", "token", "row"] = "head"
 
     def validate(self) -> None:
         if isinstance(self.bits, bool) or self.bits not in V_BITS:
             raise ValueError(f"VQuantConfig.bits must be one of {V_BITS}, got {self.bits!r}")
         if not isinstance(self.symmetric, bool):
             raise ValueError(f"VQuantConfig.symmetric must be a bool, got {self.symmetric!r}")
-        if self.granularity not in ("head", "channel", "token"):
+        if self.granularity not in ("head", "channel", "token", "row"):
             raise ValueError(
-                f"VQuantConfig.granularity must be 'head', 'channel' or 'token', got {self.granularity!r}"
+                "VQuantConfig.granularity must be 'head', 'channel', 'token' or 'row', "
+                f"got {self.granularity!r}"
             )
 
     @property
     def static(self) -> bool:
         """True when the ranges come from calibration (head, channel)."""
-        return self.granularity != "token"
+        return self.granularity in ("head", "channel")
 
 
 @dataclass
@@ -91,6 +94,10 @@ class VQuantParams:
             )
         if not bool(((self.alpha > 0) & (self.alpha <= 1)).all()):
             raise ValueError("VQuantParams.alpha entries must be in (0, 1]")
+        if config.granularity == "row" and not bool((self.alpha == self.alpha[0]).all()):
+            raise ValueError(
+                "'row' V quantization has one range per token, so alpha must be equal for all heads"
+            )
         if not config.static:
             return
         want = (num_kv_heads,) if config.granularity == "head" else (num_kv_heads, head_dim)
@@ -113,7 +120,10 @@ def fake_quantize_v(v: Tensor, params: VQuantParams, config: VQuantConfig, num_k
     x = v.reshape(*shape[:-1], num_kv_heads, head_dim)
     params.check(config, num_kv_heads, head_dim)
     alpha = params.alpha.to(device=v.device, dtype=torch.float32)[:, None]
-    if config.granularity == "token":
+    if config.granularity == "row":
+        x = v.reshape(*shape[:-1], 1, shape[-1])
+        alpha = alpha[:1]
+    if config.granularity in ("token", "row"):
         lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
     else:
         assert params.lo is not None and params.hi is not None  # params.check requires them

@@ -25,7 +25,7 @@ from dllm_sampler.models.spec import ArchSpec, spec_for_model
 
 __all__ = ["INPUT_GROUPS", "LINEAR_ROLES", "BlockTopology", "Topology", "weight_holder"]
 
-_ROLES = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
+_ROLES = ("attn_norm", "q", "k", "v", "qk", "o", "mlp_norm", "gate", "up", "down")
 LINEAR_ROLES = ("q", "k", "v", "o", "gate", "up", "down")
 """The roles of a block's linears, in forward order."""
 INPUT_GROUPS: tuple[tuple[str, ...], ...] = (("q", "k", "v"), ("o",), ("gate", "up"), ("down",))
@@ -50,7 +50,8 @@ class BlockTopology:
     model: nn.Module = field(repr=False, compare=False)
 
     def module(self, role: str) -> nn.Module:
-        """The module playing ``role`` (one of attn_norm, q, k, v, o, mlp_norm, gate, up, down)."""
+        """The module playing ``role`` (one of attn_norm, q, k, v, qk, o, mlp_norm, gate, up, down; ``qk``
+        is the attention's query/key site after RoPE, ``dllm_sampler.models.layers.QKSite``)."""
         if role not in self.names:
             raise KeyError(f"unknown block role {role!r}; roles are {list(_ROLES)}")
         return self.model.get_submodule(self.names[role])

@@ -149,10 +149,13 @@ class BindContext:
     Attributes:
         seed: the recipe seed (fills a config's ``seed`` field when the recipe leaves it out).
         activation_bits: the scheme's activation width (4 or 8), None when activations stay in float.
+        attention_bits: the width of the attention activations (Q, K after RoPE, V), None when they stay
+            in float.
     """
 
     seed: int = 0
     activation_bits: int | None = None
+    attention_bits: int | None = None
 
 
 def _no_needs(config: Any) -> Needs:
@@ -197,8 +200,11 @@ class Method:
         bind: ``bind(params, context) -> config`` from a recipe step's parameters (default
             `bind_fields`).
         activation_only: the step runs only when the scheme quantizes activations (skipped at A16).
-        scheme_default: added with default parameters when the scheme quantizes activations and the recipe
-            lists no step of this method's stage (the dynamic activation quantizer).
+        attention_only: the step runs only when the scheme quantizes the attention activations (skipped at
+            A16 and at ``KV16``).
+        scheme_default: added with default parameters when the scheme quantizes its width (activations, or
+            attention for an ``attention_only`` method) and the recipe lists no step of this method's stage
+            and width (the dynamic activation quantizer, the attention quantizer).
     """
 
     name: str
@@ -212,6 +218,7 @@ class Method:
     check_model: Callable[[Any, DiffusionLM], None] = _fits_any_model
     bind: Callable[[dict[str, Any], BindContext], Any] | None = None
     activation_only: bool = False
+    attention_only: bool = False
     scheme_default: bool = False
 
     def __post_init__(self) -> None:
@@ -224,8 +231,20 @@ class Method:
                 f"method {self.name!r}: config_cls must be a dataclass deriving from "
                 f"dllm_calib.MethodConfig, got {self.config_cls!r}"
             )
-        if self.scheme_default and not self.activation_only:
-            raise ValueError(f"method {self.name!r}: a scheme default must be activation_only")
+        if self.scheme_default and not (self.activation_only or self.attention_only):
+            raise ValueError(
+                f"method {self.name!r}: a scheme default must be activation_only or attention_only"
+            )
+        if self.activation_only and self.attention_only:
+            raise ValueError(f"method {self.name!r}: activation_only and attention_only exclude each other")
+
+    def runs_at(self, activation_bits: int | None, attention_bits: int | None) -> bool:
+        """False when the method's width stays in float at this scheme (its step is then dropped)."""
+        if self.activation_only:
+            return activation_bits is not None
+        if self.attention_only:
+            return attention_bits is not None
+        return True
 
     def configure(self, params: dict[str, Any], context: BindContext | None = None) -> Any:
         """The config of this method for a recipe step's ``params`` (validated by the config class).

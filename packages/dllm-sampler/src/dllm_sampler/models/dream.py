@@ -20,13 +20,13 @@ import torch
 from torch import Tensor, nn
 
 from dllm_sampler.config import DreamConfig
-from dllm_sampler.models.layers import BlockParts, RMSNorm, decoder_forward, embedding, init_weights
+from dllm_sampler.models.layers import BlockParts, QKSite, RMSNorm, decoder_forward, embedding, init_weights
 
 __all__ = ["DreamAttention", "DreamBaseModel", "DreamDecoderLayer", "DreamMLP", "DreamModel"]
 
 
 class DreamAttention(nn.Module):
-    """q/k/v projections with bias (GQA: k/v have K heads), o_proj without bias."""
+    """q/k/v projections with bias (GQA: k/v have K heads), the `QKSite` ``qk_site``, o_proj without bias."""
 
     def __init__(self, config: DreamConfig) -> None:
         super().__init__()
@@ -34,6 +34,7 @@ class DreamAttention(nn.Module):
         self.q_proj = nn.Linear(d.hidden_size, d.num_heads * d.head_dim, bias=True)
         self.k_proj = nn.Linear(d.hidden_size, d.num_kv_heads * d.head_dim, bias=True)
         self.v_proj = nn.Linear(d.hidden_size, d.num_kv_heads * d.head_dim, bias=True)
+        self.qk_site = QKSite()
         self.o_proj = nn.Linear(d.num_heads * d.head_dim, d.hidden_size, bias=False)
 
 
@@ -66,6 +67,7 @@ class DreamDecoderLayer(nn.Module):
             q=self.self_attn.q_proj,
             k=self.self_attn.k_proj,
             v=self.self_attn.v_proj,
+            qk=self.self_attn.qk_site,
             o=self.self_attn.o_proj,
             mlp_norm=self.post_attention_layernorm,
             gate=self.mlp.gate_proj,

@@ -22,6 +22,7 @@ from dllm_sampler.config import ModelDims
 __all__ = [
     "AttentionContext",
     "BlockParts",
+    "QKSite",
     "RMSNorm",
     "apply_rope",
     "attention_context",
@@ -96,6 +97,18 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return (xc * cos + rotated * sin).to(x.dtype)
 
 
+class QKSite(nn.Module):
+    """The attention's query/key site after RoPE: ``forward(q [B, H, L, Dh], k [B, K, L, Dh]) -> (q, k)``.
+
+    The identity in a float model. It exists so that transforms and quantizers can act on the rotated
+    queries and keys (QuaRot's R3 Hadamard, K and Q quantization) by wrapping it, the way linear inputs are
+    reached by wrapping linears; it holds no parameters, so checkpoints do not see it.
+    """
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        return q, k
+
+
 @dataclass(frozen=True)
 class AttentionContext:
     """Per-forward inputs shared by all blocks: RoPE tables [B,1,L,Dh] and the key mask [B,1,1,L] or None."""
@@ -135,11 +148,13 @@ def self_attention(
     o_proj: nn.Linear,
     dims: ModelDims,
     ctx: AttentionContext,
+    qk_site: nn.Module | None = None,
 ) -> Tensor:
     """Bidirectional multi-head attention with GQA: h [B, L, D] -> [B, L, D].
 
     Key/value head j serves query heads j*G .. (j+1)*G - 1 (G = H / K), as in Qwen2's repeat_kv.
-    Padded keys (ctx.key_mask False) receive no attention; scores are scaled by 1/sqrt(Dh).
+    Padded keys (ctx.key_mask False) receive no attention; scores are scaled by 1/sqrt(Dh). ``qk_site``
+    (a `QKSite` or a wrapper of one) sees q and k after RoPE, before the kv heads are repeated.
     """
     b, n, _ = h.shape
     hd = dims.head_dim
@@ -147,6 +162,8 @@ def self_attention(
     k = k_proj(h).view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
     v = v_proj(h).view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
     q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+    if qk_site is not None:
+        q, k = qk_site(q, k)
     if dims.gqa_groups > 1:
         k = k.repeat_interleave(dims.gqa_groups, dim=1)
         v = v.repeat_interleave(dims.gqa_groups, dim=1)
@@ -167,6 +184,7 @@ class BlockParts:
     q: nn.Linear
     k: nn.Linear
     v: nn.Linear
+    qk: nn.Module
     o: nn.Linear
     mlp_norm: RMSNorm
     gate: nn.Linear
@@ -176,7 +194,7 @@ class BlockParts:
 
 def block_forward(x: Tensor, parts: BlockParts, dims: ModelDims, ctx: AttentionContext) -> Tensor:
     """x + attn(attn_norm(x)), then + mlp(mlp_norm(.)): [B, L, D] -> [B, L, D]."""
-    x = x + self_attention(parts.attn_norm(x), parts.q, parts.k, parts.v, parts.o, dims, ctx)
+    x = x + self_attention(parts.attn_norm(x), parts.q, parts.k, parts.v, parts.o, dims, ctx, parts.qk)
     return x + gated_mlp(parts.mlp_norm(x), parts.gate, parts.up, parts.down)
 
 

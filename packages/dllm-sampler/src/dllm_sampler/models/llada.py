@@ -21,13 +21,14 @@ import torch
 from torch import Tensor, nn
 
 from dllm_sampler.config import LLaDAConfig
-from dllm_sampler.models.layers import BlockParts, RMSNorm, decoder_forward, embedding, init_weights
+from dllm_sampler.models.layers import BlockParts, QKSite, RMSNorm, decoder_forward, embedding, init_weights
 
 __all__ = ["LLaDABlock", "LLaDAModel", "LLaDAModelLM"]
 
 
 class LLaDABlock(nn.Module):
-    """One LLaDALlamaBlock: flat attn_norm/q_proj/k_proj/v_proj/attn_out/ff_norm/ff_proj/up_proj/ff_out."""
+    """One LLaDALlamaBlock: flat attn_norm/q_proj/k_proj/v_proj/attn_out/ff_norm/ff_proj/up_proj/ff_out,
+    plus the parameter-free `QKSite` ``qk_site``."""
 
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__()
@@ -36,6 +37,7 @@ class LLaDABlock(nn.Module):
         self.q_proj = nn.Linear(d.hidden_size, d.num_heads * d.head_dim, bias=d.qkv_bias)
         self.k_proj = nn.Linear(d.hidden_size, d.num_kv_heads * d.head_dim, bias=d.qkv_bias)
         self.v_proj = nn.Linear(d.hidden_size, d.num_kv_heads * d.head_dim, bias=d.qkv_bias)
+        self.qk_site = QKSite()
         self.attn_out = nn.Linear(d.num_heads * d.head_dim, d.hidden_size, bias=False)
         self.ff_norm = RMSNorm(d.hidden_size, d.rms_norm_eps)
         self.ff_proj = nn.Linear(d.hidden_size, d.intermediate_size, bias=False)
@@ -49,6 +51,7 @@ class LLaDABlock(nn.Module):
             q=self.q_proj,
             k=self.k_proj,
             v=self.v_proj,
+            qk=self.qk_site,
             o=self.attn_out,
             mlp_norm=self.ff_norm,
             gate=self.ff_proj,

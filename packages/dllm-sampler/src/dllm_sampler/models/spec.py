@@ -43,6 +43,7 @@ class TopologyNames:
     q: str
     k: str
     v: str
+    qk: str
     o: str
     mlp_norm: str
     gate: str
@@ -120,6 +121,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             q="q_proj",
             k="k_proj",
             v="v_proj",
+            qk="qk_site",
             o="attn_out",
             mlp_norm="ff_norm",
             gate="ff_proj",
@@ -152,6 +154,7 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             q="self_attn.q_proj",
             k="self_attn.k_proj",
             v="self_attn.v_proj",
+            qk="self_attn.qk_site",
             o="self_attn.o_proj",
             mlp_norm="post_attention_layernorm",
             gate="mlp.gate_proj",
