@@ -74,7 +74,14 @@ def build_model(
     dlm = DiffusionLM.from_config(
         tiny_config(arch, hidden, heads, kv_heads, mlp, layers), seed=seed, dtype=dtype
     )
-    g = torch.Generator().manual_seed(seed + 1000)
+    randomize_parameters(dlm, seed + 1000)
+    return dlm
+
+
+def randomize_parameters(dlm: DiffusionLM, seed: int) -> None:
+    """Random weights ``N(0, 1/in)``, embeddings ``N(0, 1)``, biases ``N(0, 0.01)`` and RMSNorm gains in
+    [0.75, 1.25], in place."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in dlm.model.named_parameters():
             if name.endswith("bias"):
@@ -85,7 +92,6 @@ def build_model(
                 p.copy_(torch.randn(p.shape, generator=g))
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
-    return dlm
 
 
 def inject_outliers(dlm: DiffusionLM, channels: int = 4, factor: float = 30.0, seed: int = 0) -> None:
@@ -125,6 +131,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.fixture(scope="session")
 def make_model() -> Callable[..., DiffusionLM]:
     return build_model
+
+
+@pytest.fixture(scope="session")
+def randomize() -> Callable[[DiffusionLM, int], None]:
+    return randomize_parameters
 
 
 @pytest.fixture(scope="session")

@@ -73,7 +73,7 @@ def test_static_quantization_after_a_rotation(make_model, batches, relerr) -> No
     with torch.no_grad():
         ref = [dlm.logits(x) for x in data]
         stats = capture_inputs(dlm, data, dlm.topology.linear_names()).absmax
-        apply_smoothquant(dlm, stats, SmoothQuantConfig(up_down=True))
+        apply_smoothquant(dlm, stats, SmoothQuantConfig(pairs=("attn", "mlp", "down")))
         apply_quarot(dlm, QuaRotConfig(rotate_residual=False, rotate_vo=False))
         targets = dlm.topology.weight_holders()
         assert targets[dlm.topology.blocks[0].names["down"]].endswith(".inner")

@@ -19,6 +19,7 @@ from dllm_actquant import (
     zigzag_permutation,
 )
 from dllm_actquant.duquant import _spreading_base
+from dllm_actquant.smoothquant import input_scale
 from hypothesis import given
 
 
@@ -96,7 +97,32 @@ def test_duquant_keeps_logits_fp64(make_model, batches, relerr, arch, seed, bloc
         for x, r in zip(data, ref, strict=True):
             assert relerr(dlm.logits(x), r) < 1e-9
     assert len(result.rotations) == 4 * len(dlm.topology)
+    assert len(result.scales) == (4 * len(dlm.topology) if smooth else 0)
     assert all(isinstance(dlm.model.get_submodule(n), OnlineRotation) for n in dlm.topology.linear_names())
+
+
+def test_duquant_smooths_gqa_vo_on_the_kv_channels(make_model, batches) -> None:
+    """Dream (4 heads, 2 kv heads): the o site's scale has one entry per kv channel, and the o input the
+    rotation was built for is the float input divided by that scale repeated over each group's heads."""
+    dlm = make_model("dream")
+    data = batches(n=2)
+    b = dlm.topology.blocks[0]
+    with torch.no_grad():
+        cap = capture_inputs(dlm, data, dlm.topology.linear_names(), max_tokens=64)
+        result = apply_duquant(dlm, cap.samples, DuQuantConfig(block_size=32, max_rotation_step=4))
+        seen: list[torch.Tensor] = []  # the OnlineRotation's input: smoothed, not yet rotated
+        hook = b.o_proj.register_forward_pre_hook(
+            lambda m, inp: seen.append(inp[0].reshape(-1, inp[0].shape[-1]))
+        )
+        for x in data:
+            dlm.logits(x)
+        hook.remove()
+        after = torch.cat(seen).abs().amax(0)
+    s = result.scales["0.o"]
+    assert s.shape == (b.n_kv_heads * b.head_dim,) and float(s.log().abs().max()) > 0.1
+    expanded = s.view(b.n_kv_heads, 1, b.head_dim).expand(-1, b.gqa_groups, -1).reshape(-1)
+    torch.testing.assert_close(after, cap.absmax[b.names["o"]] / expanded)
+    torch.testing.assert_close(input_scale(b, "vo", s), expanded, rtol=0, atol=0)  # what the samples get
 
 
 def test_duquant_fp32(make_model, batches, relerr) -> None:

@@ -1,10 +1,11 @@
-"""RTN and the torch grid: bit-exact agreement with dllm_kernels, clip search, input validation."""
+"""RTN and the torch grid: bit-exact agreement with dllm_kernels, clip search and ratio, input validation."""
 
 from __future__ import annotations
 
 import dllm_kernels
 import pytest
 import torch
+from dllm_calib import get_method
 from dllm_kernels import QuantSpec, torch_grid
 from dllm_weightquant import ClipSearch, RTNConfig, rtn_quantize
 from dllm_weightquant.grid import search_params
@@ -71,6 +72,43 @@ def test_clip_search_helps_heavy_tailed_groups() -> None:
     plain = (rtn_quantize(w, None, spec).dequantize() - w).pow(2).sum()
     clipped = (rtn_quantize(w, None, spec, RTNConfig(ClipSearch())).dequantize() - w).pow(2).sum()
     assert clipped < 0.95 * plain
+
+
+@given(spec=specs, seed=st.integers(0, 2**31 - 1))
+def test_clip_ratio_one_is_todays_result(spec: QuantSpec, seed: int) -> None:
+    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(seed)) ** 3
+    q = rtn_quantize(w, None, spec, RTNConfig(clip_ratio=1.0))
+    codes, scale, zero = dllm_kernels.quantize(w, spec)
+    assert torch.equal(q.codes, codes) and torch.equal(q.scale, scale)
+    assert (q.zero is None and zero is None) or torch.equal(q.zero, zero)
+
+
+@given(spec=specs, seed=st.integers(0, 2**31 - 1), ratio=st.floats(0.05, 1.0))
+def test_clip_ratio_quantizes_with_the_cell_range_times_the_ratio(
+    spec: QuantSpec, seed: int, ratio: float
+) -> None:
+    """Codes, scales and zeros equal the plain grid built on each cell's ``[ratio * min, ratio * max]``."""
+    w = torch.randn(6, 32, generator=torch.Generator().manual_seed(seed)) + 0.3
+    cells = weight_cells(w, spec)
+    lo, hi = torch.aminmax(cells, dim=-1)
+    scale, zero = torch_grid.scale_zero(lo * ratio, hi * ratio, spec.bits, spec.symmetric)
+    zc = None if zero is None else zero[..., None]
+    codes = torch_grid.encode(cells, scale[..., None], zc, spec.bits).reshape(w.shape)
+    q = rtn_quantize(w, None, spec, RTNConfig(clip_ratio=ratio))
+    shape = q.scale.shape
+    if zero is not None:
+        codes, zero = torch_grid.to_unsigned(codes, zero.reshape(shape), spec.bits)
+        assert q.zero is not None and torch.equal(q.zero, zero)
+    assert torch.equal(q.codes, codes) and torch.equal(q.scale, scale.reshape(shape))
+
+
+def test_clip_ratio_errors_and_recipe_step() -> None:
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        RTNConfig(clip=ClipSearch(), clip_ratio=0.8)
+    for bad in (0.0, 1.5, True):
+        with pytest.raises(ValueError, match=r"RTNConfig\.clip_ratio must be a number in \(0.0, 1.0\]"):
+            RTNConfig(clip_ratio=bad)
+    assert get_method("rtn").configure({"clip_ratio": 0.8}) == RTNConfig(clip_ratio=0.8)
 
 
 def test_clip_ratios() -> None:

@@ -72,7 +72,13 @@ from dllm_actquant.rotation import (
     fold_rotation,
 )
 from dllm_actquant.runtime import RUNTIME_FORMAT, RuntimeState, restore_wrappers, stripped_wrappers
-from dllm_actquant.smoothquant import SmoothQuantConfig, apply_smoothquant, smoothquant_scales
+from dllm_actquant.smoothquant import (
+    SMOOTH_PAIRS,
+    SmoothQuantConfig,
+    apply_smoothquant,
+    pair_scales,
+    smoothquant_scales,
+)
 from dllm_actquant.vquant import (
     VQuantConfig,
     VQuantHandle,
@@ -89,6 +95,7 @@ __all__ = [
     "QUANTIZED_ATTR",
     "READER_ROLES",
     "RUNTIME_FORMAT",
+    "SMOOTH_PAIRS",
     "ActQuantConfig",
     "ActQuantLinear",
     "AttnQuantConfig",
@@ -140,6 +147,7 @@ __all__ = [
     "is_quantized",
     "mark_quantized",
     "outlier_ratio",
+    "pair_scales",
     "quantize_activation",
     "quantize_activations",
     "quarot_wrapped_roles",

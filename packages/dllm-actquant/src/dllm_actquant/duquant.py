@@ -4,8 +4,9 @@ For each activation site (the shared input of q/k/v, the o input, the shared inp
 input) with calibration samples ``X [N, C]``:
 
 1. **Smoothing** (optional, SmoothQuant's ``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)``) folded through the
-   topology: into the RMSNorm for q/k/v and gate/up, into v for o (multi-head attention only; under
-   grouped-query attention it is skipped with a log line) and into up for down.
+   topology: into the RMSNorm for q/k/v and gate/up, into v for o (under grouped-query attention on the kv
+   channels, shared by each group's query heads: `dllm_actquant.smoothquant.pair_scales`) and into up for
+   down.
 2. **Block rotation**: channels are split into blocks of ``b`` (``block_size``, or the largest divisor of
    the width not above it). In each block, a greedy loop (at most ``max_rotation_step`` steps) finds the
    channel holding the block's largest ``|x|`` and applies ``E_c B E_c``, where ``B`` is orthogonal with a
@@ -24,7 +25,6 @@ absorb it (``W <- W M``) and the input is rotated online by an `OnlineRotation` 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from dllm_actquant.modules import as_topology, check_transformable, replace_module
 from dllm_actquant.rotation import BlockRotation, fold_rotation
-from dllm_actquant.smoothquant import smoothquant_scales
+from dllm_actquant.smoothquant import fold_pair_scale, input_scale, pair_scales
 
 __all__ = [
     "DUQUANT_SITES",
@@ -49,8 +49,6 @@ __all__ = [
     "zigzag_permutation",
 ]
 
-logger = logging.getLogger(__name__)
-
 DUQUANT_SITES: dict[str, tuple[str, ...]] = {
     "qkv": ("q", "k", "v"),
     "o": ("o",),
@@ -58,6 +56,9 @@ DUQUANT_SITES: dict[str, tuple[str, ...]] = {
     "down": ("down",),
 }
 """Site name -> the roles of the linears that read that activation."""
+
+_SMOOTH_PAIR = {"qkv": "attn", "o": "vo", "gate_up": "mlp", "down": "down"}
+"""Site name -> the SmoothQuant pair whose scales smooth it."""
 
 
 @dataclass(frozen=True)
@@ -205,18 +206,11 @@ def _samples(samples: Mapping[str, Tensor], b: BlockTopology, roles: tuple[str, 
     )
 
 
-def _smooth(topology: Topology, b: BlockTopology, site: str, absmax: Tensor, alpha: float) -> Tensor | None:
-    """Fold the smoothing scales of ``site``; None when the site cannot be smoothed (GQA v -> o)."""
-    if site == "o" and b.n_kv_heads != b.n_heads:
-        return None
-    consumers = [b.module(r) for r in DUQUANT_SITES[site]]
-    s = smoothquant_scales(absmax, [m.weight for m in consumers], alpha)  # type: ignore[misc]
-    if site in ("qkv", "gate_up"):
-        topology.fold_norm_scale(b, "attn" if site == "qkv" else "mlp", s)
-    elif site == "o":
-        topology.fold_vo_scale(b, s)
-    else:
-        topology.fold_up_down_scale(b, s)
+def _smooth(topology: Topology, b: BlockTopology, site: str, absmax: Tensor, alpha: float) -> Tensor:
+    """Fold the smoothing scales of ``site`` and return them (on the producer's channels: ``[K * Dh]`` for
+    the o site)."""
+    s = pair_scales(b, _SMOOTH_PAIR[site], absmax, alpha)
+    fold_pair_scale(topology, b, _SMOOTH_PAIR[site], s)
     return s
 
 
@@ -243,14 +237,8 @@ def apply_duquant(
     check_transformable(topology, "DuQuant")
     gen = torch.Generator().manual_seed(config.seed)
     result = DuQuantResult()
-    blocks = list(topology)
-    if config.smooth and "o" in config.sites and any(b.n_kv_heads != b.n_heads for b in blocks):
-        logger.warning(
-            "DuQuant: skipping v -> o smoothing (grouped-query attention: one v channel feeds several o "
-            "columns); the o input is still rotated"
-        )
     plan: list[tuple[BlockTopology, str, Tensor, Tensor | None]] = []
-    for b in blocks:
+    for b in topology:
         for site in config.sites:
             roles = DUQUANT_SITES[site]
             x = _samples(samples, b, roles, site)
@@ -265,10 +253,12 @@ def apply_duquant(
     smoothed: dict[str, Tensor] = {}
     for b, site, x, amax in sorted(plan, key=lambda p: (p[0].index, order[p[1]])):
         label = f"{b.index}.{site}"
-        s = None if amax is None else _smooth(topology, b, site, amax, config.alpha)
-        if s is not None:
-            result.scales[label] = s
-        smoothed[label] = x if s is None else x / s
+        if amax is None:
+            smoothed[label] = x
+            continue
+        s = _smooth(topology, b, site, amax, config.alpha)
+        result.scales[label] = s
+        smoothed[label] = x / input_scale(b, _SMOOTH_PAIR[site], s)
     for b, site, _, _ in plan:
         label = f"{b.index}.{site}"
         rotation = BlockRotation(duquant_rotation(smoothed[label], config, gen))

@@ -1,11 +1,12 @@
-"""RTN: round-to-nearest on the min/max grid, optionally with a per-group MSE clip search."""
+"""RTN: round-to-nearest on the min/max grid, optionally shrunk by a fixed ratio or a per-group MSE search."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import dllm_kernels
-from dllm_calib import MethodConfig
+import torch
+from dllm_calib import MethodConfig, check_range
 from dllm_kernels import QuantSpec, torch_grid
 from torch import Tensor
 
@@ -23,9 +24,20 @@ class RTNConfig(MethodConfig):
     Attributes:
         clip: None for plain min/max scales (exactly ``dllm_kernels.quantize``), or a ``ClipSearch`` that
             shrinks each group's range to minimise its own quantization error.
+        clip_ratio: a fixed range shrink in (0, 1] (DuQuant's ``--swc``): each cell's min and max are
+            multiplied by it before the scale/zero formula; 1.0 is plain min/max. Not with ``clip``.
     """
 
     clip: ClipSearch | None = None
+    clip_ratio: float = 1.0
+
+    def validate(self) -> None:
+        check_range("RTNConfig", "clip_ratio", self.clip_ratio, 0.0, 1.0, lo_open=True)
+        if self.clip is not None and self.clip_ratio != 1.0:
+            raise ValueError(
+                "RTNConfig: clip (an MSE search over shrink ratios) and clip_ratio (one fixed ratio) are "
+                f"mutually exclusive; got clip={self.clip!r} and clip_ratio={self.clip_ratio!r}; set one"
+            )
 
 
 def weight_cells(weight: Tensor, spec: QuantSpec) -> Tensor:
@@ -42,13 +54,24 @@ def weight_cells(weight: Tensor, spec: QuantSpec) -> Tensor:
     return weight.reshape(out, 1, inp)
 
 
+def _cell_params(
+    cells: Tensor, spec: QuantSpec, clip: ClipSearch | None, ratio: float
+) -> tuple[Tensor, Tensor | None]:
+    """Scale float32 and signed int32 zero (None if symmetric) ``[rows, cells]`` of the cells
+    ``[rows, cells, n]``: the clip search's best, or the min/max range shrunk by ``ratio``."""
+    if clip is not None:
+        return search_params(cells, spec.bits, spec.symmetric, clip)
+    lo, hi = torch.aminmax(cells.float(), dim=-1)
+    return torch_grid.scale_zero(lo, hi, spec.bits, spec.symmetric, ratio)
+
+
 def _grid_quantize(
-    weight: Tensor, spec: QuantSpec, clip: ClipSearch | None
+    weight: Tensor, spec: QuantSpec, clip: ClipSearch | None, ratio: float = 1.0
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """Signed grid codes ``[rows, cells, n]`` of ``weight_cells(weight)`` and their scale and zero
     ``[rows, cells, 1]`` (zero None if symmetric)."""
     cells = weight_cells(weight.float(), spec)
-    scale, zero = search_params(cells, spec.bits, spec.symmetric, clip)
+    scale, zero = _cell_params(cells, spec, clip, ratio)
     scale, zero = scale[..., None], None if zero is None else zero[..., None]
     return torch_grid.encode(cells, scale, zero, spec.bits), scale, zero
 
@@ -58,17 +81,18 @@ def rtn_quantize(
 ) -> QuantizedWeight:
     """Round ``weight [out, in]`` to the grid of ``spec``; ``hessian`` is ignored (the common signature).
 
-    Without a clip search this is ``dllm_kernels.quantize`` (min/max scales, on the weight's device); with
-    one, every cell's range is shrunk to the ratio with the least error (see ``grid.ClipSearch``). Works on
-    any device; the result lives on the CPU.
+    Without a clip search or ratio this is ``dllm_kernels.quantize`` (min/max scales, on the weight's
+    device); with ``clip_ratio`` r every cell's min and max are multiplied by r; with a search every cell's
+    range is shrunk to the ratio with the least error (see ``grid.ClipSearch``). Works on any device; the
+    result lives on the CPU.
     """
     config = config or RTNConfig()
     w = check_weight(weight)
     spec = check_uniform_spec(spec, w.shape[1], "RTN")
-    if config.clip is None:
+    if config.clip is None and config.clip_ratio == 1.0:
         codes, scale, zero = dllm_kernels.quantize(w, spec)
         return QuantizedWeight.from_codes(codes, scale, zero, spec)
-    codes, scale, zero = _grid_quantize(w, spec, config.clip)
+    codes, scale, zero = _grid_quantize(w, spec, config.clip, config.clip_ratio)
     shape = QuantizedWeight.scale_shape(spec, *w.shape)
     codes, scale = codes.reshape(w.shape), scale.reshape(shape)
     if zero is not None:
