@@ -169,8 +169,10 @@ class AWQScale:
     Attributes:
         scale: float32 ``[in]`` (the linears' columns are multiplied by it); all ones if unscaled.
         alpha: the chosen exponent, None when no candidate beat ``s = 1``.
-        error: output error of the chosen scale.
-        baseline_error: output error without scaling (``s = 1``).
+        error: output error of the chosen scale: for the ``"linear"`` loss ``tr(E H E^T)`` (squared output
+            units summed over the group's output channels, mean per token); for the forward-pass losses the
+            inspected output's mean squared error (mean over tokens and channels).
+        baseline_error: output error without scaling (``s = 1``), in the same units.
     """
 
     scale: Tensor
