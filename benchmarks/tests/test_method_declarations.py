@@ -30,6 +30,12 @@ def _role_of(dlm: DiffusionLM) -> dict[str, str]:
     [
         ("gptq", "W4A16g16", None),
         ("awq", "W4A16g16", None),
+        ("awq", "W4A16g16", [{"method": "awq", "loss": "auto", "clip": True}, {"method": "rtn"}]),
+        (
+            "awq",
+            "W4A16g16",
+            [{"method": "awq", "groups": ["vo"], "clip": True, "clip_skip": []}, {"method": "gptq"}],
+        ),
         ("smoothquant", "W8A8", None),
         ("duquant", "W4A4", [{"method": "duquant", "max_rotation_step": 4}, {"method": "rtn"}]),
         ("dllmquant", "W4A4", None),

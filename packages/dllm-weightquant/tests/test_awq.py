@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
 import torch
+from dllm_calib import TokenFeed
 from dllm_kernels import QuantSpec
-from dllm_sampler import DiffusionLM
-from dllm_weightquant import AWQConfig, apply_awq, awq_search_scale, fake_quantize_weight
+from dllm_sampler import DiffusionLM, tiny_config
+from dllm_weightquant import (
+    AWQConfig,
+    QuantLinear,
+    apply_awq,
+    apply_awq_clip,
+    awq_search_scale,
+    fake_quantize_weight,
+    replace_linear,
+    rtn_quantize,
+)
+from dllm_weightquant.awq_loss import AUTO_LOSS, resolve_loss
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -50,6 +62,13 @@ def test_search_scales_up_salient_channels_and_measures_real_output_error() -> N
     assert direct == pytest.approx(res.error, rel=1e-6)
 
 
+def _ids(dlm: DiffusionLM, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, dlm.vocab_size - 4, (4, 32), generator=g)
+    ids[torch.rand(ids.shape, generator=g) < 0.4] = dlm.mask_token_id
+    return ids
+
+
 def _stats(dlm: DiffusionLM, seed: int = 0) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     names = dlm.topology.linear_names()
     inputs: dict[str, list[torch.Tensor]] = {n: [] for n in names}
@@ -57,9 +76,7 @@ def _stats(dlm: DiffusionLM, seed: int = 0) -> tuple[dict[str, torch.Tensor], di
         dlm.model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: inputs[n].append(i[0].detach()))
         for n in names
     ]
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, dlm.vocab_size - 4, (4, 32), generator=g)
-    ids[torch.rand(ids.shape, generator=g) < 0.4] = dlm.mask_token_id
+    ids = _ids(dlm, seed)
     with torch.no_grad():
         dlm.logits(ids)
     for hk in hooks:
@@ -119,3 +136,139 @@ def test_bad_inputs() -> None:
         awq_search_scale(ws, x.abs().mean(0), torch.full_like(h, float("nan")), spec)
     with pytest.raises(ValueError, match="groups"):
         AWQConfig(groups=("qkv",))
+
+
+def _salient(dlm: DiffusionLM) -> DiffusionLM:
+    """Make some input channels of the attention and MLP salient, so AWQ has something to do."""
+    with torch.no_grad():
+        for b in dlm.topology:
+            d = b.attn_norm.weight.shape[0]
+            b.attn_norm.weight.mul_(torch.linspace(0.2, 4.0, d))
+            b.mlp_norm.weight.mul_(torch.linspace(4.0, 0.2, d))
+    return dlm
+
+
+def test_sublayer_loss_on_down_is_the_linear_proxy_on_the_same_tokens(
+    tiny_dlm: Callable[[str], DiffusionLM],
+) -> None:
+    # down's output error over all tokens and channels is tr(E H E^T) / out: same choice, scaled error
+    dlm = _salient(tiny_dlm("llada"))
+    hessians, means = _stats(dlm)
+    spec = QuantSpec(3, False, "group", 16)
+    by_proxy = apply_awq(copy.deepcopy(dlm).topology, hessians, means, spec, AWQConfig(groups=("down",)))
+    feed = TokenFeed(dlm, [_ids(dlm)])
+    config = AWQConfig(groups=("down",), loss="sublayer", max_tokens=10**6)
+    by_output = apply_awq(dlm.topology, {}, means, spec, config, feed=feed)
+    out = dlm.topology.block(0).down_proj.out_features
+    for key, proxy in by_proxy.items():
+        assert by_output[key].alpha == proxy.alpha
+        assert by_output[key].error * out == pytest.approx(proxy.error, rel=1e-4)
+        assert by_output[key].baseline_error * out == pytest.approx(proxy.baseline_error, rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_sublayer_loss_keeps_the_float_model(tiny_dlm: Callable[[str], DiffusionLM], arch: str) -> None:
+    dlm = _salient(tiny_dlm(arch))
+    ids = _ids(dlm, 1)
+    with torch.no_grad():
+        before = dlm.logits(ids)
+    _, means = _stats(dlm)
+    feed = TokenFeed(dlm, [_ids(dlm)[:2], _ids(dlm)[2:]])
+    config = AWQConfig(n_grid=5, loss="sublayer", max_tokens=40)  # two batches of 64 tokens: only the first
+    results = apply_awq(dlm.topology, {}, means, QuantSpec(3, False, "group", 16), config, feed=feed)
+    with torch.no_grad():
+        after = dlm.logits(ids)
+    assert torch.allclose(before, after, atol=1e-4, rtol=1e-4)  # candidates restored, folds invariant
+    assert all(r.error <= r.baseline_error for r in results.values())
+    assert any(r.alpha is not None for r in results.values())
+
+
+def test_block_loss_needs_a_block_feed(tiny_dlm: Callable[[str], DiffusionLM]) -> None:
+    dlm = tiny_dlm("llada")
+    _, means = _stats(dlm)
+    feed = TokenFeed(dlm, [_ids(dlm)])
+    with pytest.raises(ValueError, match="block feed"):
+        apply_awq(
+            dlm.topology, {}, means, QuantSpec(4, True, "group", 16), AWQConfig(loss="block"), feed=feed
+        )
+    with pytest.raises(ValueError, match="pass the block's feed"):
+        apply_awq(dlm.topology, {}, means, QuantSpec(4, True, "group", 16), AWQConfig(loss="sublayer"))
+
+
+def test_auto_loss_is_llm_awqs_choice_per_architecture() -> None:
+    assert dict(AUTO_LOSS) == {"llada": "block", "dream": "sublayer"}
+    assert resolve_loss("auto", "llada") == "block" and resolve_loss("auto", "dream") == "sublayer"
+    assert resolve_loss("linear", "llada") == "linear"
+    with pytest.raises(ValueError, match="no choice for architecture 'opt'"):
+        resolve_loss("auto", "opt")
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        (
+            {"loss": "mse"},
+            r"AWQConfig.loss must be one of \['linear', 'sublayer', 'block', 'auto'\], got 'mse'",
+        ),
+        ({"max_tokens": 0}, "AWQConfig.max_tokens must be a positive integer"),
+    ],
+)
+def test_loss_config_errors_name_the_field(params: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        AWQConfig(**params)
+
+
+_G128 = {
+    "llada": {"d_model": 128, "mlp_hidden_size": 256},
+    "dream": {"hidden_size": 128, "intermediate_size": 256},
+}
+
+
+def _rtn_everything(dlm: DiffusionLM, spec: QuantSpec) -> None:
+    for name in dlm.topology.linear_names():
+        linear = dlm.model.get_submodule(name)
+        quantized = rtn_quantize(linear.weight, None, spec)
+        assert quantized.zero is not None  # the zero point is really used
+        replace_linear(dlm.model, name, QuantLinear.from_linear(linear, quantized, mode="fake"))
+
+
+def _logit_kl(ref: torch.Tensor, out: torch.Tensor) -> float:
+    p, q = ref.log_softmax(-1), out.log_softmax(-1)
+    return float((p.exp() * (p - q)).sum(-1).mean())
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_awq_fold_clip_and_rtn_with_a_zero_point_at_g128(arch: str) -> None:
+    """QDLM's llm-awq setting: W4 g128 with zero point, scales then clip, then RTN."""
+    base = _salient(DiffusionLM.from_config(tiny_config(arch, **_G128[arch]), seed=0))
+    spec = QuantSpec(bits=4, symmetric=False, granularity="group", group_size=128)
+    ids = _ids(base, 1)
+    with torch.no_grad():
+        ref = base.logits(ids)
+    dlm = copy.deepcopy(base)
+    hessians, means = _stats(dlm)
+    scales = apply_awq(dlm.topology, hessians, means, spec)
+    assert all(r.error <= r.baseline_error for r in scales.values())
+    with torch.no_grad():
+        assert torch.allclose(dlm.logits(ids), ref, atol=1e-4, rtol=1e-4)
+    qk = [b.q_proj.weight.clone() for b in dlm.topology] + [b.k_proj.weight.clone() for b in dlm.topology]
+    ignored = frozenset({dlm.topology.block(1).names["up"]})
+    up = dlm.topology.block(1).up_proj.weight.clone()
+    hessians, _ = _stats(dlm)  # fresh statistics of the scaled inputs
+    clips = apply_awq_clip(dlm.topology, hessians, spec, AWQConfig(clip=True), ignored=ignored)
+    roles = ("v", "o", "gate", "up", "down")
+    expected = {b.names[r] for b in dlm.topology for r in roles} - ignored
+    assert set(clips) == expected
+    assert all(c.error <= c.baseline_error for c in clips.values())
+    assert any(float(c.ratio.min()) < 1.0 for c in clips.values())
+    after_qk = [b.q_proj.weight for b in dlm.topology] + [b.k_proj.weight for b in dlm.topology]
+    assert all(torch.equal(a, b) for a, b in zip(qk, after_qk, strict=True))
+    assert torch.equal(dlm.topology.block(1).up_proj.weight, up)
+    assert all(bool(torch.isfinite(p).all()) for p in dlm.model.parameters())
+    _rtn_everything(dlm, spec)
+    plain = copy.deepcopy(base)
+    _rtn_everything(plain, spec)
+    with torch.no_grad():
+        awq_out, rtn_out = dlm.logits(ids), plain.logits(ids)
+    assert bool(torch.isfinite(awq_out).all())
+    assert _logit_kl(ref, awq_out) < _logit_kl(ref, rtn_out)

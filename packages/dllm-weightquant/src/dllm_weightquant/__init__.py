@@ -5,7 +5,9 @@
   damping retries, RTN fallback), :func:`cgq_quantize` (DLLMQuant's CGQ: GPTQ on the certainty-weighted
   Hessian), :func:`daq_quantize` and :func:`abmp_quantize` (Quant-dLLM's multi-binary DAQ with DOR/RSR and
   its blockwise mixed precision).
-* Transform: :func:`apply_awq` (AWQ scales folded through the model topology), :func:`awq_search_scale`.
+* Transform: :func:`apply_awq` (AWQ scales folded through the model topology), :func:`awq_search_scale`,
+  :func:`awq_search_scale_on_outputs` (scored on a sublayer's or block's output), :func:`apply_awq_clip`
+  and :func:`awq_search_clip` (llm-awq's clip search).
 * Weights: :class:`QuantizedWeight` (uniform, packed), :class:`MultiBinaryWeight`; layers:
   :class:`QuantLinear`, :func:`replace_linear`.
 * Checkpoints: :func:`export_quantized` / :func:`load_quantized` (compressed-tensors ``pack-quantized`` or
@@ -16,7 +18,18 @@
 """
 
 from dllm_weightquant.abmp import ABMPConfig, abmp_orders, abmp_quantize, check_abmp_spec
-from dllm_weightquant.awq import AWQ_GROUPS, AWQConfig, AWQScale, apply_awq, awq_search_scale, awq_step
+from dllm_weightquant.awq import (
+    AWQ_GROUPS,
+    AWQ_LOSSES,
+    AWQConfig,
+    AWQScale,
+    apply_awq,
+    apply_awq_clip,
+    awq_search_scale,
+    awq_search_scale_on_outputs,
+    awq_step,
+)
+from dllm_weightquant.awq_clip import AWQClip, awq_search_clip
 from dllm_weightquant.block_quantizer import quantize_linears, relative_weight_error
 from dllm_weightquant.cgq import CGQConfig, cgq_quantize
 from dllm_weightquant.checkpoint import (
@@ -39,7 +52,9 @@ from dllm_weightquant.rtn import RTNConfig, fake_quantize_weight, rtn_quantize
 
 __all__ = [
     "AWQ_GROUPS",
+    "AWQ_LOSSES",
     "ABMPConfig",
+    "AWQClip",
     "AWQConfig",
     "AWQScale",
     "CGQConfig",
@@ -54,7 +69,10 @@ __all__ = [
     "abmp_orders",
     "abmp_quantize",
     "apply_awq",
+    "apply_awq_clip",
+    "awq_search_clip",
     "awq_search_scale",
+    "awq_search_scale_on_outputs",
     "awq_step",
     "cgq_quantize",
     "check_abmp_spec",

@@ -30,7 +30,14 @@ from dllm_kernels import QuantSpec
 from dllm_sampler import LINEAR_ROLES
 
 from dllm_weightquant.abmp import ABMPConfig, abmp_quantize, check_abmp_spec
-from dllm_weightquant.awq import AWQConfig, awq_folded_roles, awq_readers, awq_step
+from dllm_weightquant.awq import (
+    AWQConfig,
+    awq_clip_roles,
+    awq_folded_roles,
+    awq_hessian_roles,
+    awq_readers,
+    awq_step,
+)
 from dllm_weightquant.block_quantizer import QuantizerFn, quantize_linears
 from dllm_weightquant.cgq import CGQConfig, cgq_quantize
 from dllm_weightquant.daq import DAQConfig, check_daq_spec, daq_quantize
@@ -121,11 +128,25 @@ def _check_abmp(config: ABMPConfig, weight_spec: QuantSpec, activation_bits: int
 
 
 def _awq_needs(config: AWQConfig) -> Needs:
-    readers = awq_readers(config)
-    return Needs(
-        statistics=(Statistic(HessianCollector, readers), Statistic(ChannelStatsCollector, readers)),
-        plain=awq_folded_roles(config),
-    )
+    """Mean |x| of the readers; Hessians of the readers ("linear" loss) and of the clipped linears."""
+    hessian_roles = awq_hessian_roles(config)
+    statistics = (Statistic(ChannelStatsCollector, awq_readers(config)),)
+    if hessian_roles:
+        statistics = (Statistic(HessianCollector, hessian_roles), *statistics)
+    return Needs(statistics=statistics, plain=awq_folded_roles(config))
+
+
+def _awq_writes(config: AWQConfig) -> Writes:
+    """The folds' producers and consumers, and the clipped linears."""
+    return Writes(weights=awq_folded_roles(config) | frozenset(awq_clip_roles(config)))
+
+
+def _check_awq(config: AWQConfig, weight_spec: QuantSpec, activation_bits: int | None) -> None:
+    if config.clip and weight_spec.granularity == "tensor":
+        raise ValueError(
+            "awq: clip searches per (row, input group) bounds, which granularity 'tensor' cannot separate; "
+            "use granularity 'group' or 'channel', or set clip: false"
+        )
 
 
 register_method(
@@ -162,6 +183,7 @@ register_method(
         apply=awq_step,
         summary="AWQ scales searched per block on the quantized prefix, folded into the weights",
         needs=_awq_needs,
-        writes=lambda config: Writes(weights=awq_folded_roles(config)),
+        writes=_awq_writes,
+        check=_check_awq,
     )
 )
