@@ -18,7 +18,14 @@ from dllm_sampler.tasks import character_accuracy, exact_accuracy, generate_answ
 
 from dllm_bench.devices import parse_device
 from dllm_bench.loading import load_any
-from dllm_bench.pipeline import LOG_FILE, export_model, quantize_model
+from dllm_bench.pipeline import (
+    LOG_FILE,
+    SITES_FILE,
+    export_model,
+    format_sites,
+    quantize_model,
+    quantized_sites,
+)
 from dllm_bench.recipes import SCHEME_LABELS, available_recipes, load_recipe
 
 HELP = "Quantize a diffusion LM with a recipe (default: tiny-llada with dllmquant) and export the checkpoint."
@@ -114,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"quantized in {result.seconds:.1f} s, exported in {export_seconds:.1f} s to {folder}")
     print(f"per-module log: {folder / LOG_FILE}")
+    print(f"quantized sites (also in {folder / SITES_FILE}):")
+    print("\n".join(format_sites(quantized_sites(result.dlm))))
     if float_texts is not None:
         quantized = f"quantized ({recipe.name} {recipe.scheme.label})"
         width = max(len(quantized), 24)

@@ -25,6 +25,7 @@ from dllm_bench.results import (
     EvalSettings,
     default_cells,
     measure,
+    qdlm_cells,
     render_results,
     run_cell,
 )
@@ -32,6 +33,7 @@ from dllm_bench.results import (
 HELP = "Quantize the tiny models with every method at every bit setting and rewrite docs/results.md."
 
 MARKER = "<!-- generated -->"
+_OUT = {"main": Path("docs/results.md"), "qdlm": Path("docs/results-qdlm.md")}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -42,7 +44,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--code-chunks", type=int, default=EvalSettings.code_chunks)
     parser.add_argument("--mc-num", type=int, default=EvalSettings.mc_num)
     parser.add_argument("--calib-samples", type=int, help="calibration states per recipe (default: recipe's)")
-    parser.add_argument("--out", type=Path, default=Path("docs/results.md"), help="markdown file to update")
+    parser.add_argument(
+        "--matrix",
+        choices=sorted(_OUT),
+        default="main",
+        help="main: every method at every bit setting (docs/results.md); qdlm: the seed study's presets "
+        "(docs/results-qdlm.md)",
+    )
+    parser.add_argument("--out", type=Path, help="markdown file to update (default: the matrix's page)")
     parser.add_argument("--json", type=Path, help="raw numbers (default: --out with .json)")
     parser.add_argument(
         "--from-json",
@@ -91,7 +100,16 @@ def _flags(args: argparse.Namespace) -> list[str]:
     """The non-default flags of this run, to print the exact regeneration command."""
     flags = []
     defaults = _defaults()
-    for key in ("models", "methods", "settings", "problems", "code_chunks", "mc_num", "calib_samples"):
+    for key in (
+        "matrix",
+        "models",
+        "methods",
+        "settings",
+        "problems",
+        "code_chunks",
+        "mc_num",
+        "calib_samples",
+    ):
         value = getattr(args, key)
         if value != getattr(defaults, key):
             shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
@@ -106,7 +124,7 @@ def _defaults() -> argparse.Namespace:
 
 
 def _cells(args: argparse.Namespace) -> list[Cell]:
-    cells = default_cells(tuple(args.models))
+    cells = (qdlm_cells if args.matrix == "qdlm" else default_cells)(tuple(args.models))
     if args.methods:
         cells = [c for c in cells if c.recipe in args.methods]
     if args.settings:
@@ -147,6 +165,7 @@ def _measure_all(args: argparse.Namespace) -> dict:
         )
     return {
         "command": " ".join(["uv run dllmq results", *_flags(args)]),
+        "matrix": args.matrix,
         "date": datetime.date.today().isoformat(),
         "machine": _machine(),
         "settings": {**vars(settings), "fidelity_ratios": list(settings.fidelity_ratios)},
@@ -190,13 +209,15 @@ def _render(raw: dict, out: Path) -> None:
     """Replace everything after `MARKER` in ``out`` with the tables of ``raw``."""
     floats = {m: CellResult(**r) for m, r in raw["floats"].items()}
     results = [CellResult(**r) for r in raw["cells"]]
-    generated = render_results(floats, results, raw["settings"]["problems"], _header(raw))
+    problems = raw["settings"]["problems"]
+    generated = render_results(floats, results, problems, _header(raw), raw.get("matrix", "main"))
     previous = out.read_text(encoding="utf-8") if out.is_file() else "# Results\n\n"
     kept = previous.split(MARKER)[0].rstrip() + "\n\n"
     _write_atomic(out, kept + generated + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
+    args.out = args.out or _OUT[args.matrix]
     if args.from_json is not None:
         missing = [str(path) for path in args.from_json if not path.is_file()]
         if missing:

@@ -15,6 +15,7 @@ from dllm_bench.pipeline.context import BlockContext, ModelContext
 from dllm_bench.pipeline.export import RECIPE_FILE, RUNTIME_FILE, export_model, restore_runtime
 from dllm_bench.pipeline.log import LOG_COLUMNS, LogRow, write_log
 from dllm_bench.pipeline.runner import LOG_FILE, QuantizeResult, quantize_model
+from dllm_bench.pipeline.sites import SITES_FILE, format_sites, quantized_sites
 from dllm_bench.pipeline.targets import ignored_linears
 
 __all__ = [
@@ -22,16 +23,19 @@ __all__ = [
     "LOG_FILE",
     "RECIPE_FILE",
     "RUNTIME_FILE",
+    "SITES_FILE",
     "BlockContext",
     "BlockRunner",
     "LogRow",
     "ModelContext",
     "QuantizeResult",
     "export_model",
+    "format_sites",
     "ignored_linears",
     "load_calibration_list",
     "prepare_calibration",
     "quantize_model",
+    "quantized_sites",
     "restore_runtime",
     "write_log",
 ]

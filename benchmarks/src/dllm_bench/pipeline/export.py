@@ -8,7 +8,8 @@ model:
 
 * ``dllmq_runtime.json`` + ``dllmq_runtime.safetensors``: the wrappers' record and tensors
   (``dllm_actquant.runtime``);
-* ``quant_log.csv`` (the per-module log) and ``dllmq_recipe.yaml`` (the recipe that ran).
+* ``quant_log.csv`` (the per-module log), ``dllmq_recipe.yaml`` (the recipe that ran) and
+  ``dllmq_sites.json`` (what is quantized: weights, linear inputs, Q/K/V; `quantized_sites`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from dllm_bench.pipeline.log import write_log
 from dllm_bench.pipeline.runner import LOG_FILE, QuantizeResult
+from dllm_bench.pipeline.sites import SITES_FILE, quantized_sites
 
 __all__ = ["RECIPE_FILE", "RUNTIME_FILE", "RUNTIME_TENSORS", "export_model", "restore_runtime"]
 
@@ -48,6 +50,7 @@ def export_model(
         calibration=result.calibration or {},
         notes=f"dllmq recipe {recipe.name!r} at {recipe.scheme.label}",
     )
+    sites = quantized_sites(result.dlm)
     with stripped_wrappers(result.dlm) as runtime:
         folder = export_quantized(result.dlm, path, provenance, overwrite=overwrite)
     try:  # without its runtime files the folder would load as a different model: all or nothing
@@ -57,6 +60,7 @@ def export_model(
             save_file(runtime.tensors, str(folder / RUNTIME_TENSORS), {"format": "pt"})
         write_log(result.rows, folder / LOG_FILE)
         (folder / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
+        (folder / SITES_FILE).write_text(json.dumps(sites, indent=2) + "\n", encoding="utf-8")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

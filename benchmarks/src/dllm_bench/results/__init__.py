@@ -16,6 +16,7 @@ from dllm_bench.results.matrix import (
     EvalSettings,
     default_cells,
     measure,
+    qdlm_cells,
     run_cell,
 )
 from dllm_bench.results.render import render_results
@@ -30,6 +31,7 @@ __all__ = [
     "EvalSettings",
     "default_cells",
     "measure",
+    "qdlm_cells",
     "render_results",
     "run_cell",
 ]

@@ -29,6 +29,9 @@ from dllm_bench.recipes import load_recipe
 __all__ = [
     "ACTIVATION_METHODS",
     "ACTIVATION_SETTINGS",
+    "QDLM_ACTIVATION_METHODS",
+    "QDLM_ACTIVATION_SETTINGS",
+    "QDLM_WEIGHT_ONLY_METHODS",
     "WEIGHT_ONLY_METHODS",
     "WEIGHT_ONLY_SETTINGS",
     "Cell",
@@ -36,6 +39,7 @@ __all__ = [
     "EvalSettings",
     "default_cells",
     "measure",
+    "qdlm_cells",
     "run_cell",
 ]
 
@@ -48,6 +52,14 @@ share of dllmquant's gain from the rotation's; quant-dllm's ABMP is defined for 
 ACTIVATION_METHODS = ("rtn", "gptq", "smoothquant", "quarot", "duquant", "dllmquant")
 """Run at the weight-and-activation settings (rtn and gptq with default per-token activation quantizers)."""
 _ABMP_SETTINGS = ("W3A16", "W2A16")
+
+QDLM_WEIGHT_ONLY_METHODS = ("qdlm-gptq", "qdlm-awq", "dllmquant-awq")
+"""The study's weight-only presets at W4A16 (with DLLMQuant on its AWQ host beside them)."""
+QDLM_ACTIVATION_METHODS = ("qdlm-smoothquant", "qdlm-quarot", "qdlm-duquant", "dllmquant")
+"""The study's weight-and-activation presets (with DLLMQuant on its QuaRot host beside them)."""
+QDLM_ACTIVATION_SETTINGS = ("W8A8", "W4A4", "W4A4KV16")
+"""W4A4 quantizes each preset's Q/K/V sites; W4A4KV16 is the same run with them in float, so the pair
+shows what quantizing the attention activations costs."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +130,16 @@ def default_cells(models: tuple[str, ...] = ("tiny-llada", "tiny-dream")) -> lis
             ]
         for setting in ACTIVATION_SETTINGS:
             cells += [Cell(model, m, setting) for m in ACTIVATION_METHODS]
+    return cells
+
+
+def qdlm_cells(models: tuple[str, ...] = ("tiny-llada", "tiny-dream")) -> list[Cell]:
+    """The cells of docs/results-qdlm.md (the seed study's presets), in table order."""
+    cells = []
+    for model in models:
+        cells += [Cell(model, m, "W4A16") for m in QDLM_WEIGHT_ONLY_METHODS]
+        for setting in QDLM_ACTIVATION_SETTINGS:
+            cells += [Cell(model, m, setting) for m in QDLM_ACTIVATION_METHODS]
     return cells
 
 

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dllm_bench.results.matrix import (
     ACTIVATION_METHODS,
     ACTIVATION_SETTINGS,
+    QDLM_ACTIVATION_METHODS,
+    QDLM_ACTIVATION_SETTINGS,
+    QDLM_WEIGHT_ONLY_METHODS,
     WEIGHT_ONLY_METHODS,
     WEIGHT_ONLY_SETTINGS,
     CellResult,
@@ -15,7 +18,12 @@ from dllm_bench.results.matrix import (
 
 __all__ = ["render_results"]
 
-_DLLM_METHODS = {"dllmquant", "quant-dllm"}
+_DLLM_METHODS = {"dllmquant", "dllmquant-awq", "quant-dllm"}
+_GRIDS = {
+    "main": (WEIGHT_ONLY_METHODS, WEIGHT_ONLY_SETTINGS, ACTIVATION_METHODS, ACTIVATION_SETTINGS),
+    "qdlm": (QDLM_WEIGHT_ONLY_METHODS, ("W4A16",), QDLM_ACTIVATION_METHODS, QDLM_ACTIVATION_SETTINGS),
+}
+"""Per matrix: the weight-only methods and settings, then the weight-and-activation ones."""
 
 
 def _pct(value: float | None) -> str:
@@ -55,7 +63,7 @@ def _comparisons(results: Sequence[CellResult]) -> list[str]:
     0.9x the best baseline's KL, "hurts" above 1.1x, else "ties".
     """
     lines = []
-    for setting in (*WEIGHT_ONLY_SETTINGS, *ACTIVATION_SETTINGS):
+    for setting in dict.fromkeys(r.setting for r in results):
         at = [r for r in results if r.setting == setting and r.kl is not None]
         baselines = [r for r in at if r.recipe not in _DLLM_METHODS]
         if not baselines:
@@ -73,7 +81,11 @@ def _comparisons(results: Sequence[CellResult]) -> list[str]:
 
 
 def render_results(
-    floats: dict[str, CellResult], results: Sequence[CellResult], problems: int, header: str
+    floats: dict[str, CellResult],
+    results: Sequence[CellResult],
+    problems: int,
+    header: str,
+    matrix: str = "main",
 ) -> str:
     """The generated part of docs/results.md: ``header`` (how it was produced), then one section per model.
 
@@ -82,7 +94,9 @@ def render_results(
         results: every quantized cell, any order (grouped by model here, in run order).
         problems: held-out arithmetic problems each cell was scored on.
         header: markdown put first (command, machine, date, budget).
+        matrix: ``"main"`` (docs/results.md) or ``"qdlm"`` (docs/results-qdlm.md): which grids to draw.
     """
+    weight_methods, weight_settings, act_methods, act_settings = _GRIDS[matrix]
     out = [header, ""]
     for model, float_result in floats.items():
         mine = [r for r in results if r.model == model]
@@ -95,11 +109,11 @@ def render_results(
             "",
             "Exact-match accuracy (%), weight-only settings:",
             "",
-            *_grid(mine, WEIGHT_ONLY_METHODS, WEIGHT_ONLY_SETTINGS),
+            *_grid(mine, weight_methods, weight_settings),
             "",
             "Exact-match accuracy (%), weight and activation settings:",
             "",
-            *_grid(mine, ACTIVATION_METHODS, ACTIVATION_SETTINGS),
+            *_grid(mine, act_methods, act_settings),
             "",
             "All measurements:",
             "",
