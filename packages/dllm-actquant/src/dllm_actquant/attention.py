@@ -30,7 +30,7 @@ from dllm_sampler import DiffusionLM, Topology
 from torch import Tensor, nn
 
 from dllm_actquant.act_quant import ACT_BITS, ActQuantConfig, fake_quantize_activation
-from dllm_actquant.guards import is_quantized, mark_quantized
+from dllm_actquant.guards import QUANTIZED_ATTR, mark_quantized
 from dllm_actquant.hadamard import check_hadamard_size
 from dllm_actquant.modules import as_topology, replace_module
 from dllm_actquant.vquant import VQuantConfig, VQuantOutput, VQuantParams, attach_v_quantizers
@@ -174,8 +174,9 @@ def rotate_qk(model: DiffusionLM | Topology | nn.Module) -> list[str]:
     return names
 
 
-def _v_is_quantized(module: nn.Module) -> bool:
-    return isinstance(module, VQuantOutput) or is_quantized(module)
+def _has_v_quantizer(module: nn.Module) -> bool:
+    """True when the v projection's output already passes a V quantizer (the ``"v-output"`` mark)."""
+    return isinstance(module, VQuantOutput) or getattr(module, QUANTIZED_ATTR, "") == "v-output"
 
 
 def attach_attention_quantizers(
@@ -198,7 +199,7 @@ def attach_attention_quantizers(
     if "v" in config.sites:
         params: dict[int, VQuantParams] = {}
         for block in chosen:
-            if _v_is_quantized(block.module("v")):
+            if _has_v_quantizer(block.module("v")):
                 logger.info("attention quantization: %s already has a V quantizer; kept", block.names["v"])
                 continue
             params[block.index] = VQuantParams(
