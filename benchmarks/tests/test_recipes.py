@@ -18,6 +18,16 @@ from dllm_kernels import QuantSpec
 from pydantic import ValidationError
 
 SHIPPED = {"rtn", "gptq", "awq", "smoothquant", "quarot", "duquant", "dllmquant", "quant-dllm"}
+PAPER_PRESETS = {
+    "qdlm-gptq",
+    "qdlm-awq",
+    "qdlm-smoothquant",
+    "qdlm-quarot",
+    "qdlm-duquant",
+    "dllmquant-awq",
+    "quant-dllm-paper",
+    "quant-dllm-paper-dream",
+}
 
 
 def _recipe(**overrides) -> dict:
@@ -31,8 +41,8 @@ def _recipe(**overrides) -> dict:
 
 
 def test_every_shipped_recipe_loads_and_round_trips() -> None:
-    assert set(available_recipes()) == SHIPPED
-    for name in SHIPPED:
+    assert set(available_recipes()) == SHIPPED | PAPER_PRESETS
+    for name in SHIPPED | PAPER_PRESETS:
         recipe = load_recipe(name)
         assert recipe.name == name
         again = Recipe.from_yaml(recipe.to_yaml())
@@ -48,8 +58,16 @@ def test_every_shipped_recipe_loads_and_round_trips() -> None:
         ("smoothquant", "W8A8", ["smoothquant", "rtn", "act_quant"]),
         ("quarot", "W4A4", ["quarot", "gptq", "act_quant"]),
         ("duquant", "W4A4", ["duquant", "rtn", "act_quant"]),
-        ("dllmquant", "W4A4", ["quarot", "iaaq", "cgq", "act_quant"]),
+        ("dllmquant", "W4A4", ["quarot", "iaaq", "cgq", "act_quant", "attn_quant"]),
         ("quant-dllm", "W2A16g128", ["abmp"]),
+        ("qdlm-gptq", "W4A16g128", ["gptq"]),
+        ("qdlm-awq", "W4A16g128", ["awq", "rtn"]),
+        ("qdlm-smoothquant", "W8A8", ["smoothquant", "rtn", "act_quant", "attn_quant"]),
+        ("qdlm-quarot", "W4A4", ["quarot", "gptq", "act_quant", "attn_quant"]),
+        ("qdlm-duquant", "W4A4", ["duquant", "rtn", "act_quant", "attn_quant"]),
+        ("dllmquant-awq", "W4A16g128", ["awq", "cgq"]),
+        ("quant-dllm-paper", "W2A16g128", ["abmp"]),
+        ("quant-dllm-paper-dream", "W2A16g128", ["abmp"]),
     ],
 )
 def test_shipped_recipes_use_their_papers_settings(name: str, label: str, steps: list[str]) -> None:
