@@ -19,6 +19,7 @@ from dllm_bench.pipeline import (
     ignored_linears,
     prepare_calibration,
     quantize_model,
+    quantized_sites,
 )
 from dllm_bench.recipes import CalibrationSpec, Recipe, load_recipe
 from dllm_sampler.testing import CHAR_VOCAB, random_char_model
@@ -244,9 +245,16 @@ def test_an_activation_scheme_quantizes_activations_even_without_an_act_quant_st
     dlm = random_char_model("llada")
     result = quantize_model(dlm, small(load_recipe("gptq"), "W8A8g16"), progress=False)
     wrapped = [dlm.model.get_submodule(n) for n in dlm.topology.linear_names()]
+    v_names = {b.names["v"] for b in dlm.topology}
+    wrapped = [
+        m.inner if n in v_names else m for n, m in zip(dlm.topology.linear_names(), wrapped, strict=True)
+    ]
     assert all(isinstance(m, ActQuantLinear) and m.config.bits == 8 for m in wrapped)
     assert all(isinstance(m.inner, QuantLinear) for m in wrapped)
     assert sum(r.method == "act_quant(a8)" for r in result.rows) == 14
+    # ... and the attention sites too (the implied attn_quant step): the q/k site and V of each block
+    assert sum(r.method == "attn_quant(q/k/v a8)" for r in result.rows) == 2 * len(dlm.topology)
+    assert quantized_sites(dlm)["k"] == "int8 sym per-token-head"
 
 
 def test_recipes_without_statistics_never_touch_calibration() -> None:
