@@ -149,3 +149,32 @@ def test_from_json_refuses_runs_that_do_not_merge(
     missing = [str(files[0]), str(tmp_path / "nope.json")]
     assert main(["results", "--from-json", *missing, "--out", str(out)]) == 2
     assert "nope.json" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_stopped_run_resumes_from_its_json(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out, raw_path = tmp_path / "r.md", tmp_path / "r.json"
+    base = ["results", "--models", "tiny-llada", "--methods", "rtn", *SMALL, "--out", str(out)]
+    assert main([*base, "--settings", "W4A16", "--json", str(raw_path)]) == 0
+    first = json.loads(raw_path.read_text())
+    first["complete"] = False  # as a run stopped after its first cell leaves it
+    raw_path.write_text(json.dumps(first))
+    capsys.readouterr()
+
+    assert main([*base, "--settings", "W4A16", "W8A8", "--json", str(raw_path), "--resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "[1/2] tiny-llada rtn W4A16" in printed and "kept)" in printed.splitlines()[1]
+    assert "[2/2] tiny-llada rtn W8A8" in printed and "kept)" not in printed.splitlines()[2]
+    raw = json.loads(raw_path.read_text())
+    assert raw["complete"] is True
+    assert raw["cells"][0] == first["cells"][0] and raw["floats"] == first["floats"]
+    assert [c["setting"] for c in raw["cells"]] == ["W4A16", "W8A8"]
+    assert raw["seconds"] > first["seconds"]
+    assert "Partial" not in out.read_text()
+
+
+def test_resume_refuses_a_json_of_other_settings(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    raw_path = tmp_path / "r.json"
+    raw_path.write_text(json.dumps(_raw("tiny-llada", 1.0, problems=99) | {"matrix": "main"}))
+    argv = ["results", "--models", "tiny-llada", "--methods", "rtn", "--settings", "W4A16", *SMALL]
+    assert main([*argv, "--out", str(tmp_path / "r.md"), "--json", str(raw_path), "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err and not (tmp_path / "r.md").exists()

@@ -4,6 +4,10 @@ Everything after the ``<!-- generated -->`` line of the output file is replaced 
 above it stays); the raw numbers go to a JSON file next to it. The default budget (128 problems, every
 cell of `dllm_bench.results.default_cells`) is sized to finish within an hour on a 2-core CPU.
 ``--from-json FILE`` re-renders the markdown from a previous run's raw numbers without running anything.
+
+The JSON is rewritten after every cell (marked ``"complete": false`` until the last one), so a run that is
+stopped keeps what it measured; ``--resume`` continues such a run from its JSON, skipping the cells it
+already holds (it refuses a JSON made with other evaluation settings or another matrix).
 """
 
 from __future__ import annotations
@@ -61,6 +65,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="only re-render --out from the raw numbers previous runs wrote (no quantization); several "
         "files, e.g. one run per model side by side, are merged",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped run: keep the cells its --json file already holds and measure the rest",
+    )
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -85,6 +94,7 @@ def _header(raw: dict) -> str:
             f"Monte-Carlo samples; top-1 / KL: masked positions at mask ratios "
             f"{', '.join(map(str, settings['fidelity_ratios']))} against the float model (mean over ratios "
             "and over arithmetic and code inputs). Quantize s: calibration + quantization wall time.",
+            *([] if raw.get("complete", True) else ["", "**Partial**: the run was stopped before its last cell."]),
         ]
     )
 
@@ -134,45 +144,78 @@ def _cells(args: argparse.Namespace) -> list[Cell]:
     return cells
 
 
-def _measure_all(args: argparse.Namespace) -> dict:
-    """Run every selected cell; returns the raw record that `_render` turns into markdown."""
-    settings = EvalSettings(
+def _settings(args: argparse.Namespace) -> EvalSettings:
+    return EvalSettings(
         problems=args.problems,
         code_chunks=args.code_chunks,
         mc_num=args.mc_num,
         calib_samples=args.calib_samples,
     )
+
+
+def _key(cell: dict) -> tuple[str, str, str]:
+    return (cell["model"], cell["recipe"], cell["setting"])
+
+
+def _previous(args: argparse.Namespace, json_path: Path, settings_record: dict) -> dict | None:
+    """The raw record a stopped run left in ``json_path`` (``--resume``), checked against this run."""
+    if not args.resume:
+        return None
+    if not json_path.is_file():
+        print(f"--resume: no {json_path} yet; starting from the first cell", flush=True)
+        return None
+    previous = json.loads(json_path.read_text(encoding="utf-8"))
+    if previous.get("matrix", "main") != args.matrix or previous["settings"] != settings_record:
+        raise ValueError(
+            f"--resume: {json_path} holds a run of matrix {previous.get('matrix', 'main')!r} with settings "
+            f"{previous['settings']}, not {args.matrix!r} with {settings_record}; pass the same flags as that "
+            "run, or another --json path to start afresh"
+        )
+    return previous
+
+
+def _measure_all(args: argparse.Namespace, json_path: Path) -> dict:
+    """Run every selected cell, rewriting ``json_path`` after each one; returns the raw record that
+    `_render` turns into markdown."""
+    settings = _settings(args)
+    settings_record = {**vars(settings), "fidelity_ratios": list(settings.fidelity_ratios)}
+    previous = _previous(args, json_path, settings_record)
     cells = _cells(args)
+    done = {_key(c): c for c in previous["cells"]} if previous else {}
+    earlier_seconds = previous["seconds"] if previous else 0.0
     start = time.perf_counter()
-    floats: dict[str, CellResult] = {}
-    references = {}
-    for model in args.models:
-        references[model] = load_any(model, dtype=torch.float32)
-        floats[model] = measure(references[model], Cell(model, "float", "-"), settings)
-        print(
-            f"{model} float: {floats[model].exact:.1%} exact, code NLL {floats[model].code_nll:.3f}",
-            flush=True,
-        )
-    results = []
-    for i, cell in enumerate(cells, 1):
-        result = run_cell(cell, settings, references[cell.model])
-        results.append(result)
-        print(
-            f"[{i}/{len(cells)}] {cell.model} {cell.recipe} {cell.setting}: {result.exact:.1%} exact, "
-            f"NLL {result.code_nll:.3f}, top-1 {result.top1:.1%}, KL {result.kl:.4f}, "
-            f"{result.seconds:.1f} s quantize ({time.perf_counter() - start:.0f} s so far)",
-            flush=True,
-        )
-    return {
+    raw = {
         "command": " ".join(["uv run dllmq results", *_flags(args)]),
         "matrix": args.matrix,
         "date": datetime.date.today().isoformat(),
         "machine": _machine(),
-        "settings": {**vars(settings), "fidelity_ratios": list(settings.fidelity_ratios)},
-        "seconds": time.perf_counter() - start,
-        "floats": {m: r.to_dict() for m, r in floats.items()},
-        "cells": [r.to_dict() for r in results],
+        "settings": settings_record,
+        "seconds": earlier_seconds,
+        "complete": False,
+        "floats": {},
+        "cells": [],
     }
+    references = {}
+    for model in args.models:
+        references[model] = load_any(model, dtype=torch.float32)
+        known = previous["floats"].get(model) if previous else None
+        floats = CellResult(**known) if known else measure(references[model], Cell(model, "float", "-"), settings)
+        raw["floats"][model] = floats.to_dict()
+        print(f"{model} float: {floats.exact:.1%} exact, code NLL {floats.code_nll:.3f}", flush=True)
+    for i, cell in enumerate(cells, 1):
+        kept = done.get((cell.model, cell.recipe, cell.setting))
+        result = CellResult(**kept) if kept else run_cell(cell, settings, references[cell.model])
+        raw["cells"].append(result.to_dict())
+        raw["seconds"] = earlier_seconds + time.perf_counter() - start
+        _write_atomic(json_path, json.dumps(raw, indent=1) + "\n")
+        print(
+            f"[{i}/{len(cells)}] {cell.model} {cell.recipe} {cell.setting}: {result.exact:.1%} exact, "
+            f"NLL {result.code_nll:.3f}, top-1 {result.top1:.1%}, KL {result.kl:.4f}, "
+            f"{result.seconds:.1f} s quantize ({raw['seconds']:.0f} s so far{', kept' if kept else ''})",
+            flush=True,
+        )
+    raw["complete"] = True
+    return raw
 
 
 def merge_runs(raws: list[dict]) -> dict:
@@ -200,6 +243,7 @@ def merge_runs(raws: list[dict]) -> dict:
         "machine": "; ".join(machines),
         "settings": first["settings"],
         "seconds": max(raw["seconds"] for raw in raws),
+        "complete": all(raw.get("complete", True) for raw in raws),
         "floats": {m: r for raw in raws for m, r in raw["floats"].items()},
         "cells": [c for raw in raws for c in raw["cells"]],
     }
@@ -226,8 +270,8 @@ def run(args: argparse.Namespace) -> int:
         _render(merge_runs(raws), args.out)
         print(f"re-rendered {args.out} from {', '.join(map(str, args.from_json))}")
         return 0
-    raw = _measure_all(args)
     json_path = args.json or args.out.with_suffix(".json")
+    raw = _measure_all(args, json_path)
     _write_atomic(json_path, json.dumps(raw, indent=1) + "\n")
     _render(raw, args.out)
     print(f"wrote {args.out} and {json_path} in {raw['seconds'] / 60:.1f} minutes")
