@@ -94,7 +94,11 @@ def _header(raw: dict) -> str:
             f"Monte-Carlo samples; top-1 / KL: masked positions at mask ratios "
             f"{', '.join(map(str, settings['fidelity_ratios']))} against the float model (mean over ratios "
             "and over arithmetic and code inputs). Quantize s: calibration + quantization wall time.",
-            *([] if raw.get("complete", True) else ["", "**Partial**: the run was stopped before its last cell."]),
+            *(
+                []
+                if raw.get("complete", True)
+                else ["", "**Partial**: the run was stopped before its last cell."]
+            ),
         ]
     )
 
@@ -168,8 +172,8 @@ def _previous(args: argparse.Namespace, json_path: Path, settings_record: dict) 
     if previous.get("matrix", "main") != args.matrix or previous["settings"] != settings_record:
         raise ValueError(
             f"--resume: {json_path} holds a run of matrix {previous.get('matrix', 'main')!r} with settings "
-            f"{previous['settings']}, not {args.matrix!r} with {settings_record}; pass the same flags as that "
-            "run, or another --json path to start afresh"
+            f"{previous['settings']}, not {args.matrix!r} with {settings_record}; pass the same flags as "
+            "that run, or another --json path to start afresh"
         )
     return previous
 
@@ -199,7 +203,9 @@ def _measure_all(args: argparse.Namespace, json_path: Path) -> dict:
     for model in args.models:
         references[model] = load_any(model, dtype=torch.float32)
         known = previous["floats"].get(model) if previous else None
-        floats = CellResult(**known) if known else measure(references[model], Cell(model, "float", "-"), settings)
+        floats = (
+            CellResult(**known) if known else measure(references[model], Cell(model, "float", "-"), settings)
+        )
         raw["floats"][model] = floats.to_dict()
         print(f"{model} float: {floats.exact:.1%} exact, code NLL {floats.code_nll:.3f}", flush=True)
     for i, cell in enumerate(cells, 1):
