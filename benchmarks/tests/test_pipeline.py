@@ -24,6 +24,7 @@ from dllm_bench.pipeline import (
 from dllm_bench.recipes import CalibrationSpec, Recipe, load_recipe
 from dllm_sampler.testing import CHAR_VOCAB, random_char_model
 from dllm_weightquant import QuantLinear
+from safetensors.torch import load_file
 from torch import nn
 
 SMALL_CALIBRATION = {"builder": "random", "params": {"num_samples": 6, "seq_len": 24}, "batch_size": 4}
@@ -104,13 +105,12 @@ def test_kill_midway_then_resume_gives_identical_weights(tmp_path) -> None:
         quantize_model(crashed, recipe, work_dir=work, progress=False, on_block_done=crash_after_first_block)
     assert json.loads((work / "progress.json").read_text()) == {"global_done": True, "next_block": 1}
     # block 1's saved inputs went through the quantized block 0, not the float one
-    saved = torch.load(work / "hidden-0001.pt", weights_only=False)
-    first = saved["batches"][0]
-    ids, mask = first["input_ids"], first["attention_mask"]
+    saved = load_file(work / "hidden-0001.safetensors")
+    ids, mask = saved["0.input_ids"], saved["0.attention_mask"]
     for dlm, same in ((crashed, True), (random_char_model("llada"), False)):
         runner = BlockRunner(dlm)
         through_block0 = runner.run(0, runner.embed(ids, mask), ids, mask)
-        assert torch.equal(through_block0, saved["hidden"][0]) is same
+        assert torch.equal(through_block0, saved["0.hidden"]) is same
 
     resumed_model = random_char_model("llada")
     done: list[int] = []
@@ -125,7 +125,7 @@ def test_kill_midway_then_resume_gives_identical_weights(tmp_path) -> None:
         logged = [row["module"] for row in csv.DictReader(fh)]
     assert logged == [r.module for r in result.rows] == resumed_model.topology.linear_names()
 
-    with pytest.raises(ValueError, match="belongs to another run"):
+    with pytest.raises(ValueError, match="left by another run"):
         quantize_model(
             random_char_model("llada"), small(load_recipe("rtn"), "W4A16g16"), work_dir=work, progress=False
         )

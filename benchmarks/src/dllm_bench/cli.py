@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from dllm_bench.commands import analyze, bench, evaluate, generate, methods, quantize, results
 
@@ -29,13 +33,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop) unwinds like Ctrl-C while inside: cleanups run, staging
+    and temp files go. The previous handler is put back on exit."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt("terminated (SIGTERM)")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command].run(args)
+        with _sigterm_as_interrupt():
+            return COMMANDS[args.command].run(args)
     except (ValueError, FileNotFoundError, KeyError) as err:
         print(f"dllmq {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        print(f"dllmq {args.command}: {stop or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

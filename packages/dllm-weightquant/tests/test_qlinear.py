@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import dllm_kernels
@@ -115,3 +116,49 @@ def test_replace_linear(tiny_dlm: Callable[[str], DiffusionLM]) -> None:
         QuantLinear.from_linear(nn.Linear(16, 8), q)
     with pytest.raises(ValueError, match="mode"):
         QuantLinear(q, mode="int4")
+
+
+def _assert_same_layer(a: QuantLinear, b: QuantLinear, dtype: torch.dtype = torch.float32) -> None:
+    assert type(a.qweight) is type(b.qweight) and a.mode == b.mode
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert sa[key].dtype == sb[key].dtype and torch.equal(sa[key], sb[key]), key
+    x = torch.randn(2, a.in_features, generator=torch.Generator().manual_seed(1)).to(dtype)
+    assert torch.equal(a(x), b(x))
+
+
+@given(
+    spec=uniform_specs,
+    seed=st.integers(0, 2**31 - 1),
+    bias=st.booleans(),
+    mode=st.sampled_from(["kernel", "fake"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16]),
+    scattered=st.booleans(),
+)
+def test_layout_and_state_rebuild_the_same_uniform_layer(
+    spec: QuantSpec, seed: int, bias: bool, mode: str, dtype: torch.dtype, scattered: bool
+) -> None:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(12, 32, generator=g)
+    lin = nn.Linear(32, 12, bias=bias)
+    q = rtn_quantize(w, None, spec)
+    if scattered and spec.granularity == "group":  # groups of columns given by a g_idx
+        g_idx = torch.randperm(32, generator=g).remainder(32 // 16).to(torch.int32)
+        q = QuantizedWeight.from_codes(q.codes, q.scale, q.zero, spec, g_idx)
+    layer = QuantLinear.from_linear(lin, q, mode=mode, dtype=dtype)
+    layout = json.loads(json.dumps(layer.layout()))  # JSON-ready
+    _assert_same_layer(
+        layer, QuantLinear.from_layout(layout, layer.state_dict()), dtype if mode == "fake" else torch.float32
+    )
+
+
+@given(seed=st.integers(0, 2**31 - 1), bias=st.booleans(), bits=st.sampled_from([2, 3]))
+def test_layout_and_state_rebuild_the_same_multibinary_layer(seed: int, bias: bool, bits: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(8, 32, generator=g)
+    x = torch.randn(64, 32, generator=g)
+    q = daq_quantize(w, 2 * x.T @ x / 64, QuantSpec(bits, True, "group", 16))
+    layer = QuantLinear(q, torch.randn(8, generator=g) if bias else None, mode="fake")
+    layout = json.loads(json.dumps(layer.layout()))
+    _assert_same_layer(layer, QuantLinear.from_layout(layout, layer.state_dict()))

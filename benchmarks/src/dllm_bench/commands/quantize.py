@@ -2,8 +2,10 @@
 
 With no arguments it quantizes the shipped tiny-llada with the dllmquant recipe into
 ``runs/tiny-llada-dllmquant`` and prints float vs quantized arithmetic accuracy on held-out problems.
-An interrupted run resumes from its work directory (``<out>.work``) when started again with the same
-arguments.
+An interrupted run (Ctrl-C, SIGTERM, a crash) resumes from its work directory (``<out>.work``) when started
+again with the same arguments: the command says what it found there, and resumes only if the recipe,
+scheme, model (config and weights), dtype and calibration match (docs/resume.md); ``--restart`` discards it.
+The output and work folders are locked for the run, so a second run on the same ``--out`` is refused.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from dllm_sampler.tasks import character_accuracy, exact_accuracy, generate_answ
 from dllm_bench.devices import parse_device
 from dllm_bench.loading import load_any
 from dllm_bench.pipeline import (
+    LOCK_FILE,
     LOG_FILE,
     SITES_FILE,
+    FolderLock,
+    WorkDir,
     export_model,
     format_sites,
     quantize_model,
@@ -56,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--work-dir", type=Path, help="checkpoint folder for resuming (default <out>.work)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
+    parser.add_argument(
+        "--restart", action="store_true", help="discard what an interrupted run left in the work folder"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     parser.add_argument(
         "--eval-problems",
@@ -90,6 +98,26 @@ def _scores(texts: list[str], reference: list[str] | None) -> str:
     return f"{exact:>8.1%} {chars:>14.1%} {same:>13}"
 
 
+def _announce(work: Path, restart: bool) -> None:
+    """Say what an earlier run left in ``work`` and what happens to it (``restart``: it is deleted)."""
+    found = WorkDir.found(work)
+    if found is None:
+        return
+    if restart:
+        print(f"--restart: discarding the interrupted run in {work} ({found})")
+        for entry in work.iterdir():
+            if entry.name != LOCK_FILE:
+                if entry.is_dir():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+        return
+    print(
+        f"found an interrupted run in {work} ({found}); resuming it if the recipe, scheme, model weights and "
+        "calibration match (--restart discards it)"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     recipe = load_recipe(args.recipe, scheme=args.scheme)
@@ -109,15 +137,21 @@ def run(args: argparse.Namespace) -> int:
     float_texts = _answers(dlm, n_eval) if n_eval > 0 else None
 
     print(f"quantizing {args.model} with recipe {recipe.name!r} at {recipe.scheme.label} on {args.device}")
-    if work.exists():
-        print(f"resuming from the checkpoints in {work}")
-    result = quantize_model(dlm, recipe, device=device, work_dir=work, progress=not args.no_progress)
-    start = time.perf_counter()
-    source = Path(args.model).resolve() if Path(args.model).is_dir() else args.model
-    folder = export_model(result, out, overwrite=overwrite, source_model=str(source))
-    export_seconds = time.perf_counter() - start
-    if not args.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
+    with FolderLock(work):
+        _announce(work, args.restart)
+        try:
+            result = quantize_model(dlm, recipe, device=device, work_dir=work, progress=not args.no_progress)
+        except KeyboardInterrupt:
+            done = WorkDir.found(work) or "nothing completed yet"
+            raise KeyboardInterrupt(
+                f"interrupted; saved in {work}: {done}. Run the same command again to resume"
+            ) from None
+        start = time.perf_counter()
+        source = Path(args.model).resolve() if Path(args.model).is_dir() else args.model
+        folder = export_model(result, out, overwrite=overwrite, source_model=str(source))
+        export_seconds = time.perf_counter() - start
+        if not args.keep_work:
+            shutil.rmtree(work, ignore_errors=True)
 
     print(f"quantized in {result.seconds:.1f} s, exported in {export_seconds:.1f} s to {folder}")
     print(f"per-module log: {folder / LOG_FILE}")

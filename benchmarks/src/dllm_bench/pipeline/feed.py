@@ -10,7 +10,6 @@ prefix, one block in memory at a time.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,8 @@ from torch import Tensor, nn
 from dllm_bench.pipeline.blocks import BlockRunner
 
 __all__ = ["BlockFeed", "CachedBatch", "HiddenCache"]
+
+_BATCH_TENSORS = ("input_ids", "attention_mask", "is_masked", "mask_ratio")
 
 
 @dataclass
@@ -60,22 +61,42 @@ class HiddenCache:
             ]
         )
 
-    def state(self) -> dict[str, list[Any]]:
-        """Plain data (dicts, tuples, tensors), for ``torch.save``."""
-        return {
-            "batches": [dataclasses.asdict(c.batch) for c in self.batches],
-            "hidden": [c.hidden for c in self.batches],
-        }
+    def to_tensors(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Plain data for a safetensors file: tensors ``"{i}.{field}"`` (``hidden``, ``input_ids``,
+        ``attention_mask``, ``is_masked``, ``mask_ratio``, ``confidence`` when present) and a JSON-ready
+        description ``{"batches": [{"indices", "lengths", "logit_shift"}]}``; `from_tensors` inverts it."""
+        tensors: dict[str, Tensor] = {}
+        described = []
+        for i, cached in enumerate(self.batches):
+            batch = cached.batch
+            fields = {name: getattr(batch, name) for name in _BATCH_TENSORS}
+            fields["hidden"] = cached.hidden
+            if batch.confidence is not None:
+                fields["confidence"] = batch.confidence
+            tensors.update({f"{i}.{name}": t.detach().cpu().contiguous() for name, t in fields.items()})
+            described.append(
+                {
+                    "indices": list(batch.indices),
+                    "lengths": list(batch.lengths),
+                    "logit_shift": batch.logit_shift,
+                }
+            )
+        return tensors, {"batches": described}
 
     @classmethod
-    def from_state(cls, state: dict[str, list[Any]]) -> HiddenCache:
-        """Inverse of `state`."""
-        return cls(
-            [
-                CachedBatch(Batch(**batch), hidden)
-                for batch, hidden in zip(state["batches"], state["hidden"], strict=True)
-            ]
-        )
+    def from_tensors(cls, tensors: dict[str, Tensor], meta: dict[str, Any]) -> HiddenCache:
+        """Inverse of `to_tensors` (raises ``KeyError`` naming a missing tensor)."""
+        batches = []
+        for i, described in enumerate(meta["batches"]):
+            batch = Batch(
+                indices=tuple(int(k) for k in described["indices"]),
+                lengths=tuple(int(n) for n in described["lengths"]),
+                confidence=tensors.get(f"{i}.confidence"),
+                logit_shift=int(described["logit_shift"]),
+                **{name: tensors[f"{i}.{name}"] for name in _BATCH_TENSORS},
+            )
+            batches.append(CachedBatch(batch, tensors[f"{i}.hidden"]))
+        return cls(batches)
 
 
 class BlockFeed:

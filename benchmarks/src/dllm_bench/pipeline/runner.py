@@ -36,9 +36,10 @@ from dllm_bench.pipeline.blocks import BlockRunner, offloaded
 from dllm_bench.pipeline.calibration import prepare_calibration, with_confidence
 from dllm_bench.pipeline.context import BlockContext, ModelContext
 from dllm_bench.pipeline.feed import HiddenCache
+from dllm_bench.pipeline.lock import FolderLock
 from dllm_bench.pipeline.log import write_log
 from dllm_bench.pipeline.targets import check_fits, ignored_linears
-from dllm_bench.pipeline.workdir import BlockCheckpoint, WorkDir
+from dllm_bench.pipeline.workdir import WorkDir, weights_digest
 from dllm_bench.recipes import Recipe
 
 __all__ = ["LOG_FILE", "QuantizeResult", "quantize_model"]
@@ -73,6 +74,7 @@ def _fingerprint(dlm: DiffusionLM, recipe: Recipe, calibration: CalibrationSet |
     return {
         "recipe": recipe.to_dict(),
         "model": dlm.config.to_dict(),
+        "weights": weights_digest(dlm),
         "dtype": str(dlm.dtype),
         "calibration": given,
     }
@@ -111,14 +113,11 @@ def _calibration(
 def _global_stage(context: ModelContext, steps: Plan, work: WorkDir | None) -> list[LogRow]:
     dlm = context.dlm
     if work is not None and work.progress()["global_done"]:
-        model, rows = work.load_global()
-        if model is not None:
-            dlm.model = model
-        return rows
+        return work.load_global(dlm)
     rows = [row for method, config in steps for row in method.apply(context, config)]
     context.run_deferred()
     if work is not None:
-        work.save_global(dlm.model if steps else None, rows)
+        work.save_global(dlm if steps else None, rows)
     return rows
 
 
@@ -139,8 +138,9 @@ def quantize_model(
             embedding, which sit on ``device`` during the block loop).
         recipe: what to do.
         device: where blocks compute (``"cpu"``, ``"cuda"``, ...).
-        work_dir: checkpoint directory; a directory left by an interrupted run of the same recipe, model
-            and calibration is resumed. A ``quant_log.csv`` is kept there.
+        work_dir: checkpoint directory, locked for the call; a directory left by an interrupted run of the
+            same recipe, model (config and weights), dtype and calibration is resumed, any other is
+            refused (``dllm_bench.pipeline.workdir``). A ``quant_log.csv`` is kept there.
         calibration: use these states instead of the recipe's calibration spec.
         progress: show a tqdm bar over the blocks.
         on_block_done: called with the block index after each block is complete (and checkpointed).
@@ -148,9 +148,30 @@ def quantize_model(
     Returns:
         the `QuantizeResult`; block linears are ``QuantLinear`` (fake mode: the dequantized weight),
         wrapped in activation quantizers / online rotations where the recipe asks.
+
+    Raises:
+        ValueError: the work directory belongs to another run, is inconsistent (``SnapshotError``) or is
+            in use by another process (``FolderBusyError``).
     """
+    if work_dir is None:
+        return _quantize(dlm, recipe, torch.device(device), None, calibration, progress, on_block_done)
+    with FolderLock(work_dir):
+        return _quantize(
+            dlm, recipe, torch.device(device), Path(work_dir), calibration, progress, on_block_done
+        )
+
+
+def _quantize(
+    dlm: DiffusionLM,
+    recipe: Recipe,
+    device: torch.device,
+    work_dir: Path | None,
+    calibration: CalibrationSet | None,
+    progress: bool,
+    on_block_done: Callable[[int], None] | None,
+) -> QuantizeResult:
+    """`quantize_model` (its work directory, if any, already locked)."""
     start_time = time.perf_counter()
-    device = torch.device(device)
     plan = recipe.plan()
     ignored = ignored_linears(recipe, dlm)
     check_fits(recipe, dlm, ignored)
@@ -190,9 +211,7 @@ def quantize_model(
 
 def _restore_blocks(result: QuantizeResult, runner: BlockRunner, work: WorkDir, count: int) -> None:
     for index in range(count):
-        checkpoint = work.load_block(index)
-        runner.blocks[index] = checkpoint.module
-        result.rows.extend(checkpoint.rows)
+        result.rows.extend(work.load_block(runner.dlm, index))
 
 
 def _quantize_block(context: BlockContext, steps: Plan) -> list[LogRow]:
@@ -237,7 +256,7 @@ def _block_loop(
                 last = index + 1 == count
                 next_cache = None if cache is None or last else cache.propagate(runner, index)
             if work is not None:
-                work.save_block(index, BlockCheckpoint(runner.blocks[index], block_rows), next_cache)
+                work.save_block(runner.dlm, index, block_rows, next_cache)
             result.rows.extend(block_rows)
             cache = next_cache
             if on_block_done is not None:

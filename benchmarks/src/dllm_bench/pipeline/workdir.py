@@ -1,99 +1,122 @@
 """Per-block checkpoints of a quantization run, so an interrupted run resumes where it stopped.
 
-Layout of a work directory::
+Layout of a work directory (every file is safetensors or JSON: no Python object is ever deserialized)::
 
-    manifest.json      what the run is (recipe, model config, dtype, calibration): a resume must match
-    calibration/       the CalibrationSet (dllm_calib format), so a resume sees the same states
-    global.pt          the model after the whole-model transforms (only when the recipe has some)
-    block-0003.pt      block 3 after quantization: the module (with its run-time wrappers) and its log rows
-    hidden-0004.pt     the inputs of block 4, the next to quantize, per calibration batch
-    progress.json      {"global_done": bool, "next_block": n}
+    manifest.json                 what the run is: recipe, model config, dtype, a digest of the source
+                                  weights, calibration. A resume must match it exactly
+    calibration/                  the CalibrationSet (dllm_calib format), so a resume sees the same states
+    global.safetensors / .json    the model after the whole-model transforms, and their log rows
+    block-0003.safetensors / .json  block 3 after quantization (`dllm_bench.pipeline.snapshot`) + log rows
+    hidden-0004.safetensors / .json  the inputs of block 4, the next to quantize, per calibration batch
+    progress.json                 {"global_done": bool, "next_block": n}
+    .lock                         held by the run using the directory (`dllm_bench.pipeline.lock`)
 
-Every file is written to a temporary name and renamed into place, and ``progress.json`` is written last,
-so a run killed at any point resumes from the last completed block. ``*.pt`` files are pickles written by
-this code (``torch.load(weights_only=False)``); only resume from work directories you created.
+The resume contract (docs/resume.md): a run resumes only a directory whose manifest equals its own
+fingerprint (same recipe, scheme, model config and weights, dtype and calibration); any difference is
+refused with the keys that differ. Every file is written to a unique temporary name and renamed into place,
+and ``progress.json`` is written last, so a run killed at any point resumes from the last completed block.
+Only files that this layout names are read; anything else in the folder is ignored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 from dllm_calib import CalibrationSet, LogRow
-from torch import nn
+from dllm_sampler import DiffusionLM
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 from dllm_bench.pipeline.feed import HiddenCache
+from dllm_bench.pipeline.snapshot import SnapshotError, restore_block, restore_model, save_block, save_model
 
-__all__ = ["BlockCheckpoint", "WorkDir"]
+__all__ = ["WorkDir", "weights_digest"]
 
-
-def _replace_atomically(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+MANIFEST, PROGRESS = "manifest.json", "progress.json"
+_TEMP_SUFFIX = ".partial"
 
 
-def _save(obj: Any, path: Path) -> None:
-    _replace_atomically(path, lambda tmp: torch.save(obj, tmp))
-
-
-def _load(path: Path) -> Any:
-    return torch.load(path, map_location="cpu", weights_only=False)
+def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(tmp)`` to a unique temporary name beside ``path``, then rename it to ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_TEMP_SUFFIX}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write_json(data: Any, path: Path) -> None:
-    _replace_atomically(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n"))
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-class BlockCheckpoint:
-    """A quantized block: its module (with its run-time wrappers) and its log rows."""
-
-    def __init__(self, module: nn.Module, rows: list[LogRow]) -> None:
-        self.module, self.rows = module, rows
+def weights_digest(dlm: DiffusionLM) -> str:
+    """blake2b (hex, 32 bytes) over every tensor of ``dlm.model``'s state: names, dtypes, shapes, bytes."""
+    digest = hashlib.blake2b(digest_size=32)
+    for name, tensor in sorted(dlm.model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{list(tensor.shape)}|".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 class WorkDir:
-    """A run's work directory (see the module docstring).
+    """A run's work directory (see the module docstring). Hold its `FolderLock` while using it.
 
     Args:
         path: the directory (created if missing).
         fingerprint: JSON-ready description of the run; an existing directory must hold the same one.
 
     Raises:
-        ValueError: the directory belongs to a different run.
+        ValueError: the directory belongs to a different run (the message names what differs).
     """
 
     def __init__(self, path: str | Path, fingerprint: dict[str, Any]) -> None:
         self.path = Path(path).expanduser()
         self.path.mkdir(parents=True, exist_ok=True)
-        manifest = self.path / "manifest.json"
+        for leftover in self.path.glob(f".*{_TEMP_SUFFIX}"):  # writes a killed run never renamed
+            leftover.unlink(missing_ok=True)
+        manifest = self.path / MANIFEST
         canonical = json.loads(json.dumps(fingerprint, sort_keys=True))
         if manifest.is_file():
-            stored = json.loads(manifest.read_text(encoding="utf-8"))
+            stored = _read_json(manifest)
             if stored != canonical:
                 changed = sorted(k for k in set(stored) | set(canonical) if stored.get(k) != canonical.get(k))
                 raise ValueError(
-                    f"work directory {self.path} belongs to another run (different {changed}); delete it or "
-                    "choose another work directory"
+                    f"work directory {self.path} was left by another run (different {', '.join(changed)}); "
+                    "refusing to resume it. Pass --restart to discard it, or choose another --work-dir"
                 )
         else:
             _write_json(canonical, manifest)
+
+    @staticmethod
+    def found(path: str | Path) -> str | None:
+        """What an earlier run left in ``path`` (one line), None when it holds no run."""
+        folder = Path(path).expanduser()
+        if not (folder / MANIFEST).is_file():
+            return None
+        progress = _progress(folder)
+        if progress["global_done"]:
+            return f"global stage done, {progress['next_block']} block(s) done"
+        return "calibration saved" if (folder / "calibration").is_dir() else "nothing completed yet"
 
     # ----- progress -------------------------------------------------------------------------------
 
     def progress(self) -> dict[str, Any]:
         """``{"global_done": bool, "next_block": int}`` (a fresh directory: nothing done)."""
-        file = self.path / "progress.json"
-        if not file.is_file():
-            return {"global_done": False, "next_block": 0}
-        return json.loads(file.read_text(encoding="utf-8"))
+        return _progress(self.path)
 
     def _set_progress(self, global_done: bool, next_block: int) -> None:
-        _write_json({"global_done": global_done, "next_block": next_block}, self.path / "progress.json")
+        _write_json({"global_done": global_done, "next_block": next_block}, self.path / PROGRESS)
 
     # ----- calibration and the global stage ----------------------------------------------------------
 
@@ -105,48 +128,76 @@ class WorkDir:
     def save_calibration(self, cset: CalibrationSet) -> None:
         cset.save(self.path / "calibration")
 
-    def save_global(self, model: nn.Module | None, rows: list[LogRow]) -> None:
+    def save_global(self, dlm: DiffusionLM | None, rows: list[LogRow]) -> None:
         """Record the end of the global stage: the transformed model (None if nothing changed it)."""
-        if model is not None:
-            _save(model, self.path / "global.pt")
-        _write_json([asdict(r) for r in rows], self.path / "global_rows.json")
+        extra = {"rows": [asdict(r) for r in rows]}
+        if dlm is not None:
+            save_model(dlm, self.path / "global", extra, replace_atomically)
+        else:
+            _write_json({**extra, "unchanged": True}, self.path / "global.json")
         self._set_progress(True, 0)
 
-    def load_global(self) -> tuple[nn.Module | None, list[LogRow]]:
-        """The transformed model (None when the recipe has no global transform) and its log rows."""
-        file = self.path / "global.pt"
-        rows = json.loads((self.path / "global_rows.json").read_text(encoding="utf-8"))
-        return (_load(file) if file.is_file() else None), [LogRow(**r) for r in rows]
+    def load_global(self, dlm: DiffusionLM) -> list[LogRow]:
+        """Put the transformed model saved by `save_global` into ``dlm`` (if one was saved); returns the
+        global stage's log rows."""
+        meta = _read_json(self.path / "global.json")
+        if not meta.get("unchanged"):
+            meta = restore_model(dlm, self.path / "global")
+        return [LogRow(**r) for r in meta["rows"]]
 
     # ----- blocks -----------------------------------------------------------------------------------
 
-    def _block_file(self, index: int) -> Path:
-        return self.path / f"block-{index:04d}.pt"
-
-    def save_block(self, index: int, checkpoint: BlockCheckpoint, next_inputs: HiddenCache | None) -> None:
-        """Record block ``index`` as done, with the inputs of block ``index + 1`` (None after the last)."""
-        _save(
-            {"module": checkpoint.module, "rows": [asdict(r) for r in checkpoint.rows]},
-            self._block_file(index),
+    def save_block(
+        self, dlm: DiffusionLM, index: int, rows: list[LogRow], next_inputs: HiddenCache | None
+    ) -> None:
+        """Record block ``index`` of ``dlm`` as done (with its log rows), with the inputs of block
+        ``index + 1`` (None after the last)."""
+        save_block(
+            dlm, index, self._stem("block", index), {"rows": [asdict(r) for r in rows]}, replace_atomically
         )
         if next_inputs is not None:
-            _save(next_inputs.state(), self._hidden_file(index + 1))
+            tensors, meta = next_inputs.to_tensors()
+            stem = self._stem("hidden", index + 1)
+            replace_atomically(stem.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
+            _write_json(meta, stem.with_suffix(".json"))
         self._set_progress(True, index + 1)
-        self._hidden_file(index).unlink(missing_ok=True)
+        for suffix in (".safetensors", ".json"):
+            self._stem("hidden", index).with_suffix(suffix).unlink(missing_ok=True)
 
-    def load_block(self, index: int) -> BlockCheckpoint:
-        data = _load(self._block_file(index))
-        return BlockCheckpoint(data["module"], [LogRow(**r) for r in data["rows"]])
+    def load_block(self, dlm: DiffusionLM, index: int) -> list[LogRow]:
+        """Put block ``index`` saved by `save_block` back into ``dlm``; returns its log rows."""
+        meta = restore_block(dlm, index, self._stem("block", index))
+        return [LogRow(**r) for r in meta["rows"]]
 
-    def _hidden_file(self, index: int) -> Path:
-        return self.path / f"hidden-{index:04d}.pt"
+    def _stem(self, kind: str, index: int) -> Path:
+        return self.path / f"{kind}-{index:04d}"
 
     def load_inputs(self, index: int) -> HiddenCache:
         """The saved inputs of block ``index`` (written when block ``index - 1`` was completed)."""
-        file = self._hidden_file(index)
-        if not file.is_file():
-            raise ValueError(
-                f"{file} is missing although block {index - 1} is recorded as done; the work directory is "
-                "inconsistent, delete it and start over"
-            )
-        return HiddenCache.from_state(_load(file))
+        stem = self._stem("hidden", index)
+        try:
+            tensors = load_file(str(stem.with_suffix(".safetensors")))
+            return HiddenCache.from_tensors(tensors, _read_json(stem.with_suffix(".json")))
+        except (OSError, SafetensorError, KeyError, TypeError, ValueError) as err:
+            raise SnapshotError(
+                f"the inputs of block {index} ({stem}.*) are missing or unreadable although block "
+                f"{index - 1} is recorded as done ({err}); the work directory is inconsistent: pass "
+                "--restart (or delete it) and start over"
+            ) from err
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise SnapshotError(
+            f"cannot read {path} ({err}); the work directory is inconsistent: pass --restart (or delete it) "
+            "and start over"
+        ) from err
+
+
+def _progress(folder: Path) -> dict[str, Any]:
+    file = folder / PROGRESS
+    if not file.is_file():
+        return {"global_done": False, "next_block": 0}
+    return _read_json(file)

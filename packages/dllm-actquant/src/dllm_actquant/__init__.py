@@ -71,7 +71,13 @@ from dllm_actquant.rotation import (
     OnlineRotation,
     fold_rotation,
 )
-from dllm_actquant.runtime import RUNTIME_FORMAT, RuntimeState, restore_wrappers, stripped_wrappers
+from dllm_actquant.runtime import (
+    RUNTIME_FORMAT,
+    RuntimeState,
+    restore_wrappers,
+    strip_wrappers,
+    stripped_wrappers,
+)
 from dllm_actquant.smoothquant import (
     SMOOTH_PAIRS,
     SmoothQuantConfig,
@@ -157,6 +163,7 @@ __all__ = [
     "rotate_qk",
     "search_v_quant",
     "smoothquant_scales",
+    "strip_wrappers",
     "stripped_wrappers",
     "zigzag_permutation",
 ]

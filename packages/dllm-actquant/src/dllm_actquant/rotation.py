@@ -30,6 +30,7 @@ __all__ = [
     "OnlineRotation",
     "RotationAware",
     "fold_rotation",
+    "wrap_rotation",
 ]
 
 
@@ -217,8 +218,14 @@ def fold_rotation(linear: nn.Linear, rotation: InputRotation) -> OnlineRotation:
     with torch.no_grad():
         w = rotation.apply_rows(linear.weight.detach().to(torch.float64))
         linear.weight.copy_(w.to(linear.weight.dtype))
+    return wrap_rotation(linear, rotation)
+
+
+def wrap_rotation(inner: nn.Module, rotation: InputRotation) -> OnlineRotation:
+    """The wrapper computing ``inner(x M)`` for ``rotation`` M: an `OnlineHadamard` for a
+    `HadamardRotation`, else an `OnlineRotation` (``rotation`` itself is held, so it may be shared)."""
     if isinstance(rotation, HadamardRotation):
-        wrapper = OnlineHadamard(linear, rotation.size)
+        wrapper = OnlineHadamard(inner, rotation.size)
         wrapper.rotation = rotation
         return wrapper
-    return OnlineRotation(linear, rotation)
+    return OnlineRotation(inner, rotation)

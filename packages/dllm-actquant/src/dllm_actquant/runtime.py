@@ -28,7 +28,7 @@ with the same tensor keys and shared again when restored.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,10 +46,11 @@ from dllm_actquant.rotation import (
     HeadRotation,
     InputRotation,
     OnlineRotation,
+    wrap_rotation,
 )
 from dllm_actquant.vquant import VQuantConfig, VQuantOutput, VQuantParams, attach_v_quantizers
 
-__all__ = ["RUNTIME_FORMAT", "RuntimeState", "restore_wrappers", "stripped_wrappers"]
+__all__ = ["RUNTIME_FORMAT", "RuntimeState", "restore_wrappers", "strip_wrappers", "stripped_wrappers"]
 
 RUNTIME_FORMAT = 2
 _READABLE_FORMATS = (1, 2)
@@ -143,10 +144,9 @@ def _peel_site(module: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
     return module, chain
 
 
-@contextmanager
-def stripped_wrappers(dlm: DiffusionLM) -> Iterator[RuntimeState]:
-    """Inside the ``with`` body every block linear name of ``dlm`` holds its innermost layer; yields the
-    `RuntimeState` of the wrappers taken off. They are put back on exit (also on error)."""
+def _strip(dlm: DiffusionLM, blocks: Collection[int] | None) -> tuple[RuntimeState, dict[str, nn.Module]]:
+    """Take the wrappers of ``blocks`` (default: every block) off ``dlm``; returns their `RuntimeState` and
+    the outer modules taken off, by name (what puts them back). On error nothing stays stripped."""
     root = dlm.model
     state = RuntimeState()
     rotations = _Rotations(state.tensors)
@@ -156,6 +156,8 @@ def stripped_wrappers(dlm: DiffusionLM) -> Iterator[RuntimeState]:
     attention: dict[str, list[dict[str, Any]]] = {}
     try:
         for block in dlm.topology:
+            if blocks is not None and block.index not in blocks:
+                continue
             for name in block.linear_names():
                 outer = root.get_submodule(name)
                 inner, entry = _peel(name, outer, rotations, vquant, block.index)
@@ -177,10 +179,35 @@ def stripped_wrappers(dlm: DiffusionLM) -> Iterator[RuntimeState]:
             "vquant": _vquant_record(vquant, state.tensors),
             "attention": attention,
         }
+    except BaseException:
+        _put_back(root, wrapped)
+        raise
+    return state, wrapped
+
+
+def _put_back(root: nn.Module, wrapped: dict[str, nn.Module]) -> None:
+    for name, outer in wrapped.items():
+        replace_module(root, name, outer)
+
+
+@contextmanager
+def stripped_wrappers(dlm: DiffusionLM, blocks: Collection[int] | None = None) -> Iterator[RuntimeState]:
+    """Inside the ``with`` body every block linear name of ``dlm`` holds its innermost layer; yields the
+    `RuntimeState` of the wrappers taken off. They are put back on exit (also on error).
+
+    ``blocks``: only these block indices are stripped and recorded (default: every block).
+    """
+    state, wrapped = _strip(dlm, blocks)
+    try:
         yield state
     finally:
-        for name, outer in wrapped.items():
-            replace_module(root, name, outer)
+        _put_back(dlm.model, wrapped)
+
+
+def strip_wrappers(dlm: DiffusionLM, blocks: Collection[int] | None = None) -> RuntimeState:
+    """Take the wrappers of ``blocks`` (default: every block) off ``dlm`` for good (in place); returns
+    their `RuntimeState`, which `restore_wrappers` turns back into wrappers."""
+    return _strip(dlm, blocks)[0]
 
 
 def _rotation(record: dict[str, Any], tensors: dict[str, Tensor]) -> InputRotation:
@@ -212,7 +239,7 @@ def restore_wrappers(dlm: DiffusionLM, record: dict[str, Any], tensors: dict[str
             key = json.dumps(entry["rotation"], sort_keys=True)
             if key not in shared:
                 shared[key] = _rotation(entry["rotation"], tensors).to(dlm.device)
-            module = OnlineRotation(module, shared[key])
+            module = wrap_rotation(module, shared[key])
         replace_module(root, name, module)
     vquant = record.get("vquant")
     if vquant:

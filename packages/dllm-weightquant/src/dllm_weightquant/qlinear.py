@@ -15,9 +15,13 @@ under the names of ``FORMAT.md``); the dequantized weight of fake mode is a non-
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import dllm_kernels
 import torch
 import torch.nn.functional as F
+from dllm_kernels import QuantSpec
 from torch import Tensor, nn
 
 from dllm_weightquant.multibinary import MultiBinaryWeight
@@ -119,6 +123,48 @@ class QuantLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().cpu()
         module = cls(qweight, bias, mode, dtype or linear.weight.dtype)
         return module.to(linear.weight.device)
+
+    def layout(self) -> dict[str, Any]:
+        """What rebuilds this layer together with its ``state_dict`` (`from_layout`), JSON-ready:
+        ``kind``, ``shape [out, in]``, ``mode``, ``dtype`` (fake mode's weight dtype, else None) and the
+        ``spec`` (uniform) or ``group_size`` (multi-binary)."""
+        layout: dict[str, Any] = {
+            "kind": self._kind,
+            "shape": [self.out_features, self.in_features],
+            "mode": self.mode,
+            "dtype": str(self.weight.dtype).removeprefix("torch.") if self.mode == "fake" else None,
+        }
+        if self._kind == "uniform":
+            layout["spec"] = self._meta["spec"].to_dict()  # type: ignore[attr-defined]
+        else:
+            layout["group_size"] = self._meta["group_size"]
+        return layout
+
+    @classmethod
+    def from_layout(cls, layout: Mapping[str, Any], state: Mapping[str, Tensor]) -> QuantLinear:
+        """Inverse of `layout` + ``state_dict``: the same layer, built from ``state`` (this layer's
+        ``state_dict`` entries without a prefix)."""
+        out, inp = (int(n) for n in layout["shape"])
+        if layout["kind"] == "uniform":
+            qweight: QWeight = QuantizedWeight(
+                packed=state["weight_packed"],
+                scale=state["weight_scale"],
+                zero=state.get("weight_zero_point"),
+                spec=QuantSpec.from_dict(layout["spec"]),
+                shape=(out, inp),
+                g_idx=state.get("weight_g_idx"),
+            )
+        else:
+            qweight = MultiBinaryWeight(
+                planes=state["weight_planes"],
+                alpha_r=state["weight_alpha_r"],
+                alpha_c=state["weight_alpha_c"],
+                orders=state["weight_orders"],
+                shape=(out, inp),
+                group_size=int(layout["group_size"]),
+            )
+        dtype = None if layout["dtype"] is None else getattr(torch, layout["dtype"])
+        return cls(qweight, state.get("bias"), layout["mode"], dtype)
 
     @property
     def qweight(self) -> QWeight:
