@@ -3,7 +3,15 @@
 # --- models, loading and topology ---
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig
-from dllm_sampler.io import CheckpointError, atomic_folder, load, save, write_weights
+from dllm_sampler.io import (
+    CheckpointError,
+    atomic_folder,
+    check_finite,
+    describe_nonfinite,
+    load,
+    save,
+    write_weights,
+)
 from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM, tiny_config
 from dllm_sampler.registry import available_models
 from dllm_sampler.rope import RopeFn, model_rope
@@ -25,6 +33,8 @@ __all__ = [
     "Topology",
     "atomic_folder",
     "available_models",
+    "check_finite",
+    "describe_nonfinite",
     "load",
     "model_rope",
     "save",
