@@ -12,7 +12,7 @@ import dllm_sampler.io as dio
 import pytest
 import torch
 from dllm_sampler import CheckpointError, ConfigError, DiffusionLM, available_models, load, save, tiny_config
-from dllm_sampler.atomic import HOST
+from dllm_sampler.atomic import HOST, FolderInTheWay
 from dllm_sampler.testing import WriteFaults
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -318,8 +318,9 @@ def test_overwrite_replaces_only_checkpoint_folders(tmp_path: Path) -> None:
     notes = tmp_path / "notes"
     notes.mkdir()
     (notes / "todo.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match=r"not a checkpoint folder \(it has no config.json\)"):
+    with pytest.raises(FolderInTheWay, match=r"not a checkpoint folder \(it has no config.json\)") as err:
         save(make_dlm("llada"), notes, overwrite=True)
+    assert isinstance(err.value, ValueError)  # command lines report it as a bad argument
     assert snapshot(notes) == {"todo.txt": b"keep me"}
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not a folder"):

@@ -2,6 +2,7 @@
 
 # --- models, loading and topology ---
 from dllm_sampler.adapter import DiffusionLM
+from dllm_sampler.atomic import FolderInTheWay, check_replaceable
 from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig
 from dllm_sampler.io import (
     CheckpointError,
@@ -27,6 +28,7 @@ __all__ = [
     "DiffusionLM",
     "DreamConfig",
     "DreamModel",
+    "FolderInTheWay",
     "LLaDAConfig",
     "LLaDAModelLM",
     "RopeFn",
@@ -34,6 +36,7 @@ __all__ = [
     "atomic_folder",
     "available_models",
     "check_finite",
+    "check_replaceable",
     "describe_nonfinite",
     "load",
     "model_rope",

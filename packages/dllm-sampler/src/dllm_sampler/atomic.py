@@ -26,7 +26,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["CHECKPOINT_MARKER", "atomic_folder", "clean_stale_leftovers"]
+__all__ = [
+    "CHECKPOINT_MARKER",
+    "FolderInTheWay",
+    "atomic_folder",
+    "check_replaceable",
+    "clean_stale_leftovers",
+]
 
 CHECKPOINT_MARKER = "config.json"
 """The file that makes a folder a checkpoint `atomic_folder` may replace (HF and dllmq folders have it)."""
@@ -38,6 +44,11 @@ _LEFTOVER = re.compile(
     r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)@(?P<host>[A-Za-z0-9._-]+)-(?P<token>[0-9a-f]{8})$"
 )
 _LEGACY_STAGING = re.compile(r"^\.(?P<name>.+)\.tmp-[a-z0-9_]{8}$")  # tempfile.mkdtemp names of old runs
+
+
+class FolderInTheWay(FileExistsError, ValueError):
+    """The output path holds something `atomic_folder` may not replace. A ``ValueError`` too, so command
+    lines report it as a bad argument rather than with a traceback."""
 
 
 def _leftover_path(target: Path, kind: str) -> Path:
@@ -122,17 +133,18 @@ def clean_stale_leftovers(parent: Path) -> list[str]:
     return messages
 
 
-def _check_replaceable(path: Path, overwrite: bool) -> None:
-    """Raise ``FileExistsError`` unless ``path`` is absent, an empty folder, or (with ``overwrite``) a
-    checkpoint folder."""
+def check_replaceable(path: str | Path, overwrite: bool) -> None:
+    """Raise `FolderInTheWay` unless ``path`` is absent, an empty folder, or (with ``overwrite``) a
+    checkpoint folder: the check `atomic_folder` makes, for commands to run before any expensive work."""
+    path = Path(path)
     if not os.path.lexists(path) or (path.is_dir() and not any(path.iterdir())):
         return
     if not path.is_dir():
-        raise FileExistsError(f"{path} exists and is not a folder; choose another output path")
+        raise FolderInTheWay(f"{path} exists and is not a folder; choose another output path")
     if not overwrite:
-        raise FileExistsError(f"{path} exists and is not an empty folder; pass overwrite=True to replace it")
+        raise FolderInTheWay(f"{path} exists and is not an empty folder; pass overwrite=True to replace it")
     if not (path / CHECKPOINT_MARKER).is_file():
-        raise FileExistsError(
+        raise FolderInTheWay(
             f"{path} is not a checkpoint folder (it has no {CHECKPOINT_MARKER}), so overwrite=True does not "
             "replace it; choose another output path, or delete the folder yourself if nothing in it is needed"
         )
@@ -173,11 +185,11 @@ def atomic_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     Dead runs' leftovers in the parent folder are cleaned first (`clean_stale_leftovers`).
 
     Raises:
-        FileExistsError: ``path`` is a file, or a non-empty folder and ``overwrite`` is False, or a
-            non-empty folder without ``config.json`` (only checkpoints are replaced).
+        FolderInTheWay: (a ``FileExistsError``) ``path`` is a file, or a non-empty folder and ``overwrite``
+            is False, or a non-empty folder without ``config.json`` (only checkpoints are replaced).
     """
     path = Path(path)
-    _check_replaceable(path, overwrite)
+    check_replaceable(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     clean_stale_leftovers(path.parent)
     staging = _leftover_path(path, "tmp")
