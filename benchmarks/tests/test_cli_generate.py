@@ -93,3 +93,15 @@ def test_generation_config_round_trips_through_save(model_dir) -> None:
     saved = json.loads((model_dir / "generation_config.json").read_text())
     assert saved["dllmq_prompt_template"] == "{prompt} A:"
     assert saved["dllmq_add_bos"] is True
+
+
+def test_a_prompt_longer_than_the_model_fails_before_any_denoising_step(
+    model_dir, monkeypatch, capsys
+) -> None:
+    seen = _steps_seen(monkeypatch)
+    argv = ["generate", "--model", str(model_dir), "--raw", "--no-progress", "--gen-length", "4"]
+    assert main([*argv, "--prompt", " ".join(["two"] * 253)]) == 2  # 1 BOS + 253 + 4 > 256 positions
+    err = capsys.readouterr().err
+    assert "the prompt (254 tokens) plus the tokens to generate (4) make 258 positions" in err
+    assert "maximum of 256 (max_sequence_length in its config)" in err
+    assert seen == []

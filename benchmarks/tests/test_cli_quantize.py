@@ -94,3 +94,16 @@ def test_errors_are_reported_not_raised(model_dir, tmp_path, capsys) -> None:
     assert "does not divide the input width" in capsys.readouterr().err
     assert _quantize(model_dir, tmp_path / "x", "--device", "gpu0") == 2
     assert "not a torch device" in capsys.readouterr().err
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_checkpoint(model_dir, tmp_path, capsys) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "results.txt").write_text("keep me")
+    assert _quantize(model_dir, notes, "--recipe", "rtn", "--scheme", "W4A16g16", "--overwrite") == 2
+    printed = capsys.readouterr()
+    assert "is not a checkpoint folder (it has no config.json)" in printed.err
+    assert "quantizing" not in printed.out and not (tmp_path / "notes.work").exists()  # refused up front
+    assert [p.name for p in notes.iterdir()] == ["results.txt"]
+    assert (notes / "results.txt").read_text() == "keep me"
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left

@@ -163,6 +163,15 @@ def test_bad_arguments_are_named() -> None:
         get_model("dllmq").create_from_arg_string("pretrained=tiny-llada,mcnum=8")
 
 
+def test_max_length_past_the_models_positions_is_refused(lm: adapter.DllmqLM) -> None:
+    limit = adapter.default_max_length(lm.dlm)
+    assert adapter.build_settings(lm.dlm, max_length=limit).max_length == limit
+    with pytest.raises(
+        ValueError, match=rf"max_length={limit + 1} is more than the model's maximum of {limit}"
+    ):
+        adapter.build_settings(lm.dlm, max_length=limit + 1)
+
+
 # ----- tokenization ------------------------------------------------------------------------------------
 
 

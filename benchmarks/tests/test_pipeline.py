@@ -6,13 +6,18 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+from pathlib import Path
 
+import dllm_bench.pipeline.export as export_module
+import dllm_sampler.io as sampler_io
 import pytest
 import torch
 from dllm_actquant import ActQuantLinear, OnlineRotation, VQuantOutput, attention_site_summary
 from dllm_bench.loading import load_any
 from dllm_bench.pipeline import (
     LOG_FILE,
+    RECIPE_FILE,
     RUNTIME_FILE,
     BlockRunner,
     export_model,
@@ -21,10 +26,13 @@ from dllm_bench.pipeline import (
     quantize_model,
     quantized_sites,
 )
+from dllm_bench.pipeline.export import RUNTIME_TENSORS
+from dllm_bench.pipeline.sites import SITES_FILE
 from dllm_bench.recipes import CalibrationSpec, Recipe, load_recipe
-from dllm_sampler.testing import CHAR_VOCAB, random_char_model
+from dllm_sampler import CheckpointError
+from dllm_sampler.testing import CHAR_VOCAB, WriteFaults, random_char_model
 from dllm_weightquant import QuantLinear
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 SMALL_CALIBRATION = {"builder": "random", "params": {"num_samples": 6, "seq_len": 24}, "batch_size": 4}
@@ -197,6 +205,61 @@ def test_activation_recipes_export_and_reload_with_their_wrappers(
     assert isinstance(inner.inner.inner, QuantLinear)
     with torch.no_grad():
         assert rel_error(loaded.logits(ids), quantized) < 1e-3  # packed kernels vs dequantized weights
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_quarot_export_failing_at_any_write_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = quantize_model(random_char_model("llada"), small(load_recipe("rtn"), "W8A16g16"), progress=False)
+    target = export_model(old, tmp_path / "q")
+    before = snapshot(target)
+    result = quantize_model(
+        random_char_model("llada", seed=1), small(load_recipe("quarot"), "W4A4"), progress=False
+    )
+    faults = WriteFaults(monkeypatch, [sampler_io, export_module])
+    faults.wrap_tokenizer(result.dlm)
+    hit: list[str] = []
+
+    def unchanged(failed: str) -> None:
+        hit.append(failed)
+        assert snapshot(target) == before, f"the old checkpoint changed after a failure at {failed}"
+        assert [p.name for p in tmp_path.iterdir()] == ["q"], f"leftovers after a failure at {failed}"
+
+    writes = faults.run_each(lambda: export_model(result, target, overwrite=True), unchanged)
+    assert writes == len(hit)
+    runtime_files = {RUNTIME_FILE, RUNTIME_TENSORS, LOG_FILE, RECIPE_FILE, SITES_FILE}
+    assert all(any(name in h for h in hit) for name in runtime_files)  # each was a failure point
+    monkeypatch.undo()
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in target.iterdir()}
+    assert runtime_files <= set(modes) and modes == dict.fromkeys(modes, 0o666 & ~umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask
+    loaded = load_any(target)
+    assert any(isinstance(m, OnlineRotation) for m in loaded.model.modules())
+
+    tensors = load_file(target / RUNTIME_TENSORS)
+    name = next(iter(tensors))
+    tensors[name].view(-1)[0] = float("inf")
+    save_file(tensors, str(target / RUNTIME_TENSORS), {"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"^{name} in {target / RUNTIME_TENSORS} has 1 Inf value;"):
+        load_any(target)
+
+
+@pytest.mark.parametrize("method", ["rtn", "gptq", "awq"])
+def test_a_non_finite_weight_is_named_by_the_quantizer(method: str) -> None:
+    dlm = random_char_model("llada")
+    name = dlm.topology.block(1).names["up"]
+    with torch.no_grad():
+        dlm.model.get_submodule(name).weight[0, :2] = float("nan")
+    with pytest.raises(ValueError, match=rf"^{name}\.weight contains NaN or Inf values \(2 NaN values\)"):
+        quantize_model(dlm, small(load_recipe(method), "W4A16g16"), progress=False)
 
 
 def test_multibinary_recipe_exports_and_reloads(tmp_path) -> None:

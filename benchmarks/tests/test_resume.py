@@ -4,7 +4,9 @@ work folder, readable errors for a damaged work directory, and the CLI's announc
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -232,3 +234,27 @@ def test_ctrl_c_prints_one_line_saying_how_to_resume(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "1 block(s) done" in err[0] and "run the same command again to resume" in err[0].lower()
+
+
+def test_sigterm_is_handled_like_ctrl_c(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dllm_bench.commands.quantize as command
+
+    def terminated_after_block_0(index: int) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def stopped(*args, **kwargs):
+        return quantize_model(*args, **kwargs, on_block_done=terminated_after_block_0)
+
+    monkeypatch.setattr(command, "quantize_model", stopped)
+    before = signal.getsignal(signal.SIGTERM)
+    model = tmp_path / "model"
+    save(random_char_model("llada"), model)
+    argv = ["quantize", "--model", str(model), "--out", str(tmp_path / "q"), "--recipe", "rtn"]
+    assert main([*argv, "--scheme", "W4A16g16", "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 block(s) done" in err[0]
+    assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler is gone again
+    assert not (tmp_path / "q").exists()
+    assert not [p.name for p in (tmp_path / "q.work").iterdir() if p.name.endswith(".partial")]

@@ -7,12 +7,14 @@ import importlib
 import pytest
 import torch
 from dllm_sampler import (
+    DiffusionLM,
     DreamGenerationConfig,
     LLaDAGenerationConfig,
     default_generation_config,
     generate,
     generate_dream,
     generate_llada,
+    tiny_config,
 )
 from dllm_sampler.step import sample_without_replacement, select_top_k
 
@@ -79,3 +81,26 @@ def test_sample_without_replacement_counts_and_distribution():
     p = torch.softmax(torch.tensor([1.0, 0.0, -1.0]) / 0.5, dim=0)
     freq = hits[[0, 2, 3]] / n
     assert ((freq - p).abs() <= 5 * torch.sqrt(p * (1 - p) / n)).all()
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_a_prompt_past_the_models_maximum_fails_before_any_forward(arch: str) -> None:
+    dlm = DiffusionLM.from_config(tiny_config(arch), seed=0)
+    limit, key = dlm.max_positions, dlm.max_positions_key
+    assert (limit, key) == (256, {"llada": "max_sequence_length", "dream": "max_position_embeddings"}[arch])
+    config = default_generation_config(arch).with_length(8, 1)
+    prompt = torch.full((1, limit - 7), 5)
+    forward = dlm.logits
+
+    def no_forward(*args: object, **kwargs: object) -> torch.Tensor:
+        raise AssertionError("the model ran on an over-long sequence")
+
+    dlm.logits = no_forward  # type: ignore[method-assign]
+    expected = (
+        rf"the prompt \({limit - 7} tokens\) plus the tokens to generate \(8\) make {limit + 1} positions, "
+        rf"more than the model's maximum of {limit} \({key} in its config\)"
+    )
+    with pytest.raises(ValueError, match=expected):
+        generate(dlm, prompt, config=config)
+    dlm.logits = forward  # type: ignore[method-assign]
+    assert generate(dlm, prompt[:, 1:], config=config).shape == (1, limit)  # exactly the maximum runs

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import dllm_sampler.io as dio
 import pytest
 import torch
 from dllm_sampler import CheckpointError, ConfigError, DiffusionLM, available_models, load, save, tiny_config
+from dllm_sampler.atomic import HOST, FolderInTheWay
+from dllm_sampler.testing import WriteFaults
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -266,13 +270,115 @@ def test_packaged_models_load(name: str) -> None:
     assert dlm.logits(ids).shape == (1, ids.shape[1], dlm.vocab_size)
 
 
-def test_saved_folder_has_umask_permissions(tmp_path: Path) -> None:
-    old = os.umask(0o022)
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_saved_folder_has_umask_permissions(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
     try:
-        target = save(make_dlm("llada", seed=0), tmp_path / "m")
+        target = save(make_dlm("llada", seed=0), tmp_path / "m", max_shard_bytes=20_000)
     finally:
         os.umask(old)
-    assert target.stat().st_mode & 0o777 == 0o755
-    assert {f.name: f.stat().st_mode & 0o777 for f in target.iterdir()} == dict.fromkeys(
-        (f.name for f in target.iterdir()), 0o644
-    )
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask
+    modes = {f.name: f.stat().st_mode & 0o777 for f in target.iterdir()}
+    assert "model.safetensors.index.json" in modes and "tokenizer.json" in modes
+    assert modes == dict.fromkeys(modes, 0o666 & ~umask)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative path -> bytes)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failure_at_any_write_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "m"
+    save(make_dlm("dream", seed=0), target, max_shard_bytes=20_000)
+    before = snapshot(target)
+    new = make_dlm("dream", seed=1)
+    new.tokenizer_files = {"generation_config.json": {"steps": 4}}
+    faults = WriteFaults(monkeypatch, [dio])
+    faults.wrap_tokenizer(new)
+    hit: list[str] = []
+
+    def unchanged(failed: str) -> None:
+        hit.append(failed)
+        assert snapshot(target) == before, f"the old checkpoint changed after a failure at {failed}"
+        assert [p.name for p in tmp_path.iterdir()] == ["m"], f"leftovers after a failure at {failed}"
+
+    writes = faults.run_each(lambda: save(new, target, max_shard_bytes=20_000, overwrite=True), unchanged)
+    assert writes == len(hit) >= 10
+    assert {h.split()[0] for h in hit} >= {"dllm_sampler.io.save_file", "write_text", "tokenizer.save"}
+    assert sum(h.startswith("os.replace") for h in hit) == 2  # old -> backup, staging -> target
+    monkeypatch.undo()
+    assert torch.equal(load(target).logits(IDS), new.logits(IDS))
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+
+
+def test_overwrite_replaces_only_checkpoint_folders(tmp_path: Path) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    with pytest.raises(FolderInTheWay, match=r"not a checkpoint folder \(it has no config.json\)") as err:
+        save(make_dlm("llada"), notes, overwrite=True)
+    assert isinstance(err.value, ValueError)  # command lines report it as a bad argument
+    assert snapshot(notes) == {"todo.txt": b"keep me"}
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        save(make_dlm("llada"), tmp_path / "file", overwrite=True)
+    (tmp_path / "empty").mkdir()
+    save(make_dlm("llada"), tmp_path / "empty")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "file", "notes"]
+
+
+def test_leftovers_of_dead_writers_are_cleaned_and_live_ones_kept(tmp_path: Path) -> None:
+    save(make_dlm("llada", seed=3), tmp_path / "kept")
+    kept = snapshot(tmp_path / "kept")
+    save(make_dlm("llada"), tmp_path / "done")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead = child.pid
+    stale = tmp_path / f".m.tmp-{dead}@{HOST}-0123abcd"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half a model")
+    live = tmp_path / f".m.tmp-{os.getpid()}@{HOST}-89abcdef"
+    live.mkdir()
+    elsewhere = tmp_path / f".m.tmp-{dead}@another-host-0badc0de"
+    elsewhere.mkdir()
+    legacy = tmp_path / ".m.tmp-k2_x9qz1"
+    legacy.mkdir()
+    # a dead run's backup whose checkpoint never came back is the only copy: it is moved back
+    os.replace(tmp_path / "kept", tmp_path / f".kept.old-{dead}@{HOST}-00c0ffee")
+    # a dead run's backup whose checkpoint was replaced is deleted
+    replaced = tmp_path / f".done.old-{dead}@{HOST}-0000beef"
+    replaced.mkdir()
+
+    with pytest.warns(UserWarning) as record:
+        save(make_dlm("llada"), tmp_path / "m")
+    messages = "\n".join(str(w.message) for w in record)
+    assert f"removed {stale}, a staging folder left by process {dead}" in messages
+    assert f"removed {replaced}, a replaced checkpoint" in messages
+    assert f"restored {tmp_path / 'kept'}" in messages
+    assert f"{legacy} looks like the staging folder of an interrupted export" in messages
+    assert len(record) == 4
+    assert not stale.exists() and not replaced.exists()
+    assert live.exists() and elsewhere.exists() and legacy.exists()
+    assert snapshot(tmp_path / "kept") == kept
+
+
+@pytest.mark.parametrize("arch", ["llada", "dream"])
+def test_nan_or_inf_in_any_tensor_fails_the_load_naming_it(tmp_path: Path, arch: str) -> None:
+    folder = save(make_dlm(arch), tmp_path / "m")
+    file = folder / "model.safetensors"
+    state = load_file(file)
+    norm = next(n for n in state if "norm" in n)
+    state[norm][:3] = float("nan")
+    save_file(state, file, {"format": "pt"})
+    with pytest.raises(
+        CheckpointError, match=rf"^{norm} in {file} has 3 NaN values; the checkpoint is corrupt"
+    ):
+        load(folder)
+    state[norm][:3] = 1.0
+    state[norm][0] = float("-inf")
+    save_file(state, file, {"format": "pt"})
+    with pytest.raises(CheckpointError, match=rf"{norm} in {file} has 1 Inf value;"):
+        load(folder, dtype=torch.bfloat16)

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 from dllm_kernels import QuantSpec
-from dllm_sampler import DiffusionLM
+from dllm_sampler import CheckpointError, DiffusionLM
+from dllm_sampler.testing import WriteFaults
 from dllm_weightquant import (
     QuantLinear,
     QuantProvenance,
@@ -25,7 +26,7 @@ from dllm_weightquant import (
     rtn_quantize,
 )
 from dllm_weightquant.checkpoint.qconfig import ModuleFormat
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from tokenizers.models import WordLevel
 
@@ -228,6 +229,64 @@ def test_writes_are_atomic(tmp_path: Path, tiny_dlm: Callable, monkeypatch: pyte
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q"]  # no temporary folder left behind
     monkeypatch.undo()
     export_quantized(dlm, target, overwrite=True)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_failure_at_any_write_of_an_export_keeps_the_previous_checkpoint(
+    tmp_path: Path, tiny_dlm: Callable, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dllm_sampler.io as sampler_io
+
+    old = tiny_dlm("llada")
+    quantize_model(old, lambda n, w, h: rtn_quantize(w, None, QuantSpec(8)))
+    target = export_quantized(old, tmp_path / "q")
+    before = _files(target)
+    dlm = _with_tokenizer(tiny_dlm("dream"))
+    weights = quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4)))
+    faults = WriteFaults(monkeypatch, [sampler_io])
+    faults.wrap_tokenizer(dlm)
+
+    def extra(folder: Path) -> None:
+        faults.tick("extra hook")
+        (folder / "extra.json").write_text("{}\n")
+
+    def unchanged(failed: str) -> None:
+        assert _files(target) == before, f"the old checkpoint changed after a failure at {failed}"
+        assert [p.name for p in tmp_path.iterdir()] == ["q"], f"leftovers after a failure at {failed}"
+
+    writes = faults.run_each(
+        lambda: export_quantized(dlm, target, overwrite=True, max_shard_bytes=8192, extra=extra), unchanged
+    )
+    assert writes >= 10
+    monkeypatch.undo()
+    assert (target / "extra.json").read_text() == "{}\n" and (
+        target / "model.safetensors.index.json"
+    ).is_file()
+    got = _loaded_weights(load_quantized(target))
+    assert all(torch.equal(got[n], w) for n, w in weights.items())
+
+
+def test_nan_in_a_quantized_checkpoint_fails_the_load_naming_the_tensor(
+    tmp_path: Path, tiny_dlm: Callable
+) -> None:
+    dlm = tiny_dlm("llada")
+    quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4, True, "group", 16)))
+    file = export_quantized(dlm, tmp_path / "q") / "model.safetensors"
+    state = load_file(file)
+    pristine = {n: t.clone() for n, t in state.items()}
+    norm = next(n for n in state if "norm" in n)
+    scale = next(n for n in state if n.endswith("weight_scale"))
+    for name, count in ((norm, 3), (scale, 1)):
+        state = {n: t.clone() for n, t in pristine.items()}
+        state[name].view(-1)[:count] = float("nan")
+        save_file(state, str(file), {"format": "pt"})
+        with pytest.raises(
+            CheckpointError, match=rf"^{name} in {file} has {count} NaN values?; the checkpoint is"
+        ):
+            load_quantized(tmp_path / "q")
 
 
 def test_clear_errors(tmp_path: Path, tiny_dlm: Callable) -> None:

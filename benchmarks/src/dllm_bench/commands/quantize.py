@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from dllm_sampler import check_replaceable
 from dllm_sampler.tasks import character_accuracy, exact_accuracy, generate_answers, heldout_problems
 
 from dllm_bench.devices import parse_device
@@ -127,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     overwrite = args.overwrite or args.out is None  # the default location is dllmq's own
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite or another --out")
+    check_replaceable(out, overwrite)  # before hours of quantization, not at export
     work = args.work_dir or out.with_name(f"{out.name}.work")
 
     dlm = load_any(args.model, dtype=_DTYPES[args.dtype])

@@ -205,7 +205,7 @@ def build_settings(
     Args:
         dlm: the loaded model (its arch, ``generation_defaults`` and position limit are read).
         batch_size: the Monte-Carlo batch; None or "auto" gives 32; int-like strings are accepted.
-        max_length: None = `default_max_length`.
+        max_length: None = `default_max_length`; at most the model's position limit (else ``ValueError``).
         add_bos_token: None = the folder's ``dllmq_add_bos`` if set, else the protocol's
             (``eval_defaults.add_bos``): True for Dream (its harness adds BOS) and False for LLaDA (its
             tokenizer decides, as in LLaDA's harness).
@@ -219,6 +219,13 @@ def build_settings(
         )
     if add_bos_token is None:
         add_bos_token = bool(dlm.generation_defaults.get("dllmq_add_bos", spec.eval_defaults.add_bos))
+    positions = getattr(dlm.config, dlm.config.MAX_POSITIONS_KEY)
+    if max_length is not None and max_length > positions:
+        raise ValueError(
+            f"max_length={max_length} is more than the model's maximum of {positions} positions "
+            f"({dlm.config.MAX_POSITIONS_KEY} in its config); pass max_length <= {positions} in model_args "
+            "or leave it out"
+        )
     return AdapterSettings(
         sampler=sampler,
         mc_num=mc_num,

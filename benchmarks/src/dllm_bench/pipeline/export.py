@@ -10,16 +10,19 @@ model:
   (``dllm_actquant.runtime``);
 * ``quant_log.csv`` (the per-module log), ``dllmq_recipe.yaml`` (the recipe that ran) and
   ``dllmq_sites.json`` (what is quantized: weights, linear inputs, Q/K/V; `quantized_sites`).
+
+Without its runtime files the folder would load as a different model, so they are written into the
+export's staging folder (``export_quantized``'s ``extra`` hook) and go into place with the weights in one
+rename, or not at all.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from dllm_actquant import restore_wrappers, stripped_wrappers
-from dllm_sampler import DiffusionLM
+from dllm_sampler import DiffusionLM, check_finite
 from dllm_weightquant import QuantProvenance, export_quantized
 from safetensors.torch import load_file, save_file
 
@@ -40,7 +43,8 @@ def export_model(
     """Write ``result``'s model to the folder ``path`` (see the module docstring); returns the folder.
 
     ``source_model`` (the shipped name or folder of the float model) is recorded in the provenance, where
-    ``dllmq analyze steps`` finds its default reference.
+    ``dllmq analyze steps`` finds its default reference. Every file is staged and moved into place in one
+    rename; ``overwrite`` replaces only a checkpoint folder (see ``dllm_sampler.atomic_folder``).
     """
     recipe = result.recipe
     provenance = QuantProvenance(
@@ -51,33 +55,38 @@ def export_model(
         notes=f"dllmq recipe {recipe.name!r} at {recipe.scheme.label}",
     )
     sites = quantized_sites(result.dlm)
+
     with stripped_wrappers(result.dlm) as runtime:
-        folder = export_quantized(result.dlm, path, provenance, overwrite=overwrite)
-    try:  # without its runtime files the folder would load as a different model: all or nothing
-        if runtime:
-            text = json.dumps(runtime.record, indent=2) + "\n"
-            (folder / RUNTIME_FILE).write_text(text, encoding="utf-8")
-            save_file(runtime.tensors, str(folder / RUNTIME_TENSORS), {"format": "pt"})
-        write_log(result.rows, folder / LOG_FILE)
-        (folder / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
-        (folder / SITES_FILE).write_text(json.dumps(sites, indent=2) + "\n", encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-    return folder
+
+        def write_bench_files(folder: Path) -> None:
+            """Into the staging folder: the runtime record and tensors (when there are wrappers), the log,
+            the recipe and the sites."""
+            if runtime:
+                text = json.dumps(runtime.record, indent=2) + "\n"
+                (folder / RUNTIME_FILE).write_text(text, encoding="utf-8")
+                save_file(runtime.tensors, str(folder / RUNTIME_TENSORS), {"format": "pt"})
+            write_log(result.rows, folder / LOG_FILE)
+            (folder / RECIPE_FILE).write_text(recipe.to_yaml(), encoding="utf-8")
+            (folder / SITES_FILE).write_text(json.dumps(sites, indent=2) + "\n", encoding="utf-8")
+
+        return export_quantized(result.dlm, path, provenance, overwrite=overwrite, extra=write_bench_files)
 
 
 def restore_runtime(dlm: DiffusionLM, folder: str | Path) -> DiffusionLM:
     """Re-create the wrappers and V quantizers recorded by `export_model` on a loaded checkpoint (in place).
 
-    A folder without ``dllmq_runtime.json`` is returned unchanged.
+    A folder without ``dllmq_runtime.json`` is returned unchanged. Raises ``dllm_sampler.CheckpointError``
+    naming a runtime tensor (e.g. a rotation) with NaN or Inf values.
     """
     folder = Path(folder)
     file = folder / RUNTIME_FILE
     if not file.is_file():
         return dlm
     record = json.loads(file.read_text(encoding="utf-8"))
+    tensors = load_file(str(folder / RUNTIME_TENSORS))
+    for name, tensor in tensors.items():
+        check_finite(tensor, name, folder / RUNTIME_TENSORS)
     try:
-        return restore_wrappers(dlm, record, load_file(str(folder / RUNTIME_TENSORS)))
+        return restore_wrappers(dlm, record, tensors)
     except ValueError as err:
         raise ValueError(f"{file}: {err}") from err

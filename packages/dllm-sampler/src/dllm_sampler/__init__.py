@@ -2,8 +2,17 @@
 
 # --- models, loading and topology ---
 from dllm_sampler.adapter import DiffusionLM
+from dllm_sampler.atomic import FolderInTheWay, check_replaceable
 from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig
-from dllm_sampler.io import CheckpointError, atomic_folder, load, save, write_weights
+from dllm_sampler.io import (
+    CheckpointError,
+    atomic_folder,
+    check_finite,
+    describe_nonfinite,
+    load,
+    save,
+    write_weights,
+)
 from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM, tiny_config
 from dllm_sampler.registry import available_models
 from dllm_sampler.rope import RopeFn, model_rope
@@ -19,12 +28,16 @@ __all__ = [
     "DiffusionLM",
     "DreamConfig",
     "DreamModel",
+    "FolderInTheWay",
     "LLaDAConfig",
     "LLaDAModelLM",
     "RopeFn",
     "Topology",
     "atomic_folder",
     "available_models",
+    "check_finite",
+    "check_replaceable",
+    "describe_nonfinite",
     "load",
     "model_rope",
     "save",

@@ -114,6 +114,17 @@ class DiffusionLM:
         return self.config.dims().vocab_size
 
     @property
+    def max_positions(self) -> int:
+        """The longest sequence (prompt plus generated tokens) the model is made for: the config's
+        ``MAX_POSITIONS_KEY`` (LLaDA ``max_sequence_length``, Dream ``max_position_embeddings``)."""
+        return int(getattr(self.config, self.config.MAX_POSITIONS_KEY))
+
+    @property
+    def max_positions_key(self) -> str:
+        """The config.json key `max_positions` comes from, for error messages."""
+        return self.config.MAX_POSITIONS_KEY
+
+    @property
     def topology(self) -> Topology:
         """The module map and invariance-preserving edits (built fresh, so it follows the model)."""
         return Topology(self.model)

@@ -19,6 +19,7 @@ from .step import (
     MaskPredictor,
     StepHook,
     StepState,
+    check_length,
     check_prompt,
     extend_attention_mask,
     max_probability,
@@ -217,6 +218,7 @@ def generate_dream(
     cfg = config or DreamGenerationConfig()
     mask_id = model.mask_token_id
     check_prompt(prompt, attention_mask, mask_id)
+    check_length(model, prompt.shape[1], cfg.max_new_tokens)
     b, lp = prompt.shape
     x = torch.full((b, lp + cfg.max_new_tokens), mask_id, dtype=torch.long, device=prompt.device)
     x[:, :lp] = prompt

@@ -20,6 +20,7 @@ from .step import (
     MaskPredictor,
     StepHook,
     StepState,
+    check_length,
     check_prompt,
     extend_attention_mask,
     max_probability,
@@ -209,6 +210,7 @@ def generate_llada(
     cfg = config or LLaDAGenerationConfig()
     mask_id = model.mask_token_id
     check_prompt(prompt, attention_mask, mask_id)
+    check_length(model, prompt.shape[1], cfg.gen_length)
     if (cfg.logits_eos_inf or cfg.confidence_eos_eot_inf) and model.eos_token_id is None:
         raise ValueError("logits_eos_inf / confidence_eos_eot_inf need model.eos_token_id, which is None")
     b, lp = prompt.shape

@@ -6,19 +6,15 @@ plus ``tokenizer_config.json`` / ``special_tokens_map.json`` / ``generation_conf
 
 Loading is strict (every mismatch between the folder and the architecture is reported in one error) and
 builds the model on the meta device, so the weights are materialised once, directly from the files.
-Saving writes into a temporary folder beside the target and renames it into place.
+Saving stages the folder beside the target and renames it into place (`dllm_sampler.atomic`). Every
+floating tensor read must be finite (`check_finite`): a NaN or Inf in a checkpoint is reported at load
+time with the tensor and file named, not as NaN logits later.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-import uuid
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +25,21 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from dllm_sampler.adapter import DiffusionLM
+from dllm_sampler.atomic import atomic_folder
 from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig, config_from_dict
 from dllm_sampler.models.spec import spec_for_config
 from dllm_sampler.registry import resolve
 
-__all__ = ["DEFAULT_MAX_SHARD_BYTES", "CheckpointError", "atomic_folder", "load", "save", "write_weights"]
+__all__ = [
+    "DEFAULT_MAX_SHARD_BYTES",
+    "CheckpointError",
+    "atomic_folder",
+    "check_finite",
+    "describe_nonfinite",
+    "load",
+    "save",
+    "write_weights",
+]
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -65,6 +71,26 @@ _SAFETENSORS_DTYPES = {
 
 class CheckpointError(ValueError):
     """A checkpoint folder whose files are missing, corrupt or do not match the architecture."""
+
+
+def describe_nonfinite(tensor: Tensor) -> str:
+    """How many NaN and Inf values ``tensor`` holds, e.g. "3 NaN values" or "2 NaN and 1 Inf values"; ""
+    for a finite tensor or one that is not floating point."""
+    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+        return ""
+    counts = {"NaN": int(torch.isnan(tensor).sum()), "Inf": int(torch.isinf(tensor).sum())}
+    found = " and ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    return f"{found} value{'' if sum(counts.values()) == 1 else 's'}"
+
+
+def check_finite(tensor: Tensor, name: str, file: str | Path) -> None:
+    """Raise ``CheckpointError`` naming ``name`` and ``file`` when the floating tensor ``tensor`` read from
+    ``file`` holds NaN or Inf values."""
+    problem = describe_nonfinite(tensor)
+    if problem:
+        raise CheckpointError(
+            f"{name} in {file} has {problem}; the checkpoint is corrupt, re-export or re-download it"
+        )
 
 
 def _parse_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
@@ -176,7 +202,8 @@ def load(
 
     dtype: a float dtype (or its name) to cast to; None keeps the stored dtype (float32 if the file mixes
     dtypes). The model is returned in eval mode with ``requires_grad`` off. Raises ``CheckpointError``
-    listing every missing, unexpected or mis-shaped tensor, ``ConfigError`` for a bad config.json.
+    listing every missing, unexpected or mis-shaped tensor, or naming a tensor with NaN/Inf values, and
+    ``ConfigError`` for a bad config.json.
     """
     folder = resolve(path_or_name)
     target = _parse_dtype(dtype)
@@ -209,7 +236,9 @@ def load(
         try:
             with safe_open(str(file), framework="pt", device=str(device)) as f:
                 for name in names:
-                    state[name] = f.get_tensor(name).to(target)
+                    tensor = f.get_tensor(name)
+                    check_finite(tensor, name, file)
+                    state[name] = tensor.to(target)
         except SafetensorError as e:
             raise CheckpointError(f"{file}: corrupt or unreadable safetensors file ({e})") from e
     model.load_state_dict(state, strict=True, assign=True)
@@ -254,57 +283,6 @@ def write_weights(
     (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
-def _default_permissions(folder: Path) -> None:
-    """Give ``folder`` and its files the permissions a plain mkdir/open would (the process umask).
-
-    ``mkdtemp`` creates the staging folder owner-only and safetensors writes owner-only files; a saved
-    checkpoint must be readable like any other folder the user creates.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for file in folder.iterdir():
-        file.chmod(0o666 & ~umask)
-
-
-def _swap_into_place(tmp: Path, path: Path) -> None:
-    """Rename tmp to path; an existing path is moved aside first and deleted only after the swap."""
-    if path.is_dir() and not any(path.iterdir()):
-        path.rmdir()
-    if not path.exists():
-        os.replace(tmp, path)
-        return
-    backup = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-    os.replace(path, backup)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        os.replace(backup, path)
-        raise
-    shutil.rmtree(backup)
-
-
-@contextmanager
-def atomic_folder(path: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Stage a folder's files in a temporary sibling and move it to ``path`` only when the block succeeds.
-
-    Yields the staging folder. On success it gets the umask's permissions and replaces ``path`` (an old
-    folder is deleted only after the swap); on any error it is deleted and ``path`` is left as it was. An
-    existing non-empty ``path`` needs ``overwrite=True``.
-    """
-    if path.exists() and not (path.is_dir() and (overwrite or not any(path.iterdir()))):
-        raise FileExistsError(f"{path} exists and is not an empty folder; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-        _default_permissions(tmp)
-        _swap_into_place(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save(
     dlm: DiffusionLM,
     path: str | Path,
@@ -316,7 +294,8 @@ def save(
     Weights go to ``model.safetensors`` or, when larger than ``max_shard_bytes``, to numbered shards plus an
     index. config.json is the config's ``to_dict()`` with ``torch_dtype`` set to the stored dtype; the
     tokenizer and pass-through files are written when present. The write is atomic: an error leaves no
-    partial folder and an existing one untouched. An existing non-empty ``path`` needs ``overwrite=True``.
+    partial folder and an existing one untouched (`atomic_folder`). An existing non-empty ``path`` is
+    replaced only with ``overwrite=True`` and only when it is a checkpoint folder (has config.json).
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")

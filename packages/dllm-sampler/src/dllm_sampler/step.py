@@ -23,7 +23,8 @@ class MaskPredictor(Protocol):
 
     ``logits(input_ids [B, L] long, attention_mask [B, L] or None) -> [B, L, V] float``: the prediction of
     the clean token at every position, with the architecture's conventions already applied (Dream's
-    one-position shift). ``arch`` is ``"llada"`` or ``"dream"``.
+    one-position shift). ``arch`` is ``"llada"`` or ``"dream"``. A model may also have ``max_positions``
+    (int, the longest prompt plus answer it is made for; `DiffusionLM` has it), which the samplers check.
     """
 
     mask_token_id: int
@@ -111,6 +112,24 @@ def check_prompt(prompt: torch.Tensor, attention_mask: torch.Tensor | None, mask
             f"attention_mask shape {tuple(attention_mask.shape)} must equal "
             f"prompt shape {tuple(prompt.shape)}"
         )
+
+
+def check_length(model: MaskPredictor, prompt_length: int, new_tokens: int) -> None:
+    """Raise ``ValueError`` when ``prompt_length + new_tokens`` exceeds the model's maximum sequence length.
+
+    The maximum is ``model.max_positions`` when the model has one (``DiffusionLM`` does: its config's
+    ``max_sequence_length`` / ``max_position_embeddings``); models without it are not checked. Positions
+    past the maximum give garbage silently and make every step slower, so this runs before the first one.
+    """
+    limit = getattr(model, "max_positions", None)
+    if limit is None or prompt_length + new_tokens <= limit:
+        return
+    key = getattr(model, "max_positions_key", "its maximum")
+    raise ValueError(
+        f"the prompt ({prompt_length} tokens) plus the tokens to generate ({new_tokens}) make "
+        f"{prompt_length + new_tokens} positions, more than the model's maximum of {limit} ({key} in its "
+        "config); shorten the prompt or generate fewer tokens (gen_length / max_new_tokens)"
+    )
 
 
 def extend_attention_mask(attention_mask: torch.Tensor | None, new_tokens: int) -> torch.Tensor | None:

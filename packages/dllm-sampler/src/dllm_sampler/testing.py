@@ -1,4 +1,5 @@
-"""Random tiny models with a character tokenizer, for tests of code built on dllm_sampler.
+"""Helpers for tests of code built on dllm_sampler: random tiny models with a character tokenizer, and
+`WriteFaults`, which makes one write of a checkpoint export fail.
 
 The tokenizer maps every printable ASCII character and the newline to one token, after the special
 tokens of the shipped tiny models (pad 0, bos 1, eos 2, ``<|mdm_mask|>`` 3, ``<unk>`` 4), so any text
@@ -7,7 +8,13 @@ tokens of the shipped tiny models (pad 0, bos 1, eos 2, ``<|mdm_mask|>`` 3, ``<u
 
 from __future__ import annotations
 
-from typing import Any
+import errno
+import json
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
@@ -15,7 +22,7 @@ from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.config import DreamConfig, LLaDAConfig
 from dllm_sampler.models.spec import arch_spec, tiny_config
 
-__all__ = ["CHAR_VOCAB", "char_model_config", "char_tokenizer", "random_char_model"]
+__all__ = ["CHAR_VOCAB", "WriteFaults", "char_model_config", "char_tokenizer", "random_char_model"]
 
 _SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>")
 _CHARS = (*(chr(c) for c in range(32, 127)), "\n")
@@ -48,3 +55,155 @@ def random_char_model(
     return model_class.from_config(
         char_model_config(arch, **overrides), seed=seed, tokenizer=char_tokenizer()
     )
+
+
+class Patcher(Protocol):
+    """What `WriteFaults` needs to patch (and later restore) attributes: pytest's ``MonkeyPatch``."""
+
+    def setattr(self, target: object, name: str, value: object) -> None: ...
+
+
+class _CountedTokenizer:
+    """A tokenizer whose ``save`` is a counted write of `WriteFaults`; everything else is the inner one's."""
+
+    def __init__(self, inner: Tokenizer, faults: WriteFaults) -> None:
+        self._inner = inner
+        self._faults = faults
+
+    def save(self, path: str, pretty: bool = True) -> None:
+        self._inner.save(path, pretty)
+        self._faults.after_write(Path(path), "tokenizer.save")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class WriteFaults:
+    """Fails one chosen write of an action with ``OSError(ENOSPC)``, to test that a failure at any write of
+    a checkpoint export leaves the previous checkpoint as it was (`run_each`).
+
+    Counted writes, while an action of `run_each` runs: ``Path.write_text`` (writes half the text, then
+    fails), ``Path.open`` for writing outside ``write_text`` (fails before opening), ``json.dumps``,
+    ``os.replace`` and ``os.chmod`` (fail before acting), ``save_file`` as bound in each module of
+    ``save_file_modules`` and the ``save`` of a tokenizer given to `wrap_tokenizer` (write the file, cut it
+    to half its size, then fail), and `tick` (for callbacks such as an export's ``extra`` hook).
+    """
+
+    def __init__(self, patcher: Patcher, save_file_modules: Iterable[ModuleType] = ()) -> None:
+        self.fail_at = 0
+        """The 1-based index of the counted write that fails in the current run (0: none)."""
+        self.count = 0
+        """Counted writes so far in the current run."""
+        self.failed = ""
+        """What the injected failure hit, "" when none was injected."""
+        self._armed = False
+        self._in_write_text = False
+        self._patch_builtins(patcher)
+        for module in save_file_modules:
+            patcher.setattr(module, "save_file", self._counted_save_file(module.save_file, module.__name__))
+
+    def _hit(self, what: str) -> bool:
+        """Count one write; True when it is the one to fail (``failed`` is then set)."""
+        if not self._armed:
+            return False
+        self.count += 1
+        if self.count != self.fail_at:
+            return False
+        self.failed = what
+        return True
+
+    def _error(self) -> OSError:
+        where = f"injected at write {self.count}: {self.failed}"
+        return OSError(errno.ENOSPC, f"No space left on device ({where})")
+
+    def tick(self, what: str) -> None:
+        """A counted write that writes nothing: raises the injected error when it is the one to fail."""
+        if self._hit(what):
+            raise self._error()
+
+    def after_write(self, file: Path, what: str) -> None:
+        """A counted write of ``file``, which was just written: when it is the one to fail, cut the file to
+        half its size (a write the disk filled up during) and raise."""
+        if self._hit(f"{what} {file.name}"):
+            os.truncate(file, file.stat().st_size // 2)
+            raise self._error()
+
+    def wrap_tokenizer(self, dlm: Any) -> None:
+        """Make ``dlm.tokenizer.save`` a counted write (the tokenizers library's class cannot be patched)."""
+        dlm.tokenizer = _CountedTokenizer(dlm.tokenizer, self)
+
+    def _counted_save_file(self, real: Callable[..., None], owner: str) -> Callable[..., None]:
+        def save_file(tensors: dict[str, Any], filename: str, metadata: dict[str, str] | None = None) -> None:
+            real(tensors, filename, metadata)
+            self.after_write(Path(filename), f"{owner}.save_file")
+
+        return save_file
+
+    def _patch_builtins(self, patcher: Patcher) -> None:
+        real_write_text, real_open = Path.write_text, Path.open
+        real_dumps, real_replace, real_chmod = json.dumps, os.replace, os.chmod
+
+        def write_text(path: Path, data: str, *args: Any, **kwargs: Any) -> int:
+            failing = self._hit(f"write_text {path.name}")
+            self._in_write_text = True
+            try:
+                written = real_write_text(path, data[: len(data) // 2] if failing else data, *args, **kwargs)
+            finally:
+                self._in_write_text = False
+            if failing:
+                raise self._error()
+            return written
+
+        def open_(path: Path, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+            if not self._in_write_text and any(c in mode for c in "wax+"):
+                self.tick(f"open {path.name}")
+            return real_open(path, mode, *args, **kwargs)
+
+        def dumps(obj: Any, *args: Any, **kwargs: Any) -> str:
+            self.tick("json.dumps")
+            return real_dumps(obj, *args, **kwargs)
+
+        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            self.tick(f"os.replace {os.path.basename(src)} -> {os.path.basename(dst)}")
+            real_replace(src, dst, *args, **kwargs)
+
+        def chmod(path: Any, mode: int, *args: Any, **kwargs: Any) -> None:
+            self.tick(f"os.chmod {os.path.basename(path)}")
+            real_chmod(path, mode, *args, **kwargs)
+
+        patcher.setattr(Path, "write_text", write_text)
+        patcher.setattr(Path, "open", open_)
+        patcher.setattr(json, "dumps", dumps)
+        patcher.setattr(os, "replace", replace)
+        patcher.setattr(os, "chmod", chmod)
+
+    def run_each(self, action: Callable[[], object], check: Callable[[str], None]) -> int:
+        """Run ``action`` once per counted write with that write failing, calling ``check(what_failed)``
+        after each failure, until a run completes without reaching the write to fail.
+
+        Returns the number of counted writes of that last, successful run.
+
+        Raises:
+            AssertionError: a run succeeded although its injected failure was raised (swallowed).
+        """
+        fail_at = 1
+        while True:
+            self.fail_at, self.count, self.failed = fail_at, 0, ""
+            self._armed = True
+            try:
+                action()
+            except OSError as err:
+                self._armed = False
+                if err.errno != errno.ENOSPC or not self.failed:
+                    raise
+                check(self.failed)
+            else:
+                if self.failed:
+                    raise AssertionError(
+                        f"the failure injected at write {fail_at} ({self.failed}) was swallowed: the action "
+                        "succeeded anyway"
+                    )
+                return self.count
+            finally:
+                self._armed = False
+            fail_at += 1

@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import torch
 from dllm_kernels import QuantSpec
+from dllm_sampler import describe_nonfinite
 from torch import Tensor
 
 __all__ = ["check_hessian", "check_uniform_spec", "check_weight", "n_groups"]
 
 
 def check_weight(weight: object, name: str = "weight") -> Tensor:
-    """A 2-D finite float tensor ``[out, in]``, detached."""
+    """A 2-D finite float tensor ``[out, in]``, detached; ``name`` (e.g. the module's qualified name plus
+    ".weight") is what the errors call it."""
     if not isinstance(weight, Tensor) or not weight.is_floating_point():
         raise ValueError(
             f"{name} must be a float torch.Tensor [out, in], got {getattr(weight, 'dtype', type(weight))}"
         )
     if weight.dim() != 2 or weight.numel() == 0:
         raise ValueError(f"{name} must be a non-empty 2-D tensor [out, in], got shape {tuple(weight.shape)}")
-    if not bool(torch.isfinite(weight).all()):
+    problem = describe_nonfinite(weight)
+    if problem:
         raise ValueError(
-            f"{name} contains NaN or Inf values; quantize a finite weight (check the checkpoint or the "
-            "transforms applied before quantization)"
+            f"{name} contains NaN or Inf values ({problem}); quantize a finite weight (check the checkpoint "
+            "or the transforms applied before quantization)"
         )
     return weight.detach()
 

@@ -218,7 +218,7 @@ def _problem(
     """Check the shared inputs of the scale searches (see `awq_search_scale`)."""
     if not weights:
         raise ValueError("awq_search_scale needs at least one weight")
-    w = torch.cat([check_weight(x, "weights[i]").float() for x in weights], dim=0)
+    w = torch.cat([check_weight(x, f"weights[{i}]").float() for i, x in enumerate(weights)], dim=0)
     spec = check_uniform_spec(spec, w.shape[1], "AWQ")
     n_scale = w.shape[1] if channel_map is None else int(channel_map.max()) + 1
     if not isinstance(act_mean_abs, Tensor) or tuple(act_mean_abs.shape) != (n_scale,):
@@ -410,6 +410,7 @@ def apply_awq_clip(
             if holder not in hessians:
                 raise KeyError(f"AWQ clip of {holder!r} needs the Hessian of its input; collect it first")
             weight = topology.model.get_submodule(holder).weight
+            check_weight(weight, f"{holder}.weight")
             found = awq_search_clip(
                 weight, hessians[holder], spec, config.clip_n_grid, config.clip_max_shrink
             )
@@ -446,6 +447,9 @@ def _search_scales(context: MethodContext, config: AWQConfig, index: int, feed: 
     """Collect the readers' statistics of block ``index`` on ``feed``, search and fold its scales."""
     start = time.perf_counter()
     block = context.dlm.topology.block(index)
+    for role in LINEAR_ROLES:  # a NaN weight is named here, before the statistics turn it into NaN inputs
+        holder = block.weight_holder(role)
+        check_weight(context.dlm.model.get_submodule(holder).weight, f"{holder}.weight")
     readers = {g: block.names[_READER_ROLE[g]] for g in config.groups}
     collectors = [ChannelStatsCollector(name="channels")]
     if config.loss == "linear":

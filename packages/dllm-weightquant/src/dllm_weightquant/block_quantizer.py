@@ -25,6 +25,7 @@ from dllm_kernels import QuantSpec
 from dllm_sampler import INPUT_GROUPS, LINEAR_ROLES
 from torch import Tensor
 
+from dllm_weightquant._checks import check_weight
 from dllm_weightquant.hessian import layer_objective
 from dllm_weightquant.multibinary import MultiBinaryWeight
 from dllm_weightquant.qlinear import QuantLinear, replace_linear
@@ -91,7 +92,7 @@ def quantize_linears(
                 start = time.perf_counter()
                 name = holders[role]
                 linear = model.get_submodule(name)
-                weight = linear.weight.detach()
+                weight = check_weight(linear.weight, f"{name}.weight")
                 h = hessians[name].hessian().to(weight.device) if feed is not None else None
                 quantized = fn(weight, h, spec, config)
                 dense = quantized.dequantize().to(weight.device)

@@ -2,14 +2,16 @@
 
 The folder holds ``config.json`` (the model config plus ``quantization_config``), the weights as
 ``model.safetensors`` (or shards plus ``model.safetensors.index.json``), the tokenizer files and
-``dllmq_provenance.json``. Every tensor that is not a quantized weight is written unchanged. The folder is
-written to a temporary sibling and renamed into place, so a failure never leaves a partial checkpoint and
-an existing one is replaced only when complete.
+``dllmq_provenance.json``, plus whatever an ``extra`` hook writes. Every tensor that is not a quantized
+weight is written unchanged. All files are staged in a sibling folder and renamed into place in one step
+(``dllm_sampler.atomic_folder``), so a failure never leaves a partial checkpoint and an existing one is
+replaced only by a complete one.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -69,13 +71,16 @@ def export_quantized(
     overwrite: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     use_compressed_tensors: bool | None = None,
+    extra: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``dlm`` (a model whose quantized Linears are ``QuantLinear``) to ``path``; returns the folder.
 
     Format: compressed-tensors ``pack-quantized`` when every quantized Linear is uniform, else ``dllmq``
     (FORMAT.md). ``use_compressed_tensors`` picks how the compressed-tensors block is built (see
     ``compressed_tensors_config``: True = the library's classes, False = by hand, None = the library if
-    installed). An existing non-empty ``path`` needs ``overwrite=True``.
+    installed). ``extra(folder)`` is called last with the staging folder, to write more files that must
+    be part of the checkpoint (they go into place with it, or not at all). An existing non-empty ``path``
+    is replaced only with ``overwrite=True`` and only when it is a checkpoint folder (has config.json).
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
@@ -99,4 +104,6 @@ def export_quantized(
                 json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
         (provenance or QuantProvenance()).write(tmp)
+        if extra is not None:
+            extra(tmp)
     return path

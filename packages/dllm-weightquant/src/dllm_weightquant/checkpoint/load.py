@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig
+from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig, check_finite
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import Tensor, nn
@@ -36,6 +36,8 @@ def _config(data: dict[str, Any], file: Path) -> LLaDAConfig | DreamConfig:
 
 
 def _read_state(folder: Path) -> dict[str, Tensor]:
+    """Every tensor of the folder's safetensors files; raises ``CheckpointError`` for a floating one with
+    NaN/Inf values."""
     index = folder / INDEX_FILE
     if index.is_file():
         files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -45,7 +47,10 @@ def _read_state(folder: Path) -> dict[str, Tensor]:
         raise FileNotFoundError(f"{folder} has neither {SINGLE_FILE} nor {INDEX_FILE}")
     state: dict[str, Tensor] = {}
     for f in files:
-        state.update(load_file(str(folder / f)))
+        tensors = load_file(str(folder / f))
+        for name, tensor in tensors.items():
+            check_finite(tensor, name, folder / f)
+        state.update(tensors)
     return state
 
 
@@ -67,7 +72,8 @@ def load_quantized(path: str | Path, mode: str = "auto", device: str | torch.dev
     Quantized Linears become ``QuantLinear`` modules; ``mode`` "kernel" (low-bit GEMM), "fake"
     (dequantized float weight in the checkpoint's dtype) or "auto" (kernel for uniform weights, fake for
     multi-binary ones). Every other tensor is loaded as stored. Raises ``ValueError`` naming missing or
-    unexpected tensors and unsupported formats.
+    unexpected tensors and unsupported formats, and ``dllm_sampler.CheckpointError`` (a ``ValueError``)
+    naming a floating tensor (weight, scale, norm ...) with NaN or Inf values.
     """
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
