@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -50,6 +51,15 @@ def test_round_trip_is_exact(make_set, tmp_path: Path) -> None:
         "calibration.json",
         "states.safetensors",
     ]  # no temp files
+
+
+def test_saved_files_get_the_umask_mode(make_set, tmp_path: Path) -> None:
+    before = os.umask(0o022)
+    try:
+        root = make_set(2).save(tmp_path / "c")
+    finally:
+        os.umask(before)
+    assert {p.stat().st_mode & 0o777 for p in root.iterdir()} == {0o644}  # not tempfile's 0600
 
 
 def test_save_overwrites_and_rejects_a_file_path(make_set, tmp_path: Path) -> None:

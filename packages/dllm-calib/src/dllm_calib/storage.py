@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from dllm_sampler.atomic import file_mode
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -61,11 +62,13 @@ class CorruptCalibrationSetError(ValueError):
 
 
 def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it to ``path``."""
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then rename it to ``path`` with the
+    permissions the process umask gives a new file (not ``tempfile``'s owner-only mode)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -21,17 +21,21 @@ import re
 import secrets
 import shutil
 import socket
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO, Any
 
 __all__ = [
     "CHECKPOINT_MARKER",
     "FolderInTheWay",
+    "atomic_file",
     "atomic_folder",
     "check_replaceable",
     "clean_stale_leftovers",
+    "file_mode",
 ]
 
 CHECKPOINT_MARKER = "config.json"
@@ -78,6 +82,12 @@ def _process_umask() -> int:
     umask = os.umask(0o022)
     os.umask(umask)
     return umask
+
+
+def file_mode() -> int:
+    """The permissions a plain ``open`` gives a new file under the process umask (``tempfile`` creates
+    owner-only files; chmod them to this before renaming them into place)."""
+    return 0o666 & ~_process_umask()
 
 
 def _apply_umask(folder: Path) -> None:
@@ -200,4 +210,36 @@ def atomic_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
         _swap_into_place(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
+    """Write one file atomically: yields a handle (``open(..., mode, **open_kwargs)``; ``"w"`` or
+    ``"wb"``) on a temporary file beside ``path``, which replaces ``path`` in one rename when the block
+    succeeds and is deleted on any error. The file gets the permissions a plain ``open`` gives under the
+    process umask (not the owner-only mode of ``tempfile``); missing parent folders are created.
+
+    Text mode defaults to UTF-8 (pass ``encoding`` and ``newline`` as to ``open``).
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_file writes a whole file: mode must be 'w' or 'wb', got {mode!r}")
+    if mode == "w":
+        open_kwargs.setdefault("encoding", "utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, file_mode())
+        handle = os.fdopen(fd, mode, **open_kwargs)
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:
+        with handle:
+            yield handle
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
         raise
