@@ -14,6 +14,9 @@
 5. Score the drawn states' confidence with the float model (`dllm_calib.score_confidence`), so every
    position carries ``max softmax`` for CGQ.
 
+The sampler runs are the long part (minutes for a real model): `build_tmas` takes a ``progress(done,
+total)`` callback called after every sampler step, ``total`` being batches x the sampler's ``steps``.
+
 States come out bucket-major and, inside a bucket, in generation order; ``state.t = state.mask_ratio = r``,
 ``state.step`` is the sampler step and ``state.source_index`` the prompt index. Padding is stripped.
 """
@@ -22,12 +25,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from dllm_sampler import DiffusionLM, StepState, generate
+from dllm_sampler import DiffusionLM, StepState, default_generation_config, generate
 from torch import Tensor
 
 from dllm_calib.buckets import bucket_of, quota_counts
@@ -151,12 +155,19 @@ def _pad_left(prompts: list[list[int]], pad_id: int | None) -> tuple[Tensor, Ten
     return ids, attn
 
 
-def _snapshots(config: TMASConfig, model: DiffusionLM, prompts: list[list[int]]) -> list[_Snapshot]:
+def _snapshots(
+    config: TMASConfig,
+    model: DiffusionLM,
+    prompts: list[list[int]],
+    progress: Callable[[int, int], None] | None,
+) -> list[_Snapshot]:
     device = model.device
     pad_id = model.pad_token_id
     if pad_id is None:
         pad_id = model.eos_token_id
     generator = torch.Generator(device=device).manual_seed(config.seed)
+    steps = (config.sampler or default_generation_config(model.arch)).steps
+    total = -(-len(prompts) // config.batch_size) * steps
     snaps: list[_Snapshot] = []
     for start in range(0, len(prompts), config.batch_size):
         ids, attn = _pad_left(prompts[start : start + config.batch_size], pad_id)
@@ -179,6 +190,8 @@ def _snapshots(config: TMASConfig, model: DiffusionLM, prompts: list[list[int]])
                         prompt=offset + row,
                     )
                 )
+            if progress is not None:
+                progress(offset // config.batch_size * steps + int(state.step) + 1, total)
 
         generate(
             model,
@@ -224,14 +237,22 @@ def _bucket_counts(config: TMASConfig, available: list[int], notes: list[str]) -
     return counts
 
 
-def build_tmas(config: TMASConfig, model: DiffusionLM, source: TextSource | str | Path) -> CalibrationSet:
-    """Run the sampler on prompts, bucket the per-step snapshots and draw them with quotas."""
+def build_tmas(
+    config: TMASConfig,
+    model: DiffusionLM,
+    source: TextSource | str | Path,
+    progress: Callable[[int, int], None] | None = None,
+) -> CalibrationSet:
+    """Run the sampler on prompts, bucket the per-step snapshots and draw them with quotas.
+
+    ``progress(done, total)``, when given, is called after every sampler step (see the module docstring).
+    """
     mask_id = require_mask_token(model, config.name)
     src = text_source(source)
     prompts = _encode_prompts(config, model, src, mask_id)
     if not prompts:
         raise ValueError(f"text source {src.describe()} yielded no prompt")
-    snaps = _snapshots(config, model, prompts)
+    snaps = _snapshots(config, model, prompts, progress)
     by_bucket: list[list[int]] = [[] for _ in range(config.num_buckets)]
     for i, snap in enumerate(snaps):
         by_bucket[bucket_of(snap.ratio, config.num_buckets)].append(i)
