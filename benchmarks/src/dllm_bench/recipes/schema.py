@@ -28,8 +28,9 @@ from typing import Any
 import yaml
 from dllm_calib import BUILDERS, BindContext, Method, Stage, builder_config, get_method, registered_methods
 from dllm_sampler import LINEAR_ROLES
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dllm_bench.recipes.errors import validation_message
 from dllm_bench.recipes.scheme import Scheme, SchemeLabel
 
 __all__ = ["IGNORE_ALIASES", "CalibrationSpec", "Recipe", "Step"]
@@ -241,10 +242,18 @@ class Recipe(BaseModel):
         return [s for s in self.steps if s.stage is wanted]
 
     def with_scheme(self, label: str | SchemeLabel) -> Recipe:
-        """This recipe at another bit setting (``"W3A16"``, ``"W8A8"``, ``"W4A16g64"``); re-validated."""
+        """This recipe at another bit setting (``"W3A16"``, ``"W8A8"``, ``"W4A16g64"``); re-validated.
+
+        Raises:
+            ValueError: the label is malformed or the recipe's steps do not fit the new setting (one line
+                per problem, see `validation_message`).
+        """
         data = self.to_dict()
         data["scheme"] = self.scheme.with_label(label).model_dump()
-        return Recipe.model_validate(data)
+        try:
+            return Recipe.model_validate(data)
+        except ValidationError as err:
+            raise ValueError(validation_message(err, f"recipe {self.name!r} at {label}", Recipe)) from None
 
     def with_calibration_samples(self, n: int) -> Recipe:
         """This recipe calibrating on ``n`` states."""
@@ -265,7 +274,12 @@ class Recipe(BaseModel):
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "<string>") -> Recipe:
-        """Parse and validate YAML text (``where`` names the file in errors)."""
+        """Parse and validate YAML text (``where`` names the file in errors).
+
+        Raises:
+            ValueError: not YAML, not a mapping, or not a valid recipe: one ``where: field.path: what is
+                wrong (allowed: ...)`` line per problem.
+        """
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
@@ -274,7 +288,10 @@ class Recipe(BaseModel):
             raise ValueError(
                 f"{where}: a recipe is a mapping with name, scheme and steps, got {type(data).__name__}"
             )
-        return cls.model_validate(data)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            raise ValueError(validation_message(err, where, cls)) from None
 
 
 def _scheme_defaults() -> list[Method]:
