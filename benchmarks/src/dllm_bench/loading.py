@@ -8,8 +8,9 @@ from pathlib import Path
 
 import dllm_sampler
 import torch
-from dllm_sampler import DiffusionLM, available_models
+from dllm_sampler import CheckpointError, DiffusionLM, available_models
 from dllm_weightquant import load_quantized, read_provenance
+from safetensors import SafetensorError, safe_open
 
 from dllm_bench.pipeline import restore_runtime
 
@@ -17,11 +18,21 @@ __all__ = ["default_reference", "is_quantized_folder", "load_any"]
 
 
 def is_quantized_folder(path: str | Path) -> bool:
-    """True when ``path`` is a folder whose config.json carries a ``quantization_config``."""
+    """True when ``path`` is a folder whose config.json carries a ``quantization_config``.
+
+    Raises:
+        CheckpointError: config.json is not a JSON object (a truncated or damaged checkpoint).
+    """
     config = Path(path).expanduser() / "config.json"
     if not config.is_file():
         return False
-    return "quantization_config" in json.loads(config.read_text(encoding="utf-8"))
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config}: not valid JSON ({err}); the checkpoint is damaged") from err
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{config}: expected a JSON object, got {type(data).__name__}")
+    return "quantization_config" in data
 
 
 def load_any(
@@ -35,8 +46,26 @@ def load_any(
     """
     if not is_quantized_folder(path_or_name):
         return dllm_sampler.load(path_or_name, dtype=dtype, device=device)
-    dlm = restore_runtime(load_quantized(path_or_name, device=device), path_or_name)
+    try:
+        dlm = restore_runtime(load_quantized(path_or_name, device=device), path_or_name)
+    except SafetensorError as err:
+        raise CheckpointError(_unreadable(Path(path_or_name), err)) from err
     return dlm if dtype is None else dlm.to(dtype)
+
+
+def _unreadable(folder: Path, err: SafetensorError) -> str:
+    """What to say when a quantized folder's safetensors do not read: the first file whose header fails
+    (truncated, corrupt), or the folder with safetensors' own message."""
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except SafetensorError as bad:
+            return (
+                f"{file}: corrupt or unreadable safetensors file ({bad}); the checkpoint is truncated or "
+                "damaged, re-export it"
+            )
+    return f"{folder}: a safetensors file does not read ({err}); the checkpoint is damaged, re-export it"
 
 
 def _provenance_model(folder: str) -> str:
