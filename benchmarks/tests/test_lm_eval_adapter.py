@@ -159,6 +159,8 @@ def test_bad_arguments_are_named() -> None:
         adapter.parse_dtype("fp8")
     assert adapter.parse_dtype("auto") is None
     assert adapter.parse_dtype("bfloat16") is torch.bfloat16
+    assert adapter.parse_dtype(None, "cpu") is torch.float32  # bf16 is several times slower on a CPU
+    assert adapter.parse_dtype(None, "cuda:0") is torch.bfloat16
     with pytest.raises(TypeError, match="mcnum"):
         get_model("dllmq").create_from_arg_string("pretrained=tiny-llada,mcnum=8")
 
@@ -351,3 +353,12 @@ def test_module_entry_point_is_lm_evals_command_line(
         main()
     assert exit_info.value.code == 0
     assert "run" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback of a machine without CUDA")
+def test_a_cuda_device_falls_back_to_cpu_without_cuda(caplog: pytest.LogCaptureFixture) -> None:
+    assert adapter.resolve_device(None) == "cpu"
+    assert adapter.resolve_device("cuda:0") == "cpu"  # lm-eval's command line passes cuda:0 by default
+    assert "no CUDA device is available; running on cpu" in caplog.text
+    lm = get_model("dllmq").create_from_arg_string("pretrained=tiny-llada,mc_num=8", {"device": "cuda:0"})
+    assert str(lm.device) == "cpu" and lm.dlm.dtype == torch.float32

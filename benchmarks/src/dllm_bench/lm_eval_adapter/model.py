@@ -34,7 +34,9 @@ class DllmqLM(LM):
     `dllm_bench.lm_eval_adapter.settings`:
 
     - ``pretrained``: name or folder, loaded with ``dllm_bench.loading.load_any``.
-    - ``device`` (default cuda if available, else cpu), ``dtype`` (float32 / float16 / bfloat16 / auto).
+    - ``device`` (default cuda if available, else cpu; a CUDA device asked for on a machine without one
+      falls back to cpu with a warning), ``dtype`` (float32 / float16 / bfloat16, or auto for the stored
+      dtype; default float32 on CPU, bfloat16 on CUDA).
     - likelihood: ``mc_num`` (128), ``batch_size`` (Monte-Carlo batch, 32), ``is_check_greedy`` (False),
       ``cfg`` (0), ``seed`` (1234). lm-eval's command line always passes its ``--batch_size`` (1 when not
       given), which applies unless model_args has ``batch_size``: put ``batch_size=32`` in model_args.
@@ -73,7 +75,8 @@ class DllmqLM(LM):
     ) -> None:
         super().__init__()
         self.pretrained = str(pretrained)
-        self.dlm = load_any(pretrained, dtype=parse_dtype(dtype), device=resolve_device(device))
+        where = resolve_device(device)
+        self.dlm = load_any(pretrained, dtype=parse_dtype(dtype, where), device=where)
         self.settings = build_settings(
             self.dlm,
             mc_num=mc_num,

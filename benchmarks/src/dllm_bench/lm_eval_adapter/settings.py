@@ -28,6 +28,8 @@ import torch
 from dllm_sampler import DiffusionLM, GenerationConfig
 from dllm_sampler.models import ARCH_SPECS, ArchSpec, arch_spec
 
+from dllm_bench.devices import DTYPES, default_dtype
+
 __all__ = [
     "DEFAULT_SEED",
     "AdapterSettings",
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 DEFAULT_SEED = 1234
 """LLaDA's harness calls ``set_seed(1234)`` before evaluating."""
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _HARNESS_KEYS = ("batch_size", "device")
 _IGNORED_HARNESS_KEYS = ("max_batch_size", "trust_remote_code")
 
@@ -269,20 +270,31 @@ def merge_model_args(model_args: dict[str, Any], harness_args: dict[str, Any] | 
     return merged | model_args
 
 
-def parse_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
-    """A compute dtype from a model argument: ``float32``, ``float16``, ``bfloat16``, a torch.dtype, or
-    None / "auto" to keep the checkpoint's stored dtype."""
-    if value is None or isinstance(value, torch.dtype):
+def parse_dtype(value: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype | None:
+    """A compute dtype from a model argument: ``float32``, ``float16``, ``bfloat16``, a torch.dtype,
+    "auto" (None: keep the checkpoint's stored dtype), or None for the device's default (float32 on CPU,
+    bfloat16 on CUDA; `dllm_bench.devices.default_dtype`)."""
+    if value is None:
+        return default_dtype(device)
+    if isinstance(value, torch.dtype):
         return value
     if value == "auto":
         return None
-    if value not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or 'auto', got {value!r}")
-    return _DTYPES[value]
+    if value not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)} or 'auto', got {value!r}")
+    return DTYPES[value]
 
 
 def resolve_device(value: str | None) -> str:
-    """The given device, or ``cuda`` when available and ``cpu`` otherwise."""
-    if value:
-        return str(value)
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """The given device, or ``cuda`` when available and ``cpu`` otherwise.
+
+    A CUDA device on a machine without one falls back to ``cpu`` with a warning: lm-eval's command line
+    passes ``device=cuda:0`` unless ``--device`` is given, which would otherwise fail with "Found no NVIDIA
+    driver" on every CPU-only machine.
+    """
+    if not value:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if str(value).startswith("cuda") and not torch.cuda.is_available():
+        log.warning("device=%s asks for CUDA, but no CUDA device is available; running on cpu", value)
+        return "cpu"
+    return str(value)
