@@ -15,7 +15,7 @@ quantized model with online rotations the input is the one before the rotation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -164,6 +164,7 @@ def activation_outliers(
     num_buckets: int = 4,
     batch_size: int = 16,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[OutlierRow]:
     """The outlier ratio of every block Linear input per layer and mask-ratio bucket.
 
@@ -172,6 +173,7 @@ def activation_outliers(
         states: the inputs to run; default `outlier_states` (``problems``, ``num_buckets``, ``seed``).
         num_buckets: mask-ratio buckets (also used to bucket ``states`` given by the caller).
         batch_size: states per forward pass.
+        progress: called as ``progress(done, total)`` after each batch of states.
 
     Returns:
         Rows ordered by layer, then role (qkv, o, gate_up, down), then bucket; buckets no state fell
@@ -182,9 +184,12 @@ def activation_outliers(
     hooked = _hooked_modules(model)
     collector = _OutlierCollector(num_buckets)
     feed = ModelFeed(model, states, batch_size)
+    total = -(-len(states) // batch_size)
     with attach_collectors(feed, [collector], [name for _, _, name in hooked]) as session:
-        for batch in feed.batches():
+        for done, batch in enumerate(feed.batches(), 1):
             session.run(batch)
+            if progress is not None:
+                progress(done, total)
     rows = []
     for layer, role, name in hooked:
         for bucket, acc in enumerate(collector.stats[name]):

@@ -1,17 +1,16 @@
 """PNG plots of the per-step error and the activation outliers (matplotlib's Agg canvas, no display).
 
 Figures are drawn on a plain ``matplotlib.figure.Figure`` with an Agg canvas, so nothing touches pyplot's
-global state or needs a display. Files are written atomically: to a temporary name in the target folder,
-then moved over the target with ``os.replace``.
+global state or needs a display. Files are written atomically (``dllm_sampler.atomic.atomic_file``: a
+temporary name in the target folder, then one rename) with the permissions the process umask gives.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from dllm_sampler.atomic import atomic_file
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -25,16 +24,9 @@ __all__ = ["plot_outliers", "plot_step_error", "save_figure"]
 def save_figure(figure: Figure, path: str | Path) -> Path:
     """Write ``figure`` as a PNG at ``path`` atomically (the folder is created if missing); returns it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            figure.savefig(fh, format="png", dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as fh:
+        figure.savefig(fh, format="png", dpi=120)
     return path
 
 

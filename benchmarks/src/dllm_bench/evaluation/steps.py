@@ -20,7 +20,7 @@ on the conditional logits.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -98,8 +98,10 @@ def _teacher_forced(
     attention_mask: Tensor | None,
     config: GenerationConfig,
     seed: int,
+    tick: Callable[[], None],
 ) -> tuple[list[_Totals], Tensor]:
-    """Per-step totals of the teacher-forced comparison, and the reference's final answer ``[B, Lg]``."""
+    """Per-step totals of the teacher-forced comparison, and the reference's final answer ``[B, Lg]``;
+    ``tick`` is called after every step."""
     totals: list[_Totals] = []
 
     def hook(state: StepState) -> None:
@@ -118,6 +120,7 @@ def _teacher_forced(
                 disagree=int((~agree).sum()),
             )
         )
+        tick()
 
     device = reference.device
     attn = None if attention_mask is None else attention_mask.to(device)
@@ -134,9 +137,10 @@ def _free_running(
     config: GenerationConfig,
     seed: int,
     reference_answer: Tensor,
+    tick: Callable[[], None],
 ) -> list[_Totals]:
     """Per-step counts of the model's committed answer tokens and of those differing from
-    ``reference_answer`` ``[B, Lg]``."""
+    ``reference_answer`` ``[B, Lg]``; ``tick`` is called after every step."""
     device = model.device
     target = reference_answer.to(device)
     totals: list[_Totals] = []
@@ -145,6 +149,7 @@ def _free_running(
         committed = ~state.mask[:, state.prompt_length :]
         differ = committed & (state.tokens[:, state.prompt_length :] != target)
         totals.append(_Totals(committed=int(committed.sum()), differ=int(differ.sum())))
+        tick()
 
     attn = None if attention_mask is None else attention_mask.to(device)
     generate(model, prompt.to(device), attn, config, on_step=hook, generator=_generator(device, seed))
@@ -159,9 +164,10 @@ def _step_totals(
     attention_mask: Tensor | None,
     config: GenerationConfig,
     seed: int,
+    tick: Callable[[], None] = lambda: None,
 ) -> list[_Totals]:
-    forced, answer = _teacher_forced(model, reference, prompt, attention_mask, config, seed)
-    free = _free_running(model, prompt, attention_mask, config, seed, answer)
+    forced, answer = _teacher_forced(model, reference, prompt, attention_mask, config, seed, tick)
+    free = _free_running(model, prompt, attention_mask, config, seed, answer, tick)
     if len(forced) != len(free):
         raise RuntimeError(f"the two sampler runs took {len(forced)} and {len(free)} steps; expected equal")
     for f, g in zip(forced, free, strict=True):
@@ -204,9 +210,13 @@ def step_error(
     config: GenerationConfig | None = None,
     batch_size: int = 16,
     seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[StepRow]:
     """`step_error_on_prompts` over arithmetic problems (or the first ``problems`` held-out ones), in
-    batches of ``batch_size`` prompts, averaged over all problems."""
+    batches of ``batch_size`` prompts, averaged over all problems.
+
+    ``progress(done, total)`` is called after every sampler step of the two runs per batch (``total`` =
+    batches x 2 x ``config.steps``)."""
     check_comparable(model, reference)
     if isinstance(problems, int):
         problems = heldout_problems(problems)
@@ -215,10 +225,19 @@ def step_error(
     if reference.tokenizer is None:
         raise ValueError("the reference has no tokenizer; load a checkpoint folder that holds tokenizer.json")
     config = config or answer_generation_config(reference.arch)
+    total = -(-len(problems) // batch_size) * 2 * config.steps
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
     totals: list[_Totals] | None = None
     for start in range(0, len(problems), batch_size):
         prompt, attn = generation_prompts(reference.tokenizer, problems[start : start + batch_size])
-        batch = _step_totals(model, reference, prompt, attn, config, seed + start)
+        batch = _step_totals(model, reference, prompt, attn, config, seed + start, tick)
         if totals is None:
             totals = batch
         else:

@@ -19,11 +19,14 @@ from dllm_calib import (
     CalibrationSet,
     CalibrationState,
     Provenance,
+    TMASConfig,
+    build_tmas,
     builder_config,
     score_confidence,
     text_source,
 )
 from dllm_sampler import DiffusionLM, default_generation_config
+from tqdm import tqdm
 
 from dllm_bench.recipes import CalibrationSpec
 
@@ -80,10 +83,14 @@ def load_calibration_list(path: str | Path, mask_token_id: int) -> CalibrationSe
     return CalibrationSet(tuple(states), prov, mask_token_id)
 
 
-def prepare_calibration(spec: CalibrationSpec, dlm: DiffusionLM, seed: int) -> CalibrationSet:
+def prepare_calibration(
+    spec: CalibrationSpec, dlm: DiffusionLM, seed: int, progress: bool = False
+) -> CalibrationSet:
     """The calibration set ``spec`` describes, for the float model ``dlm``.
 
     ``seed`` is the recipe seed; it fills the builder's ``seed`` when ``spec.params`` has none.
+    ``progress`` shows a tqdm bar on stderr over the TMAS sampler steps (the other builders only cut and
+    mask text, which takes seconds).
     """
     if spec.path is not None:
         path = Path(spec.path).expanduser()
@@ -102,7 +109,16 @@ def prepare_calibration(spec: CalibrationSpec, dlm: DiffusionLM, seed: int) -> C
     if spec.builder == "tmas":
         params["sampler"] = _sampler(dlm, spec.sampler)
     config = builder_config(spec.builder, **params)
-    return config.build(dlm, text_source(spec.source, field=spec.field))
+    source = text_source(spec.source, field=spec.field)
+    if not isinstance(config, TMASConfig):
+        return config.build(dlm, source)
+    with tqdm(desc="TMAS calibration: sampler steps", unit="step", disable=not progress, leave=False) as bar:
+
+        def advance(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        return build_tmas(config, dlm, source, progress=advance)
 
 
 def with_confidence(dlm: DiffusionLM, cset: CalibrationSet, batch_size: int) -> CalibrationSet:

@@ -97,12 +97,17 @@ def _calibration(
     work: WorkDir | None,
     device: torch.device,
     needs_confidence: bool,
+    progress: bool,
 ) -> CalibrationSet:
     saved = work.calibration() if work is not None else None
     if saved is not None:
         return saved
     with _whole_model_on(dlm, device):
-        cset = given if given is not None else prepare_calibration(recipe.calibration, dlm, recipe.seed)
+        cset = (
+            given
+            if given is not None
+            else prepare_calibration(recipe.calibration, dlm, recipe.seed, progress)
+        )
         if needs_confidence:
             cset = with_confidence(dlm, cset, recipe.calibration.batch_size)
     if work is not None:
@@ -184,7 +189,7 @@ def _quantize(
         cset = None
         if any(n.calibration for n in needs):
             confidence = any(n.confidence for n in needs)
-            cset = _calibration(dlm, recipe, calibration, work, device, confidence)
+            cset = _calibration(dlm, recipe, calibration, work, device, confidence, progress)
         context = ModelContext(
             runner,
             cset,
