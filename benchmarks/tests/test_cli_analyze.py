@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import itertools
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -33,8 +34,14 @@ def test_outliers_writes_a_png_and_a_csv(rtn_folders, tmp_path, capsys) -> None:
     _, quantized = rtn_folders
     out = tmp_path / "out"
     argv = ["analyze", "outliers", "--model", str(quantized), "--out", str(out), "--problems", "2"]
-    assert main([*argv, "--buckets", "2"]) == 0
+    before = os.umask(0o022)
+    try:
+        assert main([*argv, "--buckets", "2"]) == 0
+    finally:
+        os.umask(before)
     assert_png(out / "outliers.png")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert modes == {"outliers.png": 0o644, "outliers.csv": 0o644}  # the umask's, not tempfile's 0600
     rows = read_csv(out / "outliers.csv")
     assert list(rows[0]) == [f.name for f in dataclasses.fields(OutlierRow)]
     keys = {(int(r["layer"]), r["role"]) for r in rows}

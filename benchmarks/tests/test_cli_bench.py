@@ -37,11 +37,12 @@ def test_tiny_llada_prints_a_row_and_writes_json(tmp_path: Path, capsys: pytest.
 
     data = json.loads(report.read_text())
     assert data["settings"]["gen_length"] == 2 and data["settings"]["device"] == "cpu"
+    assert data["settings"]["dtype"] == "float32"  # the CPU default, though the model is stored in bf16
     (entry,) = data["rows"]
     assert entry["model"] == "tiny-llada"
-    params = sum(p.numel() * p.element_size() for p in load("tiny-llada").model.parameters())
-    assert entry["memory"]["total_bytes"] == params
-    assert entry["memory"]["bits_per_weight"] == 16.0  # the shipped model is stored in bfloat16
+    float32 = load("tiny-llada", dtype=torch.float32)
+    assert entry["memory"]["total_bytes"] == sum(p.numel() * 4 for p in float32.model.parameters())
+    assert entry["memory"]["bits_per_weight"] == 32.0
     speed = entry["speed"]
     assert speed["steps_per_token"] == 1.0 and speed["gen_length"] == 2 and speed["repeats"] == 1
     assert speed["tokens_per_s"] == pytest.approx(2 / (speed["step_ms"] * 2 / 1000))
@@ -59,7 +60,7 @@ def test_synthetic_rows_follow_the_baseline(tmp_path: Path, capsys: pytest.Captu
     assert [r[0] for r in rows] == ["tiny-llada", "synthetic dream-tiny (1 layer)"]
     base, synthetic = json.loads(report.read_text())["rows"]
     assert synthetic["speed"]["sampler"] == "dream" and synthetic["speed"]["steps_per_token"] == 2.0
-    assert synthetic["speed"]["dtype"] == "bfloat16"
+    assert synthetic["speed"]["dtype"] == "float32"  # the synthetic model follows the CPU default too
     ratio = synthetic["memory"]["total_bytes"] / base["memory"]["total_bytes"]
     assert synthetic["vs_first"]["weights"] == pytest.approx(ratio)
     speedup = synthetic["speed"]["tokens_per_s"] / base["speed"]["tokens_per_s"]

@@ -218,7 +218,7 @@ def test_cli_announces_resumes_and_restarts(tmp_path: Path, capsys: pytest.Captu
 def test_ctrl_c_prints_one_line_saying_how_to_resume(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dllm_bench.commands.quantize as command
+    import dllm_bench.commands.work.quantize as command
 
     def ctrl_c_after_block_0(index: int) -> None:
         raise KeyboardInterrupt
@@ -239,7 +239,7 @@ def test_ctrl_c_prints_one_line_saying_how_to_resume(
 def test_sigterm_is_handled_like_ctrl_c(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dllm_bench.commands.quantize as command
+    import dllm_bench.commands.work.quantize as command
 
     def terminated_after_block_0(index: int) -> None:
         os.kill(os.getpid(), signal.SIGTERM)

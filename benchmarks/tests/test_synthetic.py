@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from dllm_bench.commands.bench import SYNTHETIC
+from dllm_bench.commands.bench import SYNTHETIC_NAMES
+from dllm_bench.commands.work.bench import SYNTHETIC
 from dllm_bench.synthetic import (
     ARCH_OF_SHAPES,
     SHAPES,
@@ -138,6 +139,7 @@ def test_synthetic_names_are_each_arch_published_and_tiny_shapes() -> None:
         "llada-tiny": ("llada", "tiny"),
         "dream-tiny": ("dream", "tiny"),
     }
+    assert tuple(SYNTHETIC) == SYNTHETIC_NAMES  # the CLI's import-light list of names
 
 
 def test_tiny_shapes_are_the_tiny_config() -> None:

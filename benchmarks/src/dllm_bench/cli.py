@@ -1,4 +1,9 @@
-"""The ``dllmq`` command line: one sub-command per module in :mod:`dllm_bench.commands`."""
+"""The ``dllmq`` command line: one sub-command per module in :mod:`dllm_bench.commands`.
+
+Arguments are parsed and checked (paths, counts) with the standard library only; a command's heavy
+imports (torch, numba, matplotlib, triton) happen in its ``run``, so help and argument errors are instant.
+Bad input ends in one line on stderr and exit code 2, an interrupt in one line and exit code 130.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +15,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-from dllm_bench.commands import analyze, bench, evaluate, generate, methods, quantize, results
+from dllm_bench.commands import analyze, bench, calib, evaluate, generate, methods, quantize, results
 
 COMMANDS = {
     "analyze": analyze,
     "bench": bench,
+    "calib": calib,
     "eval": evaluate,
     "generate": generate,
     "methods": methods,
@@ -51,13 +57,28 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+BAD_INPUT = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+)
+"""Errors that describe a bad argument or input file: reported in one line with exit code 2."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = COMMANDS[args.command]
     try:
         with _sigterm_as_interrupt():
-            return COMMANDS[args.command].run(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        print(f"dllmq {args.command}: error: {err}", file=sys.stderr)
+            command.check(args)
+            return command.run(args)
+    except BAD_INPUT as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"dllmq {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:
         print(f"dllmq {args.command}: {stop or 'interrupted'}", file=sys.stderr)

@@ -1,0 +1,212 @@
+"""The work of ``dllmq bench`` (arguments and docs: `dllm_bench.commands.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from dllm_sampler import DiffusionLM
+from dllm_sampler.atomic import atomic_file
+from dllm_sampler.models import ARCH_SPECS
+
+from dllm_bench.commands.bench import DEFAULT_MODEL
+from dllm_bench.devices import compute_dtype, parse_device
+from dllm_bench.evaluation.memory import WeightMemory, weight_memory
+from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, sampler_speed
+from dllm_bench.loading import load_any
+from dllm_bench.pipeline import export_model, quantize_model
+from dllm_bench.pipeline.targets import check_fits, ignored_linears
+from dllm_bench.recipes import Recipe, load_recipe
+from dllm_bench.synthetic import ARCH_OF_SHAPES, synthetic_model
+
+SYNTHETIC = {shapes: (arch, shapes) for shapes, arch in ARCH_OF_SHAPES.items()} | {
+    f"{arch}-tiny": (arch, "tiny") for arch in ARCH_SPECS
+}
+"""``--synthetic`` name -> (arch, shapes of `dllm_bench.synthetic`): each published shape (``llada-8b``,
+``dream-7b``) and each arch's tiny shape (``llada-tiny``, ``dream-tiny``); the keys are
+`dllm_bench.commands.bench.SYNTHETIC_NAMES`."""
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One measured model: its label, stored weight memory and sampler speed."""
+
+    name: str
+    memory: WeightMemory
+    speed: SpeedResult
+
+    def vs(self, base: BenchRow) -> dict[str, float | None]:
+        """Ratios to ``base``: total weight bytes, ms per step, tokens/s and peak memory (None if 0)."""
+        peak = base.speed.peak_memory_bytes
+        return {
+            "weights": self.memory.total_bytes / base.memory.total_bytes,
+            "step_ms": self.speed.step_ms / base.speed.step_ms,
+            "tokens_per_s": self.speed.tokens_per_s / base.speed.tokens_per_s,
+            "peak_memory": self.speed.peak_memory_bytes / peak if peak else None,
+        }
+
+
+def _release(device: torch.device) -> None:
+    """Give freed memory back so the next row's peak is its own."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _measure(name: str, dlm: DiffusionLM, args: argparse.Namespace) -> BenchRow:
+    print(f"measuring {name} ...", file=sys.stderr, flush=True)
+    speed = sampler_speed(
+        dlm,
+        args.batch,
+        args.gen_length,
+        args.steps,
+        args.prompt_len,
+        args.warmup,
+        args.repeats,
+        seed=args.seed,
+    )
+    return BenchRow(name, weight_memory(dlm), speed)
+
+
+def _quantized_folder(dlm: DiffusionLM, recipe: Recipe, device: torch.device, tmp: Path) -> Path:
+    """Quantize ``dlm`` in place with ``recipe`` and export it under ``tmp``; returns the folder."""
+    result = quantize_model(dlm, recipe, device=device, progress=False)
+    return export_model(result, tmp / "quantized")
+
+
+def _synthetic_rows(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, recipe: Recipe | None
+) -> list[BenchRow]:
+    """The float synthetic model's row and, with a ``recipe``, the row of its quantized copy, exported and
+    loaded back (packed weights on the low-bit kernels)."""
+    arch, shapes = SYNTHETIC[args.synthetic]
+    dlm = synthetic_model(arch, shapes, args.layers, dtype=dtype, device=device, seed=args.seed)
+    if recipe is not None:
+        check_fits(recipe, dlm, ignored_linears(recipe, dlm))  # a bad group size fails before any timing
+    layers = len(dlm.topology)
+    label = f"synthetic {args.synthetic} ({layers} layer{'s' if layers > 1 else ''})"
+    rows = [_measure(label, dlm, args)]
+    if recipe is None:
+        return rows
+    with tempfile.TemporaryDirectory(prefix="dllmq-bench-") as tmp:
+        folder = _quantized_folder(dlm, recipe, device, Path(tmp))
+        del dlm
+        _release(device)
+        with warnings.catch_warnings():  # synthetic models have no tokenizer by design
+            warnings.filterwarnings("ignore", message=".*no tokenizer.json", category=UserWarning)
+            quantized = load_any(folder, device=device)
+        rows.append(_measure(f"{label} RTN {recipe.scheme.label}", quantized, args))
+    return rows
+
+
+def _mib(n_bytes: int) -> str:
+    """Bytes as MiB: one decimal from 10 MiB up, three below (tiny models)."""
+    mib = n_bytes / MIB
+    return f"{mib:.1f}" if mib >= 10 else f"{mib:.3f}"
+
+
+def _cells(row: BenchRow, base: BenchRow) -> list[str]:
+    m, s, vs = row.memory, row.speed, row.vs(base)
+    peak = "-" if vs["peak_memory"] is None else f"{vs['peak_memory']:.2f}"
+    return [
+        row.name,
+        _mib(m.total_bytes),
+        f"{m.bits_per_weight:.2f}",
+        f"{m.ratio_to_float:.3f}",
+        f"{s.step_ms:.2f}",
+        f"{s.tokens_per_s:.1f}",
+        f"{s.steps_per_token:.2f}",
+        _mib(s.peak_memory_bytes),
+        f"{vs['weights']:.3f}",
+        f"{vs['tokens_per_s']:.2f}",
+        peak,
+    ]
+
+
+HEADER = [
+    "model",
+    "weights MiB",
+    "bits/w",
+    "x float",
+    "ms/step",
+    "tok/s",
+    "steps/tok",
+    "peak MiB",
+    "weights x1st",
+    "tok/s x1st",
+    "peak x1st",
+]
+
+
+def format_table(rows: list[BenchRow]) -> str:
+    """The rows as a text table (model left-aligned, numbers right-aligned); ratios are to ``rows[0]``."""
+    table = [HEADER, *(_cells(row, rows[0]) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(HEADER))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths, strict=True))
+        )
+        for line in table
+    )
+
+
+def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    return {
+        "device": str(device),
+        "dtype": str(dtype).removeprefix("torch."),
+        "batch_size": args.batch,
+        "gen_length": args.gen_length,
+        "steps": args.steps,
+        "prompt_len": args.prompt_len,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "seed": args.seed,
+    }
+
+
+def report(rows: list[BenchRow], settings: dict[str, Any]) -> dict[str, Any]:
+    """The JSON document: the settings and, per row, memory, speed and the ratios to the first row."""
+    return {
+        "settings": settings,
+        "rows": [
+            {
+                "model": r.name,
+                "memory": r.memory.to_dict(),
+                "speed": r.speed.to_dict(),
+                "vs_first": r.vs(rows[0]),
+            }
+            for r in rows
+        ],
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    device = parse_device(args.device)
+    recipe = load_recipe("rtn", scheme=args.quantize) if args.quantize else None
+    dtype = compute_dtype(args.dtype, device)
+    rows: list[BenchRow] = []
+    for name in args.models or ([] if args.synthetic else [DEFAULT_MODEL]):
+        dlm = load_any(name, dtype=dtype, device=device)
+        rows.append(_measure(name, dlm, args))
+        del dlm
+        _release(device)
+    if args.synthetic:
+        rows += _synthetic_rows(args, device, dtype, recipe)
+    settings = _settings(args, device, dtype)
+    sources = sorted({PEAK_SOURCES[r.speed.peak_memory_source] for r in rows})
+    print(", ".join(f"{k} {v}" for k, v in settings.items()) + f"; peak memory: {'; '.join(sources)}")
+    print(format_table(rows))
+    if args.json is not None:
+        with atomic_file(args.json) as fh:
+            fh.write(json.dumps(report(rows, settings), indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
