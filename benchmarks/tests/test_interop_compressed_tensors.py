@@ -65,6 +65,13 @@ KINDS: dict[str, tuple[str, str, str, dict[int, dict], list[str]]] = {
         ],
     ),
     "QuaRot-W4A4KV16-noclip": ("llada", "quarot", "W4A4KV16", {2: {"clip_ratio": 1.0}}, []),
+    "DuQuant-W4A4KV16": (
+        "dream",
+        "duquant",
+        "W4A4KV16",
+        {0: {"block_size": 8, "max_rotation_step": 4}},
+        ["DuQuant block rotations and permutations of linear inputs"],
+    ),
 }
 
 
