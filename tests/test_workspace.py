@@ -67,3 +67,15 @@ def test_member_declares_what_it_imports(member: Path) -> None:
     declared = _declared_members(member)
     assert imported <= declared, f"{name} imports {sorted(imported - declared)} without declaring them"
     assert declared <= ALLOWED[name], f"{name} depends on {sorted(declared - ALLOWED[name])}: breaks layering"
+
+
+@pytest.mark.parametrize("member", MEMBER_DIRS, ids=lambda p: p.name)
+def test_member_requirements_pin_the_workspace_versions(member: Path) -> None:
+    """Built wheels require their sibling wheels of the same release (``dllm-sampler==0.1.0``): a fresh
+    install resolves them from a wheel folder, never a same-named or mismatched distribution of an index
+    (pip takes the highest version it finds among ``--find-links`` and the index)."""
+    versions = {_project(m)["name"]: _project(m)["version"] for m in MEMBER_DIRS}
+    for dep in _project(member).get("dependencies", []):
+        name = dep.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip()
+        if name in versions:
+            assert dep == f"{name}=={versions[name]}", f"{_project(member)['name']} requires {dep!r}"

@@ -26,10 +26,10 @@ from dllm_bench.pipeline import (
     quantize_model,
     quantized_sites,
 )
-from dllm_bench.pipeline.export import RUNTIME_TENSORS
+from dllm_bench.pipeline.export import LEGACY_RUNTIME_TENSORS, RUNTIME_TENSORS
 from dllm_bench.pipeline.sites import SITES_FILE
 from dllm_bench.recipes import CalibrationSpec, Recipe, load_recipe
-from dllm_sampler import CheckpointError
+from dllm_sampler import CheckpointError, save
 from dllm_sampler.testing import CHAR_VOCAB, WriteFaults, random_char_model
 from dllm_weightquant import QuantLinear
 from safetensors.torch import load_file, save_file
@@ -260,6 +260,34 @@ def test_a_non_finite_weight_is_named_by_the_quantizer(method: str) -> None:
         dlm.model.get_submodule(name).weight[0, :2] = float("nan")
     with pytest.raises(ValueError, match=rf"^{name}\.weight contains NaN or Inf values \(2 NaN values\)"):
         quantize_model(dlm, small(load_recipe(method), "W4A16g16"), progress=False)
+
+
+def test_runtime_tensors_are_no_weight_shard_and_old_exports_still_load(tmp_path: Path) -> None:
+    dlm = random_char_model("dream")
+    result = quantize_model(dlm, small(load_recipe("quarot"), "W4A16"), progress=False)
+    folder = export_model(result, tmp_path / "q")
+    assert [p.name for p in folder.glob("*.safetensors")] == ["model.safetensors"]
+    assert (folder / RUNTIME_TENSORS).is_file()
+    ids = probe()
+    with torch.no_grad():
+        new = load_any(folder).logits(ids)
+        (folder / RUNTIME_TENSORS).rename(folder / LEGACY_RUNTIME_TENSORS)  # the name exports had before
+        assert torch.equal(load_any(folder).logits(ids), new)
+    (folder / LEGACY_RUNTIME_TENSORS).unlink()
+    with pytest.raises(ValueError, match=rf"names the runtime tensor '.*' that {folder} does not hold"):
+        load_any(folder)
+
+
+def test_export_copies_the_modeling_files_of_the_source_folder(tmp_path: Path) -> None:
+    dlm = random_char_model("llada")
+    dlm.config.extra["auto_map"] = {"AutoModel": "modeling_llada.LLaDAModelLM"}
+    source = tmp_path / "float"
+    save(dlm, source)
+    (source / "modeling_llada.py").write_text("class LLaDAModelLM: ...\n")
+    result = quantize_model(dlm, small(load_recipe("rtn"), "W8A16g16"), progress=False)
+    folder = export_model(result, tmp_path / "q", source_model=str(source))
+    assert (folder / "modeling_llada.py").read_text() == "class LLaDAModelLM: ...\n"
+    assert json.loads((folder / "config.json").read_text())["auto_map"] == dlm.config.extra["auto_map"]
 
 
 def test_multibinary_recipe_exports_and_reloads(tmp_path) -> None:

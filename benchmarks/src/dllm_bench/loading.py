@@ -12,7 +12,7 @@ from dllm_sampler import CheckpointError, DiffusionLM, available_models
 from dllm_weightquant import load_quantized, read_provenance
 from safetensors import SafetensorError, safe_open
 
-from dllm_bench.pipeline import restore_runtime
+from dllm_bench.pipeline import RUNTIME_FILE, restore_runtime
 
 __all__ = ["default_reference", "is_quantized_folder", "load_any"]
 
@@ -46,10 +46,12 @@ def load_any(
     """
     if not is_quantized_folder(path_or_name):
         return dllm_sampler.load(path_or_name, dtype=dtype, device=device)
+    folder = Path(path_or_name).expanduser()
+    with_online = (folder / RUNTIME_FILE).is_file()  # restore_runtime rebuilds what the config declares
     try:
-        dlm = restore_runtime(load_quantized(path_or_name, device=device), path_or_name)
+        dlm = restore_runtime(load_quantized(folder, device=device, with_online=with_online), folder)
     except SafetensorError as err:
-        raise CheckpointError(_unreadable(Path(path_or_name), err)) from err
+        raise CheckpointError(_unreadable(folder, err)) from err
     return dlm if dtype is None else dlm.to(dtype)
 
 

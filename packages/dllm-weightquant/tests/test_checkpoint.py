@@ -14,6 +14,8 @@ from dllm_kernels import QuantSpec
 from dllm_sampler import CheckpointError, DiffusionLM
 from dllm_sampler.testing import WriteFaults
 from dllm_weightquant import (
+    OnlineComputation,
+    OnlineHadamard,
     QuantLinear,
     QuantProvenance,
     compressed_tensors_config,
@@ -25,6 +27,7 @@ from dllm_weightquant import (
     replace_linear,
     rtn_quantize,
 )
+from dllm_weightquant.checkpoint.export import remote_code_files
 from dllm_weightquant.checkpoint.qconfig import ModuleFormat
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
@@ -150,6 +153,128 @@ def test_hand_written_config_equals_the_library_one(sym: bool) -> None:
         assert json.loads(json.dumps(lib)) == json.loads(json.dumps(hand))
 
 
+def test_hand_written_config_with_online_computation_equals_the_library_one() -> None:
+    pytest.importorskip("compressed_tensors")
+    w4 = QuantSpec(4, False, "group", 64)
+    formats = {
+        "a.q": ModuleFormat("uniform", spec=w4, layout="int-quantized"),
+        "a.o": ModuleFormat("uniform", spec=w4),
+        "a.down": ModuleFormat("uniform", spec=QuantSpec(8, True, "channel"), layout="int-quantized"),
+    }
+    online = OnlineComputation(
+        {
+            "a.q": QuantSpec(8, True, "token"),
+            "a.down": QuantSpec(4, False, "token"),
+            "a.v": QuantSpec(8, True, "token"),
+        },
+        (
+            OnlineHadamard("a.down", "input"),
+            OnlineHadamard("a.v", "output", 16),
+            OnlineHadamard("a.o", "input"),
+            OnlineHadamard("a", "q_attn", 16),
+            OnlineHadamard("a", "k_cache", 16),
+        ),
+    )
+    lib = compressed_tensors_config(formats, ["a.v", "head"], use_library=True, online=online)
+    hand = compressed_tensors_config(formats, ["a.v", "head"], use_library=False, online=online)
+    lib.pop("version")
+    hand.pop("version")
+    assert json.loads(json.dumps(lib)) == json.loads(json.dumps(hand))
+    assert hand["format"] == "mixed-precision" and hand["ignore"] == ["head"]  # a.v has an input quantizer
+    groups = {tuple(g["targets"]): g for g in hand["config_groups"].values()}
+    assert groups[("a.v",)]["weights"] is None and groups[("a.v",)]["format"] == "dense"
+    assert groups[("a.q",)]["format"] == "int-quantized" and groups[("a.o",)]["input_activations"] is None
+    assert groups[("a.down",)]["input_activations"]["symmetric"] is False
+    transforms = hand["transform_config"]["config_groups"]
+    assert transforms["online_hadamard"]["apply"] == [
+        {"targets": ["a.down", "a.o"], "location": "input", "inverse": False, "ignore": []}
+    ]
+    assert [a["location"] for a in transforms["online_hadamard_head16"]["apply"]] == [
+        "k_cache",
+        "output",
+        "q_attn",
+    ]
+    from compressed_tensors.quantization import QuantizationConfig
+    from compressed_tensors.transform import TransformConfig
+
+    QuantizationConfig.model_validate(hand)
+    TransformConfig.model_validate(hand["transform_config"])
+    with pytest.raises(ValueError, match="cannot express"):
+        compressed_tensors_config(formats, [], online=OnlineComputation(inexpressible=("V quantizers",)))
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_activation_quantized_linears_use_the_int_quantized_layout(
+    tmp_path: Path, tiny_dlm: Callable, sym: bool
+) -> None:
+    dlm = tiny_dlm("llada")
+    weights = quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4, sym, "group", 16)))
+    names = dlm.topology.linear_names()
+    online = OnlineComputation({n: QuantSpec(8, sym, "token") for n in names[:3]})
+    export_quantized(dlm, tmp_path / "q", online=online)
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert qc["format"] == "mixed-precision" and qc["quant_method"] == "compressed-tensors"
+    state = load_file(str(tmp_path / "q" / "model.safetensors"))
+    assert state[f"{names[0]}.weight"].dtype == torch.int8 and f"{names[3]}.weight_packed" in state
+    with pytest.raises(ValueError, match="declares computation that runs online"):
+        load_quantized(tmp_path / "q")
+    got = _loaded_weights(load_quantized(tmp_path / "q", with_online=True))
+    assert all(torch.equal(got[n], w) for n, w in weights.items())
+
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors.naive_quantized.base import IntQuantizationCompressor
+    from compressed_tensors.quantization import QuantizationConfig
+
+    scheme = next(
+        s for s in QuantizationConfig.model_validate(qc).config_groups.values() if names[0] in s.targets
+    )
+    local = {k[len(names[0]) + 1 :]: v for k, v in state.items() if k.startswith(names[0] + ".")}
+    assert torch.equal(IntQuantizationCompressor.decompress(local, scheme)["weight"], weights[names[0]])
+
+
+def test_inexpressible_online_computation_makes_a_dllmq_checkpoint(
+    tmp_path: Path, tiny_dlm: Callable
+) -> None:
+    dlm = tiny_dlm("dream")
+    weights = quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4, True, "group", 16)))
+    online = OnlineComputation({"x": QuantSpec(8, True, "token")}, inexpressible=("V quantizers",))
+    export_quantized(dlm, tmp_path / "q", online=online)
+    qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
+    assert qc["quant_method"] == "dllmq" and qc["unsupported_by_compressed_tensors"] == ["V quantizers"]
+    assert qc["online"] == ["dynamic per-token input quantizers on 1 linears", "V quantizers"]
+    with pytest.raises(ValueError, match=r"runs online besides the weights \(dynamic per-token"):
+        load_quantized(tmp_path / "q")
+    got = _loaded_weights(load_quantized(tmp_path / "q", with_online=True))
+    assert all(torch.equal(got[n], w) for n, w in weights.items())
+
+
+def test_modeling_files_named_by_auto_map_are_copied(tmp_path: Path, tiny_dlm: Callable) -> None:
+    dlm = tiny_dlm("llada")
+    quantize_model(dlm, lambda n, w, h: rtn_quantize(w, None, QuantSpec(4)))
+    dlm.config.extra["auto_map"] = {
+        "AutoConfig": "configuration_llada.LLaDAConfig",
+        "AutoModel": "modeling_llada.LLaDAModelLM",
+        "AutoTokenizer": ["tokenization_x.Slow", None],
+        "AutoModelForCausalLM": "org/other--modeling_other.Model",
+    }
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "configuration_llada.py").write_text("class LLaDAConfig: ...\n")
+    (source / "modeling_llada.py").write_text(
+        "from .configuration_llada import LLaDAConfig\nfrom .utils import x\n"
+    )
+    (source / "utils.py").write_text("x = 1\n")
+    (source / "unrelated.py").write_text("")
+    files, missing = remote_code_files(dlm.config.to_dict(), source)
+    assert [f.name for f in files] == ["configuration_llada.py", "modeling_llada.py", "utils.py"]
+    assert missing == ["tokenization_x"]
+    with pytest.warns(UserWarning, match=r"auto_map names \['tokenization_x.py'\]"):
+        out = export_quantized(dlm, tmp_path / "q", source_folder=source)
+    for name in ("configuration_llada.py", "modeling_llada.py", "utils.py"):
+        assert (out / name).read_bytes() == (source / name).read_bytes()
+    assert not (out / "unrelated.py").exists()
+
+
 def test_multibinary_and_mixed_checkpoints(tmp_path: Path, tiny_dlm: Callable) -> None:
     dlm = tiny_dlm("dream")
     names = dlm.topology.linear_names()
@@ -166,6 +291,8 @@ def test_multibinary_and_mixed_checkpoints(tmp_path: Path, tiny_dlm: Callable) -
     export_quantized(dlm, tmp_path / "q")
     qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "dllmq" and set(qc["modules"]) == set(names)
+    assert qc["unsupported_by_compressed_tensors"] == ["multi-binary (DAQ/ABMP) weights"]
+    assert "online" not in qc
     loaded = load_quantized(tmp_path / "q")
     got = _loaded_weights(loaded)
     for name, w in weights.items():

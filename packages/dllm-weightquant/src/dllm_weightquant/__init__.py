@@ -11,7 +11,8 @@
 * Weights: :class:`QuantizedWeight` (uniform, packed), :class:`MultiBinaryWeight`; layers:
   :class:`QuantLinear`, :func:`replace_linear`.
 * Checkpoints: :func:`export_quantized` / :func:`load_quantized` (compressed-tensors ``pack-quantized`` or
-  the ``dllmq`` format of FORMAT.md), :class:`QuantProvenance`.
+  the ``dllmq`` format of FORMAT.md), :class:`QuantProvenance`, :class:`OnlineComputation` (what runs
+  online besides the weights, declared in the config).
 * Pipeline steps: :func:`quantize_linears` (the step every quantizer shares), :func:`awq_step`; each
   method is registered in ``dllm_calib``'s method registry by :mod:`dllm_weightquant.methods`
   (:func:`quantizer_method` builds a quantizer's record).
@@ -33,6 +34,8 @@ from dllm_weightquant.awq_clip import AWQClip, awq_search_clip
 from dllm_weightquant.block_quantizer import quantize_linears, relative_weight_error
 from dllm_weightquant.cgq import CGQConfig, cgq_quantize
 from dllm_weightquant.checkpoint import (
+    OnlineComputation,
+    OnlineHadamard,
     QuantProvenance,
     compressed_tensors_config,
     export_quantized,
@@ -62,6 +65,8 @@ __all__ = [
     "DAQConfig",
     "GPTQConfig",
     "MultiBinaryWeight",
+    "OnlineComputation",
+    "OnlineHadamard",
     "QuantLinear",
     "QuantProvenance",
     "QuantizedWeight",

@@ -1,9 +1,10 @@
 """Write a model with ``QuantLinear`` modules as a quantized checkpoint folder (see ``FORMAT.md``).
 
 The folder holds ``config.json`` (the model config plus ``quantization_config``), the weights as
-``model.safetensors`` (or shards plus ``model.safetensors.index.json``), the tokenizer files and
-``dllmq_provenance.json``, plus whatever an ``extra`` hook writes. Every tensor that is not a quantized
-weight is written unchanged. All files are staged in a sibling folder and renamed into place in one step
+``model.safetensors`` (or shards plus ``model.safetensors.index.json``), the tokenizer files,
+``dllmq_provenance.json``, the remote-code modeling files ``auto_map`` names (copied from the source
+folder), plus whatever an ``extra`` hook writes. Every tensor that is not a quantized weight is written
+unchanged. All files are staged in a sibling folder and renamed into place in one step
 (``dllm_sampler.atomic_folder``), so a failure never leaves a partial checkpoint and an existing one is
 replaced only by a complete one.
 """
@@ -11,23 +12,39 @@ replaced only by a complete one.
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dllm_sampler import atomic_folder, write_weights
 from torch import Tensor, nn
 
 from dllm_weightquant.checkpoint.provenance import QuantProvenance
-from dllm_weightquant.checkpoint.qconfig import ModuleFormat, compressed_tensors_config, dllmq_config
+from dllm_weightquant.checkpoint.qconfig import (
+    ModuleFormat,
+    OnlineComputation,
+    compressed_tensors_config,
+    dllmq_config,
+)
 from dllm_weightquant.checkpoint.tensors import disk_tensors
 from dllm_weightquant.multibinary import MultiBinaryWeight
 from dllm_weightquant.qlinear import QuantLinear
+from dllm_weightquant.qweight import QuantizedWeight
 
 if TYPE_CHECKING:
     from dllm_sampler import DiffusionLM
 
-__all__ = ["CONFIG_FILE", "DEFAULT_MAX_SHARD_BYTES", "INDEX_FILE", "SINGLE_FILE", "export_quantized"]
+__all__ = [
+    "CONFIG_FILE",
+    "DEFAULT_MAX_SHARD_BYTES",
+    "INDEX_FILE",
+    "SINGLE_FILE",
+    "export_quantized",
+    "remote_code_files",
+]
 
 CONFIG_FILE = "config.json"
 SINGLE_FILE = "model.safetensors"
@@ -36,20 +53,32 @@ TOKENIZER_FILE = "tokenizer.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9
 
 
-def _module_format(module: QuantLinear) -> ModuleFormat:
+def _module_format(module: QuantLinear, layout: str) -> ModuleFormat:
     qw = module.qweight
     if isinstance(qw, MultiBinaryWeight):
         return ModuleFormat("multi-binary", group_size=qw.group_size)
-    return ModuleFormat("uniform", spec=qw.spec, g_idx=qw.g_idx is not None)
+    return ModuleFormat("uniform", spec=qw.spec, g_idx=qw.g_idx is not None, layout=layout)
 
 
-def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, ModuleFormat], list[str]]:
-    """(tensors to write, quantized module -> format, names of the Linears left unquantized)."""
+def _quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
     quantized = {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
     if not quantized:
         raise ValueError(
             "the model has no QuantLinear modules; quantize it (and replace_linear) before exporting"
         )
+    return quantized
+
+
+def quantized_state(
+    model: nn.Module, int_quantized: frozenset[str] = frozenset()
+) -> tuple[dict[str, Tensor], dict[str, ModuleFormat], list[str]]:
+    """(tensors to write, quantized module -> format, names of the Linears left unquantized).
+
+    Uniform weights use the ``pack-quantized`` layout, those named in ``int_quantized`` the
+    ``int-quantized`` one (see ``tensors.py``).
+    """
+    quantized = _quantized_modules(model)
+    layouts = {name: "int-quantized" if name in int_quantized else "pack-quantized" for name in quantized}
     ignore = sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
     state: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
@@ -58,9 +87,54 @@ def quantized_state(model: nn.Module) -> tuple[dict[str, Tensor], dict[str, Modu
             continue
         state[key] = value
     for name, module in quantized.items():
-        for leaf, value in disk_tensors(module.qweight).items():
+        for leaf, value in disk_tensors(module.qweight, layouts[name]).items():
             state[f"{name}.{leaf}"] = value
-    return state, {name: _module_format(m) for name, m in quantized.items()}, ignore
+    return state, {name: _module_format(m, layouts[name]) for name, m in quantized.items()}, ignore
+
+
+_RELATIVE_IMPORT = re.compile(r"^\s*(?:from\s+\.(\w+)\s+import|import\s+\.(\w+))", re.MULTILINE)
+
+
+def _auto_map_modules(config: dict[str, Any]) -> list[str]:
+    """The local module names ``config["auto_map"]`` points at (``"modeling_llada.LLaDAModelLM"`` ->
+    ``modeling_llada``); references into another repository (``"org/repo--module.Class"``) are skipped."""
+    refs: list[str] = []
+    for value in (config.get("auto_map") or {}).values():
+        refs.extend(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, str))
+    return sorted({ref.rpartition(".")[0] for ref in refs if "--" not in ref and "." in ref})
+
+
+def remote_code_files(config: dict[str, Any], source: Path) -> tuple[list[Path], list[str]]:
+    """The ``.py`` files of ``source`` that transformers' remote-code loading of ``config`` needs: the
+    modules ``auto_map`` names and, recursively, the local modules they import relatively. Returns
+    (files found, module names missing from ``source``)."""
+    found: dict[str, Path] = {}
+    missing: list[str] = []
+    todo = _auto_map_modules(config)
+    while todo:
+        module = todo.pop()
+        if module in found or module in missing:
+            continue
+        file = source / f"{module}.py"
+        if not file.is_file():
+            missing.append(module)
+            continue
+        found[module] = file
+        for match in _RELATIVE_IMPORT.finditer(file.read_text(encoding="utf-8")):
+            todo.append(match.group(1) or match.group(2))
+    return sorted(found.values()), sorted(missing)
+
+
+def _copy_remote_code(config: dict[str, Any], source: Path, folder: Path) -> None:
+    files, missing = remote_code_files(config, source)
+    for file in files:
+        shutil.copyfile(file, folder / file.name)
+    if missing:
+        warnings.warn(
+            f"config.json's auto_map names {[m + '.py' for m in missing]}, which {source} does not hold: "
+            "transformers' trust_remote_code loading of the export needs them copied in by hand",
+            stacklevel=3,
+        )
 
 
 def export_quantized(
@@ -72,24 +146,36 @@ def export_quantized(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     use_compressed_tensors: bool | None = None,
     extra: Callable[[Path], None] | None = None,
+    online: OnlineComputation | None = None,
+    source_folder: str | Path | None = None,
 ) -> Path:
     """Write ``dlm`` (a model whose quantized Linears are ``QuantLinear``) to ``path``; returns the folder.
 
-    Format: compressed-tensors ``pack-quantized`` when every quantized Linear is uniform, else ``dllmq``
-    (FORMAT.md). ``use_compressed_tensors`` picks how the compressed-tensors block is built (see
+    Format: compressed-tensors ``pack-quantized`` when every quantized Linear is uniform and ``online``
+    (what runs at inference besides the weights: input activation quantizers, online Hadamards) holds
+    nothing compressed-tensors cannot express; else ``dllmq`` (FORMAT.md), which other tools refuse to
+    load. ``use_compressed_tensors`` picks how the compressed-tensors block is built (see
     ``compressed_tensors_config``: True = the library's classes, False = by hand, None = the library if
-    installed). ``extra(folder)`` is called last with the staging folder, to write more files that must
-    be part of the checkpoint (they go into place with it, or not at all). An existing non-empty ``path``
-    is replaced only with ``overwrite=True`` and only when it is a checkpoint folder (has config.json).
+    installed). ``source_folder``: the float model's folder; the modeling files its config's ``auto_map``
+    names are copied from it (a warning names those it lacks). ``extra(folder)`` is called last with the
+    staging folder, to write more files that must be part of the checkpoint (they go into place with it,
+    or not at all). An existing non-empty ``path`` is replaced only with ``overwrite=True`` and only when
+    it is a checkpoint folder (has config.json).
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
     path = Path(path).expanduser()
-    state, formats, ignore = quantized_state(dlm.model)
-    if all(f.kind == "uniform" for f in formats.values()):
-        qconfig = compressed_tensors_config(formats, ignore, use_library=use_compressed_tensors)
+    online = online or OnlineComputation()
+    uniform = all(isinstance(m.qweight, QuantizedWeight) for m in _quantized_modules(dlm.model).values())
+    as_compressed_tensors = uniform and not online.inexpressible
+    int_quantized = frozenset(online.input_activations) if as_compressed_tensors else frozenset()
+    state, formats, ignore = quantized_state(dlm.model, int_quantized)
+    if as_compressed_tensors:
+        qconfig = compressed_tensors_config(
+            formats, ignore, use_library=use_compressed_tensors, online=online
+        )
     else:
-        qconfig = dllmq_config(formats, ignore)
+        qconfig = dllmq_config(formats, ignore, online)
     config = dlm.config.to_dict()
     config["torch_dtype"] = str(dlm.dtype).removeprefix("torch.")
     config["quantization_config"] = qconfig
@@ -104,6 +190,8 @@ def export_quantized(
                 json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
             )
         (provenance or QuantProvenance()).write(tmp)
+        if source_folder is not None:
+            _copy_remote_code(config, Path(source_folder).expanduser(), tmp)
         if extra is not None:
             extra(tmp)
     return path

@@ -14,7 +14,7 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from dllm_weightquant.checkpoint.export import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILE
-from dllm_weightquant.checkpoint.qconfig import module_formats
+from dllm_weightquant.checkpoint.qconfig import declared_online, module_formats
 from dllm_weightquant.checkpoint.tensors import multibinary_from_disk, uniform_from_disk
 from dllm_weightquant.qlinear import QuantLinear, replace_linear
 
@@ -66,14 +66,20 @@ def _tokenizer(folder: Path) -> tuple[Tokenizer | None, dict[str, dict[str, Any]
     return Tokenizer.from_file(str(folder / TOKENIZER_FILE)), files
 
 
-def load_quantized(path: str | Path, mode: str = "auto", device: str | torch.device = "cpu") -> DiffusionLM:
+def load_quantized(
+    path: str | Path, mode: str = "auto", device: str | torch.device = "cpu", *, with_online: bool = False
+) -> DiffusionLM:
     """Load a folder written by :func:`export_quantized` (or any pack-quantized checkpoint of LLaDA/Dream).
 
     Quantized Linears become ``QuantLinear`` modules; ``mode`` "kernel" (low-bit GEMM), "fake"
     (dequantized float weight in the checkpoint's dtype) or "auto" (kernel for uniform weights, fake for
-    multi-binary ones). Every other tensor is loaded as stored. Raises ``ValueError`` naming missing or
-    unexpected tensors and unsupported formats, and ``dllm_sampler.CheckpointError`` (a ``ValueError``)
-    naming a floating tensor (weight, scale, norm ...) with NaN or Inf values.
+    multi-binary ones). Every other tensor is loaded as stored. Only the weights are loaded: a checkpoint
+    whose config declares computation that runs online (input activation quantizers, online transforms,
+    dllmq's run-time wrappers) is refused with a ``ValueError`` naming it, unless ``with_online=True``
+    says the caller restores that computation itself (``dllm_bench.loading.load_any`` does, from
+    ``dllmq_runtime.json``). Raises ``ValueError`` naming missing or unexpected tensors and unsupported
+    formats, and ``dllm_sampler.CheckpointError`` (a ``ValueError``) naming a floating tensor (weight,
+    scale, norm ...) with NaN or Inf values.
     """
     if mode not in LOAD_MODES:
         raise ValueError(f"mode must be one of {LOAD_MODES}, got {mode!r}")
@@ -86,6 +92,13 @@ def load_quantized(path: str | Path, mode: str = "auto", device: str | torch.dev
     if not isinstance(qconfig, dict):
         raise ValueError(
             f"{file} has no quantization_config: not a quantized checkpoint (use dllm_sampler.load)"
+        )
+    online = declared_online(qconfig)
+    if online and not with_online:
+        raise ValueError(
+            f"{file} declares computation that runs online besides the weights ({'; '.join(online)}); "
+            "load_quantized restores only the weights, which would run a different model: load a dllmq "
+            "export with dllm_bench.loading.load_any, or pass with_online=True when you restore it yourself"
         )
     with torch.device("meta"):
         dlm = DiffusionLM.from_config(_config(data, file), device="meta")
@@ -102,7 +115,7 @@ def load_quantized(path: str | Path, mode: str = "auto", device: str | torch.dev
         bias = tensors.pop("bias", None)
         if fmt.kind == "uniform":
             assert fmt.spec is not None
-            qweight = uniform_from_disk(tensors, fmt.spec, name)
+            qweight = uniform_from_disk(tensors, fmt.spec, name, fmt.layout)
         else:
             assert fmt.group_size is not None
             qweight = multibinary_from_disk(tensors, fmt.group_size, name)
