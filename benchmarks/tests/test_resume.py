@@ -257,4 +257,4 @@ def test_sigterm_is_handled_like_ctrl_c(
     assert len(err) == 1 and "1 block(s) done" in err[0]
     assert signal.getsignal(signal.SIGTERM) is before  # the CLI's handler is gone again
     assert not (tmp_path / "q").exists()
-    assert not [p.name for p in (tmp_path / "q.work").iterdir() if p.name.endswith(".partial")]
+    assert not [p.name for p in (tmp_path / "q.work").iterdir() if p.name.endswith(".tmp")]

@@ -15,13 +15,13 @@ is deserialized, so a snapshot file cannot run code; a file that does not fit th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from dllm_actquant import restore_wrappers, strip_wrappers, stripped_wrappers
 from dllm_sampler import DiffusionLM
+from dllm_sampler.atomic import atomic_file, atomic_path
 from dllm_weightquant import QuantLinear, replace_linear
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -63,26 +63,28 @@ def _collect(module: nn.Module, runtime_tensors: dict[str, Tensor]) -> tuple[dic
     return tensors, {"layers": layers, "aliases": aliases}
 
 
-def _write(stem: Path, tensors: dict[str, Tensor], meta: dict[str, Any], replace: Callable) -> None:
-    replace(stem.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp), {"format": "pt"}))
-    text = json.dumps(meta, indent=1, sort_keys=True) + "\n"
-    replace(stem.with_suffix(".json"), lambda tmp: tmp.write_text(text, encoding="utf-8"))
+def _write(stem: Path, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """``stem``.safetensors then ``stem``.json, each written atomically."""
+    with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+        save_file(tensors, str(tmp), {"format": "pt"})
+    with atomic_file(stem.with_suffix(".json")) as fh:
+        fh.write(json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
-def save_block(dlm: DiffusionLM, index: int, stem: Path, extra: dict[str, Any], replace: Callable) -> None:
+def save_block(dlm: DiffusionLM, index: int, stem: Path, extra: dict[str, Any]) -> None:
     """Write block ``index`` of ``dlm`` (with its wrappers) to ``stem``.safetensors / .json; ``extra`` is
-    added to the JSON. ``replace(path, write)`` writes a file atomically (``write(tmp)`` then a rename)."""
+    added to the JSON. Each file is written atomically."""
     with stripped_wrappers(dlm, {index}) as runtime:
         tensors, meta = _collect(dlm.model.get_submodule(_block_name(dlm, index)), runtime.tensors)
-    _write(stem, tensors, {**meta, "runtime": runtime.record, **extra}, replace)
+    _write(stem, tensors, {**meta, "runtime": runtime.record, **extra})
 
 
-def save_model(dlm: DiffusionLM, stem: Path, extra: dict[str, Any], replace: Callable) -> None:
+def save_model(dlm: DiffusionLM, stem: Path, extra: dict[str, Any]) -> None:
     """Write the whole model of ``dlm`` (with its wrappers and its config) to ``stem``.*; see `save_block`."""
     with stripped_wrappers(dlm) as runtime:
         tensors, meta = _collect(dlm.model, runtime.tensors)
     config = {**dlm.config.to_dict(), "torch_dtype": str(dlm.dtype).removeprefix("torch.")}
-    _write(stem, tensors, {**meta, "runtime": runtime.record, "config": config, **extra}, replace)
+    _write(stem, tensors, {**meta, "runtime": runtime.record, "config": config, **extra})
 
 
 def _read(stem: Path) -> tuple[dict[str, Tensor], dict[str, Tensor], dict[str, Any]]:

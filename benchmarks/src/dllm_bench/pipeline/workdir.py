@@ -22,9 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
-from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -32,6 +29,7 @@ from typing import Any
 import torch
 from dllm_calib import CalibrationSet, LogRow
 from dllm_sampler import DiffusionLM
+from dllm_sampler.atomic import atomic_file, atomic_path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -41,22 +39,11 @@ from dllm_bench.pipeline.snapshot import SnapshotError, restore_block, restore_m
 __all__ = ["WorkDir", "weights_digest"]
 
 MANIFEST, PROGRESS = "manifest.json", "progress.json"
-_TEMP_SUFFIX = ".partial"
-
-
-def replace_atomically(path: Path, write: Callable[[Path], Any]) -> None:
-    """``write(tmp)`` to a unique temporary name beside ``path``, then rename it to ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}{_TEMP_SUFFIX}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _write_json(data: Any, path: Path) -> None:
-    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    replace_atomically(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    with atomic_file(path) as fh:
+        fh.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def weights_digest(dlm: DiffusionLM) -> str:
@@ -83,7 +70,7 @@ class WorkDir:
     def __init__(self, path: str | Path, fingerprint: dict[str, Any]) -> None:
         self.path = Path(path).expanduser()
         self.path.mkdir(parents=True, exist_ok=True)
-        for leftover in self.path.glob(f".*{_TEMP_SUFFIX}"):  # writes a killed run never renamed
+        for leftover in self.path.glob(".*.tmp"):  # `atomic_path` files a killed run never renamed
             leftover.unlink(missing_ok=True)
         manifest = self.path / MANIFEST
         canonical = json.loads(json.dumps(fingerprint, sort_keys=True))
@@ -132,7 +119,7 @@ class WorkDir:
         """Record the end of the global stage: the transformed model (None if nothing changed it)."""
         extra = {"rows": [asdict(r) for r in rows]}
         if dlm is not None:
-            save_model(dlm, self.path / "global", extra, replace_atomically)
+            save_model(dlm, self.path / "global", extra)
         else:
             _write_json({**extra, "unchanged": True}, self.path / "global.json")
         self._set_progress(True, 0)
@@ -152,13 +139,12 @@ class WorkDir:
     ) -> None:
         """Record block ``index`` of ``dlm`` as done (with its log rows), with the inputs of block
         ``index + 1`` (None after the last)."""
-        save_block(
-            dlm, index, self._stem("block", index), {"rows": [asdict(r) for r in rows]}, replace_atomically
-        )
+        save_block(dlm, index, self._stem("block", index), {"rows": [asdict(r) for r in rows]})
         if next_inputs is not None:
             tensors, meta = next_inputs.to_tensors()
             stem = self._stem("hidden", index + 1)
-            replace_atomically(stem.with_suffix(".safetensors"), lambda tmp: save_file(tensors, str(tmp)))
+            with atomic_path(stem.with_suffix(".safetensors")) as tmp:
+                save_file(tensors, str(tmp))
             _write_json(meta, stem.with_suffix(".json"))
         self._set_progress(True, index + 1)
         for suffix in (".safetensors", ".json"):

@@ -33,6 +33,7 @@ __all__ = [
     "FolderInTheWay",
     "atomic_file",
     "atomic_folder",
+    "atomic_path",
     "check_replaceable",
     "clean_stale_leftovers",
     "file_mode",
@@ -214,11 +215,30 @@ def atomic_folder(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Write one file atomically with any writer that takes a path (e.g. safetensors' ``save_file``):
+    yields a temporary path beside ``path`` (``.<name>.<random>.tmp``); when the block succeeds the file
+    gets the permissions a plain ``open`` gives under the process umask (not the owner-only mode of
+    ``tempfile`` or of the writer) and replaces ``path`` in one rename; on any error it is deleted. Missing
+    parent folders are created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextmanager
 def atomic_file(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Write one file atomically: yields a handle (``open(..., mode, **open_kwargs)``; ``"w"`` or
-    ``"wb"``) on a temporary file beside ``path``, which replaces ``path`` in one rename when the block
-    succeeds and is deleted on any error. The file gets the permissions a plain ``open`` gives under the
-    process umask (not the owner-only mode of ``tempfile``); missing parent folders are created.
+    ``"wb"``) on the temporary file of `atomic_path`, which replaces ``path`` in one rename when the block
+    succeeds, with the umask's permissions, and is deleted on any error.
 
     Text mode defaults to UTF-8 (pass ``encoding`` and ``newline`` as to ``open``).
     """
@@ -226,20 +246,5 @@ def atomic_file(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterat
         raise ValueError(f"atomic_file writes a whole file: mode must be 'w' or 'wb', got {mode!r}")
     if mode == "w":
         open_kwargs.setdefault("encoding", "utf-8")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, file_mode())
-        handle = os.fdopen(fd, mode, **open_kwargs)
-    except BaseException:
-        os.close(fd)
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        with handle:
-            yield handle
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as handle:
+        yield handle
