@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,34 +158,16 @@ def quantize_model(
         ValueError: the work directory belongs to another run, is inconsistent (``SnapshotError``) or is
             in use by another process (``FolderBusyError``).
     """
-    if work_dir is None:
-        return _quantize(dlm, recipe, torch.device(device), None, calibration, progress, on_block_done)
-    with FolderLock(work_dir):
-        return _quantize(
-            dlm, recipe, torch.device(device), Path(work_dir), calibration, progress, on_block_done
-        )
-
-
-def _quantize(
-    dlm: DiffusionLM,
-    recipe: Recipe,
-    device: torch.device,
-    work_dir: Path | None,
-    calibration: CalibrationSet | None,
-    progress: bool,
-    on_block_done: Callable[[int], None] | None,
-) -> QuantizeResult:
-    """`quantize_model` (its work directory, if any, already locked)."""
     start_time = time.perf_counter()
-    plan = recipe.plan()
-    ignored = ignored_linears(recipe, dlm)
-    check_fits(recipe, dlm, ignored)
-    dlm.model.to("cpu").eval().requires_grad_(False)
-    work = WorkDir(work_dir, _fingerprint(dlm, recipe, calibration)) if work_dir is not None else None
-    runner = BlockRunner(dlm, device)
-    needs = [method.needs(config) for method, config in plan]
-
-    with torch.no_grad():
+    device = torch.device(device)
+    with FolderLock(work_dir) if work_dir is not None else nullcontext(), torch.no_grad():
+        plan = recipe.plan()
+        ignored = ignored_linears(recipe, dlm)
+        check_fits(recipe, dlm, ignored)
+        dlm.model.to("cpu").eval().requires_grad_(False)
+        work = WorkDir(work_dir, _fingerprint(dlm, recipe, calibration)) if work_dir is not None else None
+        runner = BlockRunner(dlm, device)
+        needs = [method.needs(config) for method, config in plan]
         cset = None
         if any(n.calibration for n in needs):
             confidence = any(n.confidence for n in needs)
@@ -208,8 +190,8 @@ def _quantize(
         )
         block_steps = [(m, c) for m, c in plan if m.stage is not Stage.GLOBAL]
         _block_loop(result, context, block_steps, work, progress, on_block_done)
-    if work is not None:
-        write_log(result.rows, work.path / LOG_FILE)
+        if work is not None:
+            write_log(result.rows, work.path / LOG_FILE)
     result.seconds = time.perf_counter() - start_time
     return result
 
