@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from dllm_calib import (
     CORPORA,
     HFDatasetSource,
     JsonlSource,
+    MissingReaderError,
     ParquetSource,
     PlainConfig,
     ShardFolderSource,
@@ -182,3 +184,17 @@ def test_windows_from_a_parquet_corpus(tmp_path: Path, char_model) -> None:
     prov = cset.provenance.source
     assert prov["kind"] == "parquet" and prov["corpus"] == "c4" and prov["texts_read"] == 50
     assert prov["reused_fraction"] == 0.0 and len(cset) == 8
+
+
+@pytest.mark.parametrize(("module", "suffix"), [("pyarrow.parquet", "parquet"), ("datasets", "dataset")])
+def test_a_missing_reader_package_names_the_install_command(
+    tmp_path: Path, monkeypatch, module, suffix
+) -> None:
+    if suffix == "parquet":
+        path = _parquet(tmp_path / "c.parquet", TEXTS)
+    else:
+        path = tmp_path / "saved"
+        _datasets().Dataset.from_dict({"text": TEXTS}).save_to_disk(str(path))
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(MissingReaderError, match=r"uv sync.*pip install 'dllm-calib\[corpora\]'"):
+        list(text_source(path).texts())

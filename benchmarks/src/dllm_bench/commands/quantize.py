@@ -6,11 +6,16 @@ An interrupted run (Ctrl-C, SIGTERM, a crash) resumes from its work directory (`
 again with the same arguments: the command says what it found there, and resumes only if the recipe,
 scheme, model (config and weights), dtype and calibration match (docs/resume.md); ``--restart`` discards it.
 The output and work folders are locked for the run, so a second run on the same ``--out`` is refused.
+
+``--calib wikitext2=PATH`` (also ``pile=PATH``, ``c4=PATH`` or a plain ``PATH``) calibrates on a local
+corpus in the window shape of the recipe's ``paper_corpus`` (docs/calibration.md); without it the recipe's
+own source is used (the shipped tiny-model text for the presets). The command prints which corpus it used.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from dllm_bench.commands._checks import (
@@ -46,6 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calib-samples", type=int, help="number of calibration states (overrides the recipe)"
     )
+    parser.add_argument(
+        "--calib",
+        metavar="[CORPUS=]PATH",
+        help="calibration corpus: wikitext2=PATH, pile=PATH, c4=PATH or a plain PATH (a .txt, "
+        ".jsonl[.gz|.zst] or .parquet file, a datasets save_to_disk folder or a folder of shards), read in "
+        "the recipe's paper window shape (default: the recipe's source)",
+    )
+    parser.add_argument(
+        "--calib-field", help="text field of .jsonl / parquet / dataset records (default text)"
+    )
+    parser.add_argument("--calib-split", help="split of a saved DatasetDict or shard folder (default: train)")
     parser.add_argument("--work-dir", type=Path, help="checkpoint folder for resuming (default <out>.work)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
     parser.add_argument(
@@ -83,6 +99,28 @@ def check(args: argparse.Namespace) -> None:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite or another --out")
     if args.work_dir is not None:
         check_out_folder(args.work_dir, "--work-dir")
+    if args.calib is not None:
+        check_calib_path(args.calib)
+    elif args.calib_field is not None or args.calib_split is not None:
+        raise ValueError("--calib-field and --calib-split describe a --calib corpus; pass --calib too")
+
+
+def calib_path(spec: str) -> Path | None:
+    """The local path of ``--calib [CORPUS=]PATH`` (None for a shipped source name); the corpus name is
+    checked when the recipe is loaded (this runs before torch is imported)."""
+    if spec in ("arithmetic", "code"):
+        return None
+    named = re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*=(.*)", spec)
+    return Path(named.group(1) if named and not Path(spec).exists() else spec).expanduser()
+
+
+def check_calib_path(spec: str) -> None:
+    """Raise ``FileNotFoundError`` unless ``--calib``'s path exists."""
+    path = calib_path(spec)
+    if path is not None and not path.exists():
+        raise FileNotFoundError(
+            f"--calib {spec}: {path} does not exist; give a local corpus file or folder (hubs are not read)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

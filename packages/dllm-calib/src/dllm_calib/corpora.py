@@ -24,7 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dllm_calib.sources import JSONL_SUFFIXES, JsonlSource, TextFileSource, TextSource, suffix_of
+from dllm_calib.sources import (
+    JSONL_SUFFIXES,
+    JsonlSource,
+    MissingReaderError,
+    TextFileSource,
+    TextSource,
+    suffix_of,
+)
 
 __all__ = [
     "CORPORA",
@@ -131,7 +138,7 @@ class ParquetSource(TextSource):
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise ImportError(f"reading {self.path} needs pyarrow; {INSTALL_HINT}") from None
+            raise MissingReaderError(f"reading {self.path} needs pyarrow; {INSTALL_HINT}") from None
         parquet = pq.ParquetFile(self.path)
         names = parquet.schema_arrow.names
         if self.field not in names:
@@ -169,7 +176,7 @@ class HFDatasetSource(TextSource):
         try:
             import datasets
         except ImportError:
-            raise ImportError(
+            raise MissingReaderError(
                 f"reading the saved dataset {self.path} needs the datasets package; {INSTALL_HINT}"
             ) from None
         data = datasets.load_from_disk(str(self.path))

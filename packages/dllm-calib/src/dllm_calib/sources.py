@@ -38,11 +38,17 @@ __all__ = [
     "ArithmeticSource",
     "JsonlSource",
     "ListSource",
+    "MissingReaderError",
     "StdlibCodeSource",
     "TextFileSource",
     "TextSource",
     "text_source",
 ]
+
+
+class MissingReaderError(ImportError, ValueError):
+    """A corpus format whose reader package is not installed. An ImportError (a package is missing) and a
+    ValueError (the input cannot be read as given), so command lines report it in one line."""
 
 
 def _checked(text: object, where: str) -> str:
@@ -150,7 +156,7 @@ def _open_text(path: Path) -> IO[str]:
         try:
             import zstandard
         except ImportError:
-            raise ImportError(
+            raise MissingReaderError(
                 f"{path} is zstd-compressed and the zstandard package is not installed; run `pip install "
                 f"zstandard` or decompress it first (`zstd -d {path.name}`)"
             ) from None

@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from dllm_calib import parse_calib_spec
 from dllm_sampler import check_replaceable
 from dllm_sampler.tasks import character_accuracy, exact_accuracy, generate_answers, heldout_problems
 
@@ -67,6 +68,9 @@ def _announce(work: Path, restart: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     recipe = load_recipe(args.recipe, scheme=args.scheme)
+    if args.calib is not None:
+        name, path = parse_calib_spec(args.calib)
+        recipe = recipe.with_calibration_corpus(name, path, args.calib_field, args.calib_split)
     if args.calib_samples is not None:
         recipe = recipe.with_calibration_samples(args.calib_samples)
     out = args.out or default_out(args)
@@ -82,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     float_texts = _answers(dlm, n_eval) if n_eval > 0 else None
 
     print(f"quantizing {args.model} with recipe {recipe.name!r} at {recipe.scheme.label} on {args.device}")
+    print(recipe.calibration.summary())
     with FolderLock(work):
         _announce(work, args.restart)
         try:
