@@ -69,8 +69,8 @@ def _quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
     gguf = [name for name, m in quantized.items() if m.layout()["kind"] == "gguf"]
     if gguf:
         raise ValueError(
-            f"{gguf[0]} (and {len(gguf) - 1} more) holds GGUF blocks, which a dllmq checkpoint folder does not "
-            "store: write the model as a GGUF file (dllmq quantize --format gguf, or dllm_weightquant.gguf's "
+            f"{gguf[0]} (and {len(gguf) - 1} more) holds GGUF blocks, which a dllmq checkpoint folder does "
+            "not store: write the model as a GGUF file (dllmq quantize --format gguf, or dllm_weightquant.gguf's "
             "write_gguf)"
         )
     return quantized
