@@ -70,8 +70,8 @@ def _quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
     if gguf:
         raise ValueError(
             f"{gguf[0]} (and {len(gguf) - 1} more) holds GGUF blocks, which a dllmq checkpoint folder does "
-            "not store: write the model as a GGUF file (dllmq quantize --format gguf, or dllm_weightquant.gguf's "
-            "write_gguf)"
+            "not store: write the model as a GGUF file (dllmq quantize --format gguf, or "
+            "dllm_weightquant.gguf.write_gguf)"
         )
     return quantized
 
