@@ -7,7 +7,7 @@
 """
 
 from dllm_weightquant.gguf.export import FLOAT_TYPES, quantize_for_gguf, write_gguf
-from dllm_weightquant.gguf.load import read_gguf, read_gguf_tensors
+from dllm_weightquant.gguf.load import gguf_source_model, read_gguf, read_gguf_tensors
 from dllm_weightquant.gguf.quantize import GGUFGroupParams, gguf_rtn, gguf_spec_for
 from dllm_weightquant.gguf.weight import GGUFWeight
 
@@ -16,6 +16,7 @@ __all__ = [
     "GGUFGroupParams",
     "GGUFWeight",
     "gguf_rtn",
+    "gguf_source_model",
     "gguf_spec_for",
     "quantize_for_gguf",
     "read_gguf",

@@ -44,6 +44,7 @@ FLOAT_TYPES = ("f16", "f32")
 HF_CONFIG_KEY = "dllmq.hf_config"
 NAMES_KEY = "dllmq.tensor_names"
 GENERATION_KEY = "dllmq.tokenizer_files"
+SOURCE_KEY = "dllmq.source_model"
 _FILE_TYPE = {"Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0", "Q4_K": "MOSTLY_Q4_K_S"}
 
 
@@ -170,12 +171,14 @@ def write_gguf(
     gguf_type: str | None = None,
     float_type: str = "f16",
     name: str = "",
+    source_model: str = "",
 ) -> Path:
     """Write ``dlm`` to the GGUF file ``path`` (temporary name, then one rename); returns the path.
 
     ``gguf_type`` names the file type recorded in ``general.file_type`` (the type of its quantized Linears;
-    None: taken from them, F16/F32 for a float model). Raises ``ValueError`` for what GGUF cannot hold
-    (online computation, non-GGUF grids, an architecture other than LLaDA / Dream).
+    None: taken from them, F16/F32 for a float model); ``source_model`` (the float model's shipped name or
+    folder) is recorded for ``dllmq eval``'s default reference. Raises ``ValueError`` for what GGUF cannot
+    hold (online computation, non-GGUF grids, an architecture other than LLaDA / Dream).
     """
     if float_type not in FLOAT_TYPES:
         raise ValueError(f"float_type must be one of {FLOAT_TYPES}, got {float_type!r}")
@@ -215,6 +218,7 @@ def write_gguf(
         writer.add_string(HF_CONFIG_KEY, json.dumps(hf))
         writer.add_string(NAMES_KEY, json.dumps(names))
         writer.add_string(GENERATION_KEY, json.dumps(dlm.tokenizer_files))
+        writer.add_string(SOURCE_KEY, source_model)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()

@@ -18,10 +18,10 @@ from dllm_sampler import CheckpointError, DiffusionLM, DreamConfig, LLaDAConfig
 from tokenizers import Tokenizer
 
 from dllm_weightquant.gguf._lib import import_gguf
-from dllm_weightquant.gguf.export import GENERATION_KEY, HF_CONFIG_KEY, NAMES_KEY
+from dllm_weightquant.gguf.export import GENERATION_KEY, HF_CONFIG_KEY, NAMES_KEY, SOURCE_KEY
 from dllm_weightquant.gguf.names import arch_of, unpermute_rows
 
-__all__ = ["read_gguf", "read_gguf_tensors"]
+__all__ = ["gguf_source_model", "read_gguf", "read_gguf_tensors"]
 
 
 def _string(reader: Any, key: str, path: Path) -> str:
@@ -32,6 +32,13 @@ def _string(reader: Any, key: str, path: Path) -> str:
             "(run it with llama.cpp instead)"
         )
     return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def gguf_source_model(path: str | Path) -> str:
+    """The float model a dllmq GGUF records (``dllmq.source_model``), "" when none."""
+    reader = import_gguf().GGUFReader(str(Path(path).expanduser()))
+    field = reader.get_field(SOURCE_KEY)
+    return "" if field is None else bytes(field.parts[field.data[0]]).decode("utf-8")
 
 
 def read_gguf_tensors(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], Any]:
