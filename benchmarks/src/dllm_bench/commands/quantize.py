@@ -10,6 +10,10 @@ The output and work folders are locked for the run, so a second run on the same 
 ``--calib wikitext2=PATH`` (also ``pile=PATH``, ``c4=PATH`` or a plain ``PATH``) calibrates on a local
 corpus in the window shape of the recipe's ``paper_corpus`` (docs/calibration.md); without it the recipe's
 own source is used (the shipped tiny-model text for the presets). The command prints which corpus it used.
+
+``--format gguf --gguf-type Q4_0|Q8_0|Q4_K`` quantizes onto llama.cpp's grid of that type (the scale rounding
+of the format inside the quantizer) and writes ``--out`` as one GGUF file (docs/gguf.md); weight-only (A16)
+recipes without online rotations only.
 """
 
 from __future__ import annotations
@@ -75,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "models trained on the arithmetic task, else 0)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--format", choices=("dllmq", "gguf"), default="dllmq", help="checkpoint folder or a GGUF file"
+    )
+    parser.add_argument(
+        "--gguf-type", choices=("Q8_0", "Q4_0", "Q4_K"), default="Q4_K", help="GGUF type of the linears"
+    )
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -82,6 +92,8 @@ def default_out(args: argparse.Namespace) -> Path:
     model = Path(args.model).name or "model"
     recipe = Path(args.recipe).stem
     suffix = f"-{args.scheme}" if args.scheme else ""
+    if getattr(args, "format", "dllmq") == "gguf":
+        return Path("runs") / f"{model}-{recipe}{suffix}-{args.gguf_type}.gguf"
     return Path("runs") / f"{model}-{recipe}{suffix}"
 
 
@@ -94,7 +106,13 @@ def check(args: argparse.Namespace) -> None:
         )
     check_positive(args, {"calib_samples": 1, "eval_problems": 0})
     out = args.out or default_out(args)
-    check_out_folder(out)
+    if args.format == "gguf":
+        if out.suffix.lower() != ".gguf":
+            raise ValueError(f"--out {out}: with --format gguf name the output file *.gguf")
+        if args.out is not None and out.exists() and not args.overwrite:
+            raise ValueError(f"{out} exists; pass --overwrite or another --out")
+    else:
+        check_out_folder(out)
     if args.out is not None and out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite or another --out")
     if args.work_dir is not None:
