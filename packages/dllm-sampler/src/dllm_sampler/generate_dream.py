@@ -195,9 +195,9 @@ def _reference_categorical(probs: torch.Tensor, generator: torch.Generator | Non
     """``torch.distributions.Categorical(probs=probs).sample()`` as Dream's ``sample_tokens`` calls it, with
     ``generator``: ``[N]`` long, or None where that call raises (then the reference takes the argmax).
 
-    Categorical normalizes ``probs`` in their dtype, validates the result as a simplex (every row sums to 1
-    within 1e-6 in that dtype; in bfloat16 a row's sum often misses, and the reference silently falls back to
-    argmax for all rows), then draws one ``multinomial`` sample per row.
+    Categorical normalizes ``probs`` in their dtype and validates the result as a simplex (entries >= 0,
+    every row summing to 1 within 1e-6 in that dtype); a row that fails (e.g. NaN from an all-zero row) makes
+    the reference fall back to argmax for all rows. Then it draws one ``multinomial`` sample per row.
     """
     normalized = probs / probs.sum(-1, keepdim=True)
     valid = torch.all(normalized >= 0, dim=-1) & ((normalized.sum(-1) - 1).abs() < 1e-6)
