@@ -9,7 +9,8 @@ from collections.abc import Callable
 import pytest
 import torch
 from dllm_kernels import QuantSpec, torch_grid
-from dllm_weightquant import GPTQConfig, gptq_quantize, layer_objective, rtn_quantize
+from dllm_weightquant import ClipSearch, GPTQConfig, RTNConfig, gptq_quantize, layer_objective, rtn_quantize
+from dllm_weightquant.gptq import SCALE_POLICIES
 from dllm_weightquant.grid import search_params
 from hypothesis import given
 from hypothesis import strategies as st
@@ -18,32 +19,41 @@ Layer = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 def dense_gptq(
-    w: torch.Tensor, h: torch.Tensor, spec: QuantSpec, damp_percent: float, actorder: bool
+    w: torch.Tensor,
+    h: torch.Tensor,
+    spec: QuantSpec,
+    damp_percent: float,
+    actorder: bool,
+    scales: str = "dynamic",
+    clip: ClipSearch | None = None,
 ) -> torch.Tensor:
     """Textbook GPTQ/OBS, written plainly: after each column, update every remaining column with the full
     inverse Hessian, then drop the column from the inverse (Schur complement). float64, no blocking.
-    Group scales come from the group's current weights when its first column is reached. Returns codes in the
-    weight storage (unsigned if asymmetric)."""
+    Group scales (min/max, or ``clip``'s search) come from the group's weights when its first column is
+    reached: the current ones (``scales="dynamic"``) or the original ones (otherwise). Returns codes in
+    the weight storage (unsigned if asymmetric)."""
     w = w.double().clone()
     h = h.double().clone()
     n = w.shape[1]
     dead = h.diagonal() == 0
     h[dead, dead] = 1
     w[:, dead] = 0
+    original = w.clone()
     order = torch.argsort(h.diagonal(), descending=True, stable=True) if actorder else torch.arange(n)
     h = h + damp_percent * h.diagonal().mean() * torch.eye(n, dtype=torch.float64)
     hinv = torch.linalg.inv(h)
     size = spec.group_size if spec.granularity == "group" else n
-    scales: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    params: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
     codes = torch.zeros(w.shape, dtype=torch.int16)
     remaining = order.tolist()
     for j in order.tolist():
         g = j // size
-        if g not in scales:
+        if g not in params:
             cols = torch.arange(g * size, (g + 1) * size)
-            cells = w[:, cols].reshape(1, -1) if spec.granularity == "tensor" else w[:, cols]
-            scales[g] = search_params(cells, spec.bits, spec.symmetric, None)
-        s, z = scales[g]
+            source = w if scales == "dynamic" else original
+            cells = source[:, cols].reshape(1, -1) if spec.granularity == "tensor" else source[:, cols]
+            params[g] = search_params(cells, spec.bits, spec.symmetric, clip)
+        s, z = params[g]
         c = torch_grid.encode(w[:, j], s, z, spec.bits)
         codes[:, j] = c.to(torch.int16)
         q = torch_grid.decode(c, s, z).double()
@@ -69,14 +79,15 @@ gptq_specs = st.builds(
     seed=st.integers(0, 2**31 - 1),
     actorder=st.sampled_from(["static", None]),
     block=st.sampled_from([5, 8, 128]),
+    scales=st.sampled_from(SCALE_POLICIES),
 )
 def test_matches_dense_reference(
-    layer: Layer, spec: QuantSpec, seed: int, actorder: str | None, block: int
+    layer: Layer, spec: QuantSpec, seed: int, actorder: str | None, block: int, scales: str
 ) -> None:
     w, _, h = layer(6, 24, seed, dtype=torch.float64)
-    cfg = GPTQConfig(block_size=block, actorder=actorder, compute_dtype="float64")
+    cfg = GPTQConfig(block_size=block, actorder=actorder, scales=scales, compute_dtype="float64")
     got = gptq_quantize(w, h, spec, cfg)
-    want = dense_gptq(w, h, spec, cfg.damp_percent, actorder == "static")
+    want = dense_gptq(w, h, spec, cfg.damp_percent, actorder == "static", scales, cfg.search())
     assert torch.equal(got.codes.to(torch.int16), want)
 
 
@@ -134,7 +145,9 @@ def test_diagonal_hessian_gives_rtn(layer: Layer) -> None:
     w, _, _ = layer(8, 32, 4)
     h = torch.diag(torch.rand(32, dtype=torch.float64) + 0.5)
     spec = QuantSpec(4, True, "group", 8)
-    assert torch.equal(gptq_quantize(w, h, spec).codes, rtn_quantize(w, None, spec).codes)
+    for config in (GPTQConfig(), GPTQConfig(scales="static")):
+        rtn = rtn_quantize(w, None, spec, RTNConfig(clip=config.search()))
+        assert torch.equal(gptq_quantize(w, h, spec, config).codes, rtn.codes)
 
 
 def test_act_order_keeps_groups_and_helps(layer: Layer) -> None:
@@ -176,18 +189,17 @@ def test_hopeless_hessian_falls_back_to_rtn(layer: Layer) -> None:
     spec = QuantSpec(4, True, "group", 8)
     with pytest.warns(RuntimeWarning, match="falling back to RTN"):
         q = gptq_quantize(w, h, spec, GPTQConfig(damp_retries=2))
-    assert torch.equal(q.codes, rtn_quantize(w, None, spec).codes)
+    assert torch.equal(q.codes, rtn_quantize(w, None, spec, RTNConfig(clip=GPTQConfig().search())).codes)
 
 
-def test_clip_search_composes_with_gptq(layer: Layer) -> None:
-    from dllm_weightquant import ClipSearch
-
+@pytest.mark.parametrize("scales", ["mse", "dynamic"])
+def test_clip_search_composes_with_gptq(layer: Layer, scales: str) -> None:
     w, _, h = layer(16, 64, 8)
     w = w**3
     spec = QuantSpec(3, True, "group", 16)
-    plain = layer_objective(w, gptq_quantize(w, h, spec).dequantize(), h)
+    plain = layer_objective(w, gptq_quantize(w, h, spec, GPTQConfig(scales="static")).dequantize(), h)
     clipped = layer_objective(
-        w, gptq_quantize(w, h, spec, GPTQConfig(clip=ClipSearch(grid=20))).dequantize(), h
+        w, gptq_quantize(w, h, spec, GPTQConfig(scales=scales, clip=ClipSearch(grid=20))).dequantize(), h
     )
     assert clipped < plain
 

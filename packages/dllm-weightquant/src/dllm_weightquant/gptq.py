@@ -11,9 +11,15 @@ error onto the columns not quantized yet, weighted by the inverse Hessian, which
 * works on the upper Cholesky factor ``U`` of ``H^-1`` in blocks of ``block_size`` columns with lazy
   batch updates of the columns after the block (numerically the same as updating every column at
   every step: the tests hold it to a plain dense implementation);
-* computes each group's scale lazily, when the first column of the group is reached, from the group's
-  *current* (error-updated) weights; columns of the group that lie after the running block get the
-  pending updates of the block applied on the fly, so the result does not depend on ``block_size``;
+* fixes each group's scale by a policy (``scales``): ``"static"`` computes every group's min/max scale from
+  the original weights before the sweep (llm-compressor's and AutoGPTQ's ``static_groups``: the scales are
+  exactly RTN's), ``"mse"`` does the same with a per-group MSE clip search (``clip``'s settings: the scales
+  are exactly RTN's with that search), ``"dynamic"`` computes a group's scale lazily, when the first column
+  of the group is reached, from the group's *current* (error-updated) weights (the original GPTQ code and
+  AutoGPTQ's default, optionally with ``clip``'s search as QuaRot's GPTQ); columns of the group that lie
+  after the running block get the pending updates of the block applied on the fly, so the result does not
+  depend on ``block_size``. Per channel or per tensor the three differ only by the search: the one group
+  starts with the first processed column, before any update;
 * static act-order (``actorder="static"``, compressed-tensors' ``"static"`` = ``"weight"``): columns are
   processed by descending ``diag(H)``, but scale groups stay the contiguous column groups of the original
   order (a group's scale is computed when its first column in processing order is reached). Codes are
@@ -21,6 +27,9 @@ error onto the columns not quantized yet, weighted by the inverse Hessian, which
   no ``g_idx`` is stored and the group-wise GEMM runs unchanged. (The alternative, groups formed in the
   permuted order and mapped back through ``g_idx`` = compressed-tensors' deprecated ``"group"``, costs a
   gather at inference and is not produced here.)
+
+Dead inputs are masked before any scale is computed, so a static scale ignores a dead column's weights
+(llm-compressor's observer sees them; they are zero in the result either way).
 """
 
 from __future__ import annotations
@@ -39,11 +48,13 @@ from dllm_weightquant.gguf.weight import GGUFWeight
 from dllm_weightquant.grid import ClipSearch, search_params
 from dllm_weightquant.hessian import inverse_hessian_factor
 from dllm_weightquant.qweight import QuantizedWeight
-from dllm_weightquant.rtn import RTNConfig, rtn_quantize
+from dllm_weightquant.rtn import RTNConfig, rtn_quantize, weight_cells
 
-__all__ = ["COMPUTE_DTYPES", "GPTQConfig", "gptq_quantize", "prepare_hessian"]
+__all__ = ["COMPUTE_DTYPES", "SCALE_POLICIES", "GPTQConfig", "gptq_quantize", "gptq_sweep", "prepare_hessian"]
 
 COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+SCALE_POLICIES = ("static", "dynamic", "mse")
+"""When and how group scales are fixed (see the module docstring)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +65,12 @@ class GPTQConfig(MethodConfig):
         block_size: columns per lazy-update block (128).
         damp_percent: damping as a fraction of ``mean(diag H)`` (0.01).
         actorder: ``"static"`` (process columns by descending ``diag(H)``, groups unchanged) or None.
-        clip: optional MSE clip search for each group's scale (GPTQ with an MSE observer).
+        scales: the scale policy, one of ``SCALE_POLICIES``: ``"static"`` (min/max of the original weights,
+            before the sweep), ``"mse"`` (``clip``'s search on the original weights, before the sweep) or
+            ``"dynamic"`` (min/max, or ``clip``'s search, of the current weights when the sweep reaches
+            the group).
+        clip: the MSE clip search's settings: used by ``"mse"`` (None: ``ClipSearch()``) and, when set, by
+            ``"dynamic"``; must be None with ``"static"``.
         damp_retries: how many times the damping is multiplied by 10 after a failed Cholesky.
         compute_dtype: ``"float32"`` or ``"float64"`` for the weights and the inverse Hessian.
     """
@@ -62,6 +78,7 @@ class GPTQConfig(MethodConfig):
     block_size: int = 128
     damp_percent: float = 0.01
     actorder: str | None = "static"
+    scales: str = "mse"
     clip: ClipSearch | None = None
     damp_retries: int = 3
     compute_dtype: str = "float32"
@@ -70,6 +87,13 @@ class GPTQConfig(MethodConfig):
         check_positive_int("GPTQConfig", "block_size", self.block_size)
         check_range("GPTQConfig", "damp_percent", self.damp_percent, 0.0, 1e6, lo_open=True)
         check_choice("GPTQConfig", "actorder", self.actorder, ("static", None))
+        check_choice("GPTQConfig", "scales", self.scales, SCALE_POLICIES)
+        if self.scales == "static" and self.clip is not None:
+            raise ValueError(
+                "GPTQConfig: scales 'static' takes the plain min/max of the original weights, so clip "
+                f"({self.clip!r}) would be ignored; set scales: mse for a clip search on the original "
+                "weights (or scales: dynamic for one on the error-updated weights)"
+            )
         if (
             isinstance(self.damp_retries, bool)
             or not isinstance(self.damp_retries, int)
@@ -79,6 +103,12 @@ class GPTQConfig(MethodConfig):
                 f"GPTQConfig.damp_retries must be a non-negative integer, got {self.damp_retries!r}"
             )
         check_choice("GPTQConfig", "compute_dtype", self.compute_dtype, tuple(COMPUTE_DTYPES))
+
+    def search(self) -> ClipSearch | None:
+        """The clip search this config's scales use (None: plain min/max)."""
+        if self.scales == "mse":
+            return self.clip or ClipSearch()
+        return self.clip
 
 
 def prepare_hessian(weight: Tensor, hessian: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -95,8 +125,11 @@ def prepare_hessian(weight: Tensor, hessian: Tensor, dtype: torch.dtype) -> tupl
 
 
 class _GroupParams:
-    """Scale and signed zero of every group, filled lazily; ``position_group[j]`` is the group of processed
-    column j."""
+    """Scale and signed zero of every group; ``position_group[j]`` is the group of processed column j.
+
+    Static policies fill every group up front (:meth:`fill_all`); the dynamic one fills a group when the
+    sweep reaches it (:meth:`fill`).
+    """
 
     def __init__(
         self, spec: QuantSpec, clip: ClipSearch | None, out: int, perm: Tensor, device: torch.device
@@ -109,34 +142,43 @@ class _GroupParams:
         self.position_group: list[int] = (perm // size).tolist()
         inv = torch.argsort(perm)
         self.members = [torch.sort(inv[g * size : (g + 1) * size]).values.to(device) for g in range(count)]
-        self.scale = torch.empty(out, count, dtype=torch.float32, device=device)
-        self.zero = None if spec.symmetric else torch.empty(out, count, dtype=torch.int32, device=device)
+        # stored transposed, [groups, out]: the sweep reads one group's row per column
+        self.scale_t = torch.empty(count, out, dtype=torch.float32, device=device)
+        self.zero_t = None if spec.symmetric else torch.empty(count, out, dtype=torch.int32, device=device)
         self.done = [False] * count
+
+    def fill_all(self, weight: Tensor) -> None:
+        """Set every group from ``weight [out, in]`` in the original column order (RTN's parameters)."""
+        s, z = search_params(weight_cells(weight, self.spec), self.spec.bits, self.spec.symmetric, self.clip)
+        self.scale_t.copy_(s.T.expand_as(self.scale_t))
+        if self.zero_t is not None and z is not None:
+            self.zero_t.copy_(z.T.expand_as(self.zero_t))
+        self.done = [True] * len(self.done)
 
     def fill(self, g: int, current: Tensor) -> None:
         """Set group ``g`` from its current weights ``[out, size]`` (tensor granularity: one cell for all)."""
         cells = current.reshape(1, -1) if self.spec.granularity == "tensor" else current
         s, z = search_params(cells, self.spec.bits, self.spec.symmetric, self.clip)
-        self.scale[:, g] = s
-        if self.zero is not None and z is not None:
-            self.zero[:, g] = z
+        self.scale_t[g] = s
+        if self.zero_t is not None and z is not None:
+            self.zero_t[g] = z
         self.done[g] = True
 
     def encode(self, g: int, column: Tensor) -> Tensor:
         """Signed int8 codes ``[out]`` of one column of group ``g``."""
         return torch_grid.encode(
-            column, self.scale[:, g], None if self.zero is None else self.zero[:, g], self.spec.bits
+            column, self.scale_t[g], None if self.zero_t is None else self.zero_t[g], self.spec.bits
         )
 
     def decode(self, g: int, codes: Tensor) -> Tensor:
         """float32 values ``[out]`` of one column's codes in group ``g``."""
-        return torch_grid.decode(codes, self.scale[:, g], None if self.zero is None else self.zero[:, g])
+        return torch_grid.decode(codes, self.scale_t[g], None if self.zero_t is None else self.zero_t[g])
 
     def result(self) -> tuple[Tensor, Tensor | None]:
         """(scale, signed zero) shaped as ``QuantizedWeight`` wants."""
         if self.spec.granularity == "tensor":
-            return self.scale[:1, 0].clone(), None if self.zero is None else self.zero[:1, 0].clone()
-        return self.scale, self.zero
+            return self.scale_t[0, :1].clone(), None if self.zero_t is None else self.zero_t[0, :1].clone()
+        return self.scale_t.T.contiguous(), None if self.zero_t is None else self.zero_t.T.contiguous()
 
 
 def gptq_quantize(
@@ -149,6 +191,15 @@ def gptq_quantize(
     A ``GGUFSpec`` gives a ``GGUFWeight``: the sweep encodes and decodes on the GGUF grid
     (``gguf.GGUFGroupParams``), with the format's scale rounding inside the error compensation.
     """
+    return gptq_sweep(weight, hessian, spec, config)[0]
+
+
+def gptq_sweep(
+    weight: Tensor, hessian: Tensor, spec: QuantSpec, config: GPTQConfig | None = None
+) -> tuple[QuantizedWeight, Tensor]:
+    """:func:`gptq_quantize` plus the values ``[out, in]`` (compute dtype, original column order, on the
+    weight's device) that the sweep rounded each column to and compensated the error of; the quantized
+    weight dequantizes to exactly these values."""
     config = config or GPTQConfig()
     w_in = check_weight(weight)
     out, inp = w_in.shape
@@ -156,17 +207,26 @@ def gptq_quantize(
     h_in = check_hessian(hessian, inp)
     dtype = COMPUTE_DTYPES[config.compute_dtype]
     w, h = prepare_hessian(w_in, h_in, dtype)
-    if isinstance(spec, GGUFSpec):
+    gguf = isinstance(spec, GGUFSpec)
+    if gguf:
         if config.clip is not None:
             raise ValueError(f"GPTQ on the GGUF grid {spec.gguf_type} has no clip search; drop clip")
         spec = gguf_spec_for(spec, inp)
-    w_original = w
+    search = None if gguf else config.search()
 
     if config.actorder == "static":
         perm = torch.argsort(h.diagonal(), descending=True, stable=True)
-        w, h = w[:, perm], h[perm][:, perm]
     else:
         perm = torch.arange(inp, device=w.device)
+    params: _GroupParams | GGUFGroupParams
+    if gguf:
+        params = GGUFGroupParams(spec, w, perm.cpu(), w.device)  # the format's super-block parameters
+    else:
+        params = _GroupParams(spec, search, out, perm.cpu(), w.device)
+        if config.scales != "dynamic":
+            params.fill_all(w)
+    if config.actorder == "static":
+        w, h = w[:, perm], h[perm][:, perm]
 
     u, damp, failures = inverse_hessian_factor(h, config.damp_percent, config.damp_retries)
     if u is None:
@@ -178,7 +238,8 @@ def gptq_quantize(
         )
         w_rtn = torch.empty_like(w)
         w_rtn[:, perm] = w
-        return rtn_quantize(w_rtn, None, spec, RTNConfig(clip=config.clip))
+        rtn = rtn_quantize(w_rtn, None, spec, RTNConfig(clip=search))
+        return rtn, rtn.dequantize().to(w.device, dtype)
     if failures:
         warnings.warn(
             f"GPTQ: Cholesky failed {failures} time(s); succeeded after raising the damping to {damp:.3g}",
@@ -186,21 +247,24 @@ def gptq_quantize(
             stacklevel=2,
         )
 
-    if isinstance(spec, GGUFSpec):
-        grid = GGUFGroupParams(spec, w_original, perm.cpu(), w.device)
-        return grid.weight(_solve(w, u, grid, config.block_size)[:, torch.argsort(perm)])
-    params = _GroupParams(spec, config.clip, out, perm.cpu(), w.device)
-    codes = _solve(w, u, params, config.block_size)[:, torch.argsort(perm)]
+    codes, values = _solve(w, u, params, config.block_size)
+    inv = torch.argsort(perm)
+    codes, values = codes[:, inv], values[:, inv]
+    if isinstance(params, GGUFGroupParams):
+        return params.weight(codes), values
     scale, zero = params.result()
     if zero is not None:
         codes, zero = torch_grid.to_unsigned(codes, zero, spec.bits)
-    return QuantizedWeight.from_codes(codes, scale, zero, spec)
+    return QuantizedWeight.from_codes(codes, scale, zero, spec), values
 
 
-def _solve(w: Tensor, u: Tensor, params: _GroupParams | GGUFGroupParams, block_size: int) -> Tensor:
-    """The blocked GPTQ sweep over the (permuted) columns of ``w [out, in]``; returns the grid codes
-    ``[out, in]`` in processing order. ``params`` fills a group's parameters and encodes / decodes a column
-    on its grid. Works on ``W^T`` so that every column is a contiguous row."""
+def _solve(
+    w: Tensor, u: Tensor, params: _GroupParams | GGUFGroupParams, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """The blocked GPTQ sweep over the (permuted) columns of ``w [out, in]``; returns the grid codes and their
+    values ``[out, in]`` in processing order. ``params`` fills a group's parameters and encodes / decodes a
+    column on its grid. Works on ``W^T`` so that every column is a contiguous row; the values overwrite the
+    processed rows of ``W^T``."""
     out, inp = w.shape
     wt = w.T.contiguous()
     codes = torch.empty(inp, out, dtype=torch.int8, device=w.device)
@@ -216,11 +280,13 @@ def _solve(w: Tensor, u: Tensor, params: _GroupParams | GGUFGroupParams, block_s
             col = w1[i]
             c = params.encode(g, col)
             codes[i1 + i] = c
-            err = (col - params.decode(g, c).to(w.dtype)) / u1[i, i]
-            w1[i:] -= u1[i, i:, None] * err[None, :]
-            err1[i] = err
+            q = params.decode(g, c).to(w.dtype)
+            err = torch.sub(col, q, out=err1[i]).div_(u1[i, i])
+            w1[i:].addr_(u1[i, i:], err, alpha=-1.0)
+            w1[i] = q
         wt[i2:] -= u[i1:i2, i2:].T @ err1
-    return codes.T
+        wt[i1:i2] = w1
+    return codes.T, wt.T
 
 
 def _current_columns(

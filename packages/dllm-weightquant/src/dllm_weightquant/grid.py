@@ -47,22 +47,49 @@ class ClipSearch(MethodConfig):
         return [1.0 - k / self.grid for k in range(max(1, int(self.max_shrink * self.grid)))]
 
 
+_CHUNK = 1 << 17
+"""Elements per chunk of the clip search (512 KiB of float32): a chunk stays in cache across all ratios."""
+
+
 def search_params(
     cells: Tensor, bits: int, symmetric: bool, clip: ClipSearch | None
 ) -> tuple[Tensor, Tensor | None]:
     """Grid parameters for each cell of ``cells [..., n]`` (the last dim is one cell's values).
 
     Returns scale float32 ``[...]`` and the signed int32 zero ``[...]`` (None if symmetric): min/max
-    parameters when ``clip`` is None, else the clip search's best per cell.
+    parameters when ``clip`` is None, else the clip search's best per cell (the first of equal errors).
+    The search runs over chunks of whole cells, every ratio on one chunk before the next, in place.
     """
     lo, hi = torch.aminmax(cells.float(), dim=-1)
-    best_scale, best_zero = torch_grid.scale_zero(lo, hi, bits, symmetric)
     if clip is None:
-        return best_scale, best_zero
-    best_err = _cell_error(cells, best_scale, best_zero, bits, clip.norm)
+        return torch_grid.scale_zero(lo, hi, bits, symmetric)
+    n = cells.shape[-1]
+    x = cells.float().reshape(-1, n)
+    lo, hi = lo.reshape(-1), hi.reshape(-1)
+    scale = torch.empty_like(lo)
+    zero = None if symmetric else torch.empty(lo.shape, dtype=torch.int32, device=lo.device)
+    rows = max(1, _CHUNK // n)
+    for r0 in range(0, x.shape[0], rows):
+        part = slice(r0, r0 + rows)
+        s, z = _search_chunk(x[part], lo[part], hi[part], bits, symmetric, clip)
+        scale[part] = s
+        if zero is not None and z is not None:
+            zero[part] = z
+    shape = cells.shape[:-1]
+    return scale.reshape(shape), None if zero is None else zero.reshape(shape)
+
+
+def _search_chunk(
+    x: Tensor, lo: Tensor, hi: Tensor, bits: int, symmetric: bool, clip: ClipSearch
+) -> tuple[Tensor, Tensor | None]:
+    """The clip search on cells ``x [c, n]`` float32 with ranges ``lo, hi [c]``: the best scale and zero
+    ``[c]``."""
+    buf = torch.empty_like(x)
+    best_scale, best_zero = torch_grid.scale_zero(lo, hi, bits, symmetric)
+    best_err = _cell_error(buf, x, best_scale, best_zero, bits, clip.norm)
     for p in clip.ratios()[1:]:
         scale, zero = torch_grid.scale_zero(lo, hi, bits, symmetric, p)
-        err = _cell_error(cells, scale, zero, bits, clip.norm)
+        err = _cell_error(buf, x, scale, zero, bits, clip.norm)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
         best_scale = torch.where(better, scale, best_scale)
@@ -71,9 +98,17 @@ def search_params(
     return best_scale, best_zero
 
 
-def _cell_error(x: Tensor, scale: Tensor, zero: Tensor | None, bits: int, norm: float) -> Tensor:
-    """``sum |dequant(x) - x|^norm`` over the last dim of ``x`` for per-cell ``scale``/``zero`` ``[...]``."""
-    s = scale[..., None]
-    z = None if zero is None else zero[..., None]
-    x = x.float()
-    return (torch_grid.decode(torch_grid.encode(x, s, z, bits), s, z) - x).abs().pow(norm).sum(-1)
+def _cell_error(buf: Tensor, x: Tensor, scale: Tensor, zero: Tensor | None, bits: int, norm: float) -> Tensor:
+    """``sum |dequant(x) - x|^norm`` over the last dim of ``x [c, n]`` float32 for per-cell ``scale`` /
+    ``zero [c]``, computed in ``buf [c, n]``: the values of ``torch_grid.decode(torch_grid.encode(...))``
+    (the codes and zero points are small integers, exact in float32)."""
+    half = 1 << (bits - 1)
+    s = scale[:, None]
+    torch.div(x, s, out=buf)
+    zf = None if zero is None else zero[:, None].float()
+    if zf is not None:
+        buf.add_(zf)
+    buf.clamp_(-half, half - 1).round_()
+    if zf is not None:
+        buf.sub_(zf)
+    return buf.mul_(s).sub_(x).abs_().pow_(norm).sum(-1)
