@@ -19,11 +19,11 @@ from dllm_sampler.testing import CHAR_VOCAB, char_model_config
 
 
 def test_arch_spec_looks_up_by_name_and_names_the_known_archs() -> None:
-    assert list(ARCH_SPECS) == ["llada", "dream"]
+    assert list(ARCH_SPECS) == ["llada", "dream", "llada2"]
     for name, spec in ARCH_SPECS.items():
         assert arch_spec(name) is spec and spec.name == name
-    assert [s.display_name for s in ARCH_SPECS.values()] == ["LLaDA", "Dream"]
-    with pytest.raises(ValueError, match="unknown model arch 'gpt'; known archs: 'llada', 'dream'"):
+    assert [s.display_name for s in ARCH_SPECS.values()] == ["LLaDA", "Dream", "LLaDA2"]
+    with pytest.raises(ValueError, match="unknown model arch 'gpt'; known archs: 'llada', 'dream', 'llada2'"):
         arch_spec("gpt")
 
 
@@ -65,6 +65,7 @@ def test_likelihood_estimator_is_the_papers() -> None:
     assert {name: spec.likelihood_estimator for name, spec in ARCH_SPECS.items()} == {
         "llada": "llada",
         "dream": "dream",
+        "llada2": "llada",
     }
 
 

@@ -1,9 +1,10 @@
-"""dllm_sampler: LLaDA/Dream models, loading, topology, masked-diffusion samplers and likelihood."""
+"""dllm_sampler: LLaDA/Dream/LLaDA2 models, loading, topology, masked-diffusion samplers and likelihood."""
 
 # --- models, loading and topology ---
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.atomic import FolderInTheWay, check_replaceable
 from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig
+from dllm_sampler.config_llada2 import LLaDA2MoeConfig
 from dllm_sampler.io import (
     CheckpointError,
     atomic_folder,
@@ -13,7 +14,7 @@ from dllm_sampler.io import (
     save,
     write_weights,
 )
-from dllm_sampler.models import ArchSpec, DreamModel, LLaDAModelLM, tiny_config
+from dllm_sampler.models import ArchSpec, DreamModel, LLaDA2MoeModelLM, LLaDAModelLM, tiny_config
 from dllm_sampler.registry import available_models
 from dllm_sampler.rope import RopeFn, model_rope
 from dllm_sampler.topology import INPUT_GROUPS, LINEAR_ROLES, BlockTopology, Topology, weight_holder
@@ -29,6 +30,8 @@ __all__ = [
     "DreamConfig",
     "DreamModel",
     "FolderInTheWay",
+    "LLaDA2MoeConfig",
+    "LLaDA2MoeModelLM",
     "LLaDAConfig",
     "LLaDAModelLM",
     "RopeFn",
@@ -48,6 +51,7 @@ __all__ = [
 
 # --- samplers, forward noise and likelihood (step, noise, generate*, likelihood) ---
 from dllm_sampler.generate import GenerationConfig, default_generation_config, generate
+from dllm_sampler.generate_block import BlockDiffusionConfig, generate_block, transfer_schedule
 from dllm_sampler.generate_dream import (
     DreamGenerationConfig,
     dream_sample_tokens,
@@ -73,6 +77,7 @@ from dllm_sampler.step import MaskPredictor, StepHook, StepState
 
 __all__ += [
     "LLADA_EOT_TOKEN_ID",
+    "BlockDiffusionConfig",
     "DreamGenerationConfig",
     "GenerationConfig",
     "LLaDAGenerationConfig",
@@ -87,6 +92,7 @@ __all__ += [
     "elbo_nll_per_token",
     "forward_noise",
     "generate",
+    "generate_block",
     "generate_dream",
     "generate_llada",
     "linear_transfer_schedule",
@@ -94,4 +100,5 @@ __all__ += [
     "llada_loss",
     "llada_mask_counts",
     "log_likelihood",
+    "transfer_schedule",
 ]

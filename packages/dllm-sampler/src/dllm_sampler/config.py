@@ -404,21 +404,28 @@ def _check_token_ids(config: LLaDAConfig | DreamConfig, n_logits: int) -> None:
 CONFIG_CLASSES: tuple[type[LLaDAConfig] | type[DreamConfig], ...] = (LLaDAConfig, DreamConfig)
 
 
+def _config_classes() -> tuple[type[ModelConfig], ...]:
+    """`CONFIG_CLASSES` plus LLaDA2's (in its own module, which imports this one)."""
+    from dllm_sampler.config_llada2 import LLaDA2MoeConfig
+
+    return (*CONFIG_CLASSES, LLaDA2MoeConfig)
+
+
 def _supported_names() -> list[str]:
-    return [a for c in CONFIG_CLASSES for a in c.ARCHITECTURES]
+    return [a for c in _config_classes() for a in c.ARCHITECTURES]
 
 
-def config_from_dict(data: dict[str, Any]) -> LLaDAConfig | DreamConfig:
+def config_from_dict(data: dict[str, Any]) -> ModelConfig:
     """Pick the config class from ``architectures`` (or, without it, ``model_type``) and build it."""
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a JSON object (dict), got {type(data).__name__}")
     archs = data.get("architectures") or []
     model_type = data.get("model_type")
-    for cls in CONFIG_CLASSES:
+    for cls in _config_classes():
         if set(archs) & set(cls.ARCHITECTURES) or (not archs and model_type == cls.MODEL_TYPE):
             return cls.from_dict(data)
     raise ConfigError(
         f"unsupported model: architectures={archs}, model_type={model_type!r}. Supported architectures: "
         f"{_supported_names()} (model_type "
-        f"{[c.MODEL_TYPE for c in CONFIG_CLASSES]})"
+        f"{[c.MODEL_TYPE for c in _config_classes()]})"
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from .generate_block import BlockDiffusionConfig
 from .generate_dream import DreamGenerationConfig
 from .generate_llada import LLaDAGenerationConfig
 from .models.spec import ARCH_SPECS, arch_spec
@@ -14,8 +15,8 @@ from .step import MaskPredictor, StepHook
 
 __all__ = ["GenerationConfig", "default_generation_config", "generate"]
 
-GenerationConfig = LLaDAGenerationConfig | DreamGenerationConfig
-"""Either sampler's config; its type selects the sampler."""
+GenerationConfig = LLaDAGenerationConfig | DreamGenerationConfig | BlockDiffusionConfig
+"""A sampler's config; its type selects the sampler."""
 
 _CONFIG_TYPES = tuple(spec.generation_config_cls for spec in ARCH_SPECS.values())
 

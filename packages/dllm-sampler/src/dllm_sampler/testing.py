@@ -22,14 +22,18 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.config import DreamConfig, LLaDAConfig
+from dllm_sampler.config_llada2 import LLaDA2MoeConfig
+from dllm_sampler.models.llada2_moe import LLaDA2Router
 from dllm_sampler.models.spec import arch_spec, tiny_config
 
 __all__ = [
     "CHAR_VOCAB",
+    "LLADA2_PARITY_CONFIGS",
     "WriteFaults",
     "char_model_config",
     "char_tokenizer",
     "random_char_model",
+    "random_llada2",
     "weights_digest",
 ]
 
@@ -64,6 +68,49 @@ def random_char_model(
     return model_class.from_config(
         char_model_config(arch, **overrides), seed=seed, tokenizer=char_tokenizer()
     )
+
+
+LLADA2_PARITY_CONFIGS: dict[str, dict[str, Any]] = {
+    "shared": {"hidden_size": 64, "head_dim": 16, "num_experts": 4, "num_shared_experts": 1},
+    "no_shared": {"hidden_size": 64, "head_dim": 16, "num_experts": 4, "num_shared_experts": None},
+    "dense_first": {
+        "hidden_size": 64,
+        "head_dim": 16,
+        "num_experts": 8,
+        "n_group": 4,
+        "topk_group": 2,
+        "num_shared_experts": 1,
+        "first_k_dense_replace": 1,
+        "use_qkv_bias": True,
+        "use_bias": True,
+    },
+}
+"""`tiny_config("llada2")` overrides of the reference-parity checkpoints (2 layers, 4 heads / 2 kv heads,
+top-2 routing, RoPE on half of each head): with and without a shared expert, and one with a dense first layer,
+8 experts in 4 groups (2 kept) and q/k/v and output biases."""
+
+
+def random_llada2(seed: int = 0, **overrides: Any) -> DiffusionLM:
+    """A seeded random tiny LLaDA2 (float32, CPU; `tiny_config` with ``overrides``) whose every tensor is
+    informative: norm gains 1 + N(0, 0.1^2), biases N(0, 0.02^2), router weights N(0, 1/D) (so routing is
+    decisive, not a near-tie) and expert biases N(0, 0.1^2). Same seed, same weights."""
+    config = tiny_config("llada2", **overrides)
+    assert isinstance(config, LLaDA2MoeConfig)
+    dlm = DiffusionLM.from_config(config, seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, tensor in sorted(dlm.model.state_dict(keep_vars=True).items()):
+            if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+                tensor.copy_(1 + 0.1 * torch.randn(tensor.shape, generator=gen))
+            elif name.endswith(".bias"):
+                tensor.copy_(0.02 * torch.randn(tensor.shape, generator=gen))
+            elif name.endswith("expert_bias"):
+                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=gen))
+        for module in dlm.model.modules():
+            if isinstance(module, LLaDA2Router):
+                std = config.hidden_size**-0.5
+                module.weight.copy_(std * torch.randn(module.weight.shape, generator=gen))
+    return dlm
 
 
 def weights_digest(dlm: DiffusionLM) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from dllm_sampler.models.layers import RMSNorm
-from dllm_sampler.models.spec import ArchSpec, spec_for_model
+from dllm_sampler.models.spec import ArchSpec, TopologyNames, spec_for_model
 
 __all__ = ["INPUT_GROUPS", "LINEAR_ROLES", "BlockTopology", "Topology", "weight_holder"]
 
@@ -194,6 +194,11 @@ class Topology:
     def __init__(self, model: nn.Module) -> None:
         self.model = model
         self.spec: ArchSpec = spec_for_model(model)
+        if not isinstance(self.spec.names, TopologyNames):
+            raise NotImplementedError(
+                f"{self.spec.display_name} is a mixture-of-experts model with fused QKV; the dense-block "
+                "Topology does not describe it (use its ArchSpec.names, MoETopologyNames)"
+            )
         dims = model.config.dims()  # type: ignore[union-attr]
         n = self.spec.names
         self.blocks: list[BlockTopology] = [

@@ -13,15 +13,19 @@ from typing import Any
 from torch import nn
 
 from dllm_sampler.config import DreamConfig, LLaDAConfig, ModelConfig
+from dllm_sampler.config_llada2 import LLaDA2MoeConfig
+from dllm_sampler.generate_block import BlockDiffusionConfig
 from dllm_sampler.generate_dream import DreamGenerationConfig
 from dllm_sampler.generate_llada import LLaDAGenerationConfig
 from dllm_sampler.models.dream import DreamModel
 from dllm_sampler.models.llada import LLaDAModelLM
+from dllm_sampler.models.llada2 import LLaDA2MoeModelLM
 
 __all__ = [
     "ARCH_SPECS",
     "ArchSpec",
     "EvalDefaults",
+    "MoETopologyNames",
     "TopologyNames",
     "arch_spec",
     "spec_for_config",
@@ -52,6 +56,39 @@ class TopologyNames:
 
 
 @dataclass(frozen=True)
+class MoETopologyNames:
+    """Qualified module names of a fused-QKV mixture-of-experts model (LLaDA2). Model-level names are
+    absolute; block roles are relative to ``f"{blocks}.{i}."``; ``router``/``experts``/``shared_experts``
+    exist in the MoE layers (``ArchSpec``'s config decides which), ``dense_*`` in the dense ones, and the
+    ``expert_*`` roles are relative to ``f"{experts}.{e}."`` (and to ``shared_experts``). ``routing`` is the
+    parameter-free site that sees every routing decision (`dllm_sampler.models.llada2_moe.Routing`).
+
+    The generic `dllm_sampler.topology.Topology` (norm -> q/k/v/gate/up edits) does not apply to it."""
+
+    embedding: str
+    final_norm: str
+    head: str
+    blocks: str
+    attn_norm: str
+    qkv: str
+    q_norm: str
+    k_norm: str
+    qk: str
+    o: str
+    mlp_norm: str
+    dense_gate: str
+    dense_up: str
+    dense_down: str
+    router: str
+    routing: str
+    experts: str
+    shared_experts: str
+    expert_gate: str
+    expert_up: str
+    expert_down: str
+
+
+@dataclass(frozen=True)
 class EvalDefaults:
     """The evaluation protocol of an architecture's own harness (LLaDA's ``eval_llada.py``, Dream's
     ``dream_base``), as dllm_bench's lm-eval adapter applies it.
@@ -69,7 +106,7 @@ class EvalDefaults:
             whole and the special-token strings are removed from the text (LLaDA).
     """
 
-    sampler: LLaDAGenerationConfig | DreamGenerationConfig
+    sampler: LLaDAGenerationConfig | DreamGenerationConfig | BlockDiffusionConfig
     steps_follow_length: bool
     max_length: int
     add_bos: bool
@@ -95,12 +132,14 @@ class ArchSpec:
     config_cls: type[ModelConfig]
     model_cls: type[nn.Module]
     logit_shift: int
-    names: TopologyNames
-    generation_config_cls: type[LLaDAGenerationConfig] | type[DreamGenerationConfig]
+    names: TopologyNames | MoETopologyNames
+    generation_config_cls: (
+        type[LLaDAGenerationConfig] | type[DreamGenerationConfig] | type[BlockDiffusionConfig]
+    )
     likelihood_estimator: str
     eval_defaults: EvalDefaults
 
-    def default_generation(self) -> LLaDAGenerationConfig | DreamGenerationConfig:
+    def default_generation(self) -> LLaDAGenerationConfig | DreamGenerationConfig | BlockDiffusionConfig:
         """The default config of the architecture's sampler (``generation_config_cls()``)."""
         return self.generation_config_cls()
 
@@ -172,6 +211,46 @@ ARCH_SPECS: dict[str, ArchSpec] = {
             cut_at_eos=True,
         ),
     ),
+    "llada2": ArchSpec(
+        name="llada2",
+        display_name="LLaDA2",
+        config_cls=LLaDA2MoeConfig,
+        model_cls=LLaDA2MoeModelLM,
+        logit_shift=0,
+        names=MoETopologyNames(
+            embedding="model.word_embeddings",
+            final_norm="model.norm",
+            head="lm_head",
+            blocks="model.layers",
+            attn_norm="input_layernorm",
+            qkv="attention.query_key_value",
+            q_norm="attention.query_layernorm",
+            k_norm="attention.key_layernorm",
+            qk="attention.qk_site",
+            o="attention.dense",
+            mlp_norm="post_attention_layernorm",
+            dense_gate="mlp.gate_proj",
+            dense_up="mlp.up_proj",
+            dense_down="mlp.down_proj",
+            router="mlp.gate",
+            routing="mlp.routing",
+            experts="mlp.experts",
+            shared_experts="mlp.shared_experts",
+            expert_gate="gate_proj",
+            expert_up="up_proj",
+            expert_down="down_proj",
+        ),
+        generation_config_cls=BlockDiffusionConfig,
+        likelihood_estimator="llada",
+        eval_defaults=EvalDefaults(
+            sampler=BlockDiffusionConfig(),
+            steps_follow_length=False,
+            max_length=4096,
+            add_bos=False,
+            append_eos=False,
+            cut_at_eos=True,
+        ),
+    ),
 }
 
 
@@ -210,9 +289,10 @@ def spec_for_model(model: nn.Module) -> ArchSpec:
     )
 
 
-def tiny_config(arch: str, **overrides: Any) -> LLaDAConfig | DreamConfig:
-    """`ModelConfig.tiny` of ``arch``'s config class ("llada" or "dream"): hidden 32, 2 blocks, 4 heads,
-    MLP 64, vocab 48 with mask = 47, eos = 46, pad = 45, bos = 44. Dream gets GQA with 2 kv heads.
+def tiny_config(arch: str, **overrides: Any) -> LLaDAConfig | DreamConfig | LLaDA2MoeConfig:
+    """`ModelConfig.tiny` of ``arch``'s config class ("llada", "dream" or "llada2"): hidden 32, 2 blocks, 4
+    heads, MLP 64, vocab 48 with mask = 47, eos = 46, pad = 45, bos = 44. Dream and LLaDA2 get GQA with 2
+    kv heads; LLaDA2 has 4 experts of width 16, top-2 in 1 of 2 groups, one shared expert.
     ``overrides`` use the architecture's own config keys (e.g. ``n_kv_heads=2`` for LLaDA).
 
     Raises:
