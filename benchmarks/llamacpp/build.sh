@@ -32,11 +32,26 @@ if [[ ! -f "$LLAMA/examples/diffusion/diffusion-cli.cpp" ]]; then
   exit 1
 fi
 
+# One fix to llama.cpp's source, applied here and recorded in VERSION: llama-diffusion-cli prints its result
+# through llama.cpp's asynchronous logger, whose singleton is deliberately never destroyed (common/log.cpp), and
+# returns without common_log_flush(), which log.h says a program must call before exit; on a busy CPU the
+# process then often exits before the timing line and the generated text are written. The patch adds that
+# call after llama_backend_free(); nothing else changes.
+CLI="$LLAMA/examples/diffusion/diffusion-cli.cpp"
+PATCH="none"
+if grep -q "common_log_flush" "$CLI"; then
+  PATCH="diffusion-cli.cpp calls common_log_flush before exit"
+elif grep -q "^    llama_backend_free();$" "$CLI"; then
+  perl -0pi -e 's/(\n    llama_backend_free\(\);\n)/$1    common_log_flush(common_log_main()); \/\/ dllmq build.sh: flush the log before exit\n/' "$CLI"
+  PATCH="diffusion-cli.cpp calls common_log_flush before exit"
+fi
+
 COMMIT="$(grep -m1 -o 'ggml-org/llama.cpp@[0-9a-f]*' "$SRC/CHANGELOG.md" | cut -d@ -f2 || true)"
 {
   echo "llama-cpp-python=$PYVER"
   echo "sdist_sha256=$(sha256sum "$SDIST" | cut -d' ' -f1)"
   echo "llama.cpp_commit=${COMMIT:-unknown}"
+  echo "patch=$PATCH"
   echo "compiler=$(c++ --version | head -1)"
 } > "$ROOT/VERSION"
 

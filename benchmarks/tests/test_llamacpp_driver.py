@@ -37,6 +37,11 @@ def test_parse_output_without_timing_names_the_last_line() -> None:
         parse_diffusion_output("llama_model_load: error\nerror: failed to load model 'x.gguf'\n")
 
 
+def test_parse_output_cut_short_is_an_error() -> None:
+    with pytest.raises(ValueError, match="printed in full"):
+        parse_diffusion_output(LOG[: LOG.index("8190") + 10])
+
+
 def test_parse_output_empty_generation() -> None:
     log = "total time: 10.00ms, time per step: 1.00ms, sampling time per step: 0.10ms\n\n\n"
     assert parse_diffusion_output(log).text == ""
@@ -102,3 +107,25 @@ def test_prompt_token_count_counts_bos() -> None:
     ids = tokenizer.encode(format_prompt(problem), add_special_tokens=False).ids
     assert prompt_token_count(tokenizer, problem) == len(ids) + 1
     assert len(tokenizer.encode(format_answer(problem), add_special_tokens=False).ids) == 34
+
+
+def test_report_table_marks_partial_rows() -> None:
+    from dllm_bench.llamacpp.report import table
+
+    results = {
+        "meta": {"model": "tiny-llada", "sampler": "confidence"},
+        "dllmq": {"n": 4, "exact": 3},
+        "rows": {
+            "llama.cpp f32": {
+                "done": 4,
+                "exact": 3,
+                "same_as_dllmq": 4,
+                "key": {"bytes": 2**20},
+                "ms_per_step": 12.0,
+            },
+            "llama-quantize Q4_0": {"done": 2, "exact": 1, "key": {"bytes": 2**19}, "ms_per_step": 8.04},
+        },
+    }
+    text = table(results)
+    assert "| llama.cpp f32 | 3/4 (75.0%) | 4/4 | 1.00 | 12.0 |" in text
+    assert "| llama-quantize Q4_0 (partial: 2 run) | 1/2 (50.0%) | -/2 | 0.50 | 8.0 |" in text

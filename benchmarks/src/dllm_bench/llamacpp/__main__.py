@@ -5,7 +5,8 @@
         --out docs/llamacpp/tiny-llada.json [--gguf "dllmq GPTQ Q4_0=path.gguf" ...]
 
 Rows: dllmq's own PyTorch sampler (the reference), the f32 conversion, ``--quantize`` types of
-llama-quantize without and with an imatrix, and each ``--gguf LABEL=PATH``.
+llama-quantize without and with an imatrix, and each ``--gguf LABEL=PATH`` (a file without a chat template
+runs from a copy that has the model's, `with_prompt_template`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from dllm_sampler.tasks.evaluate import generate_answers
 from dllm_sampler.tasks.tokenizer import SPECIAL_TOKENS
 
 from dllm_bench.llamacpp.command import SAMPLERS
-from dllm_bench.llamacpp.prepare import LlamaCpp, calibration_text, float_gguf, imatrix, quantized_gguf
+from dllm_bench.llamacpp.prepare import (
+    LlamaCpp,
+    calibration_text,
+    float_gguf,
+    imatrix,
+    quantized_gguf,
+    with_prompt_template,
+)
 from dllm_bench.llamacpp.run import Row, load_results, machine, run_row, save_results
 
 DEFAULT_SAMPLER = {"llada": "confidence", "dream": "confidence"}
@@ -93,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
     for item in args.gguf:
         label, _, path = item.partition("=")
-        rows.append(Row(label, Path(path), sampler))
+        rows.append(Row(label, with_prompt_template(llama, Path(path), args.model, work), sampler))
 
     for row in rows:
         record = run_row(results, args.out, row, binary, arch, dlm.tokenizer, problems, ref["texts"])

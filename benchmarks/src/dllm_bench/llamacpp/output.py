@@ -41,8 +41,8 @@ def parse_diffusion_output(log: str) -> DiffusionOutput:
     stderr (``log``).
 
     Raises:
-        ValueError: when the log has no timing line (the CLI failed before generating); the message quotes
-            the log's last line.
+        ValueError: when the log has no timing line (the CLI failed before generating; the message quotes
+            the log's last line) or ends before the text's closing newline (output cut short).
     """
     matches = list(_TIMING_RE.finditer(log))
     if not matches:
@@ -50,8 +50,9 @@ def parse_diffusion_output(log: str) -> DiffusionOutput:
         raise ValueError(f"llama-diffusion-cli printed no timing line; its last line was: {last}")
     match = matches[-1]
     rest = log[match.end() :]
-    text = rest[1:] if rest.startswith("\n") else rest
-    text = text.split("\n", 1)[0]
+    if not rest.startswith("\n") or "\n" not in rest[1:]:
+        raise ValueError("llama-diffusion-cli's output ends before its generated text was printed in full")
+    text = rest[1:].split("\n", 1)[0]
     return DiffusionOutput(
         text=text, ms_per_step=float(match.group("step")), sampling_ms_per_step=float(match.group("sampling"))
     )

@@ -9,17 +9,27 @@ to a temporary name that is renamed).
 
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dllm_sampler.atomic import atomic_file, atomic_path
 from dllm_sampler.registry import resolve
 from dllm_sampler.tasks.arithmetic import format_answer, format_prompt, train_split
 
-from dllm_bench.llamacpp.stage import stage_for_converter
+from dllm_bench.llamacpp.stage import stage_for_converter, tokenizer_config
 
-__all__ = ["LlamaCpp", "calibration_text", "float_gguf", "imatrix", "quantized_gguf"]
+__all__ = [
+    "LlamaCpp",
+    "calibration_text",
+    "float_gguf",
+    "gguf_metadata",
+    "imatrix",
+    "quantized_gguf",
+    "with_prompt_template",
+]
 
 PRE_TOKENIZER = "starcoder"
 """llama.cpp's pre-tokenizer with the tiny tokenizer's two steps: digits one by one, then GPT-2's regex."""
@@ -121,5 +131,48 @@ def quantized_gguf(llama: LlamaCpp, f32: Path, qtype: str, matrix: Path | None =
         with atomic_path(out) as tmp:
             extra = ["--imatrix", str(matrix)] if matrix else []
             argv = [str(llama.binary("llama-quantize")), *extra, str(f32), str(tmp), qtype, "1"]
+            _run(argv, out.with_suffix(".log"))
+    return out
+
+
+def gguf_metadata(llama: LlamaCpp, path: Path) -> dict[str, Any]:
+    """The metadata of a GGUF file (values of its keys; arrays elided), read with gguf-py's ``gguf_dump``
+    in the converter's environment."""
+    argv = [str(llama.python), "-m", "gguf.scripts.gguf_dump", "--json", "--no-tensors", str(path)]
+    done = subprocess.run(argv, capture_output=True, text=True, check=True)
+    fields = json.loads(done.stdout)["metadata"]
+    return {k: v.get("value") for k, v in fields.items() if not isinstance(v.get("value"), list)}
+
+
+def with_prompt_template(llama: LlamaCpp, gguf: Path, model: str, work: Path) -> Path:
+    """``gguf`` itself when it carries a chat template, else a copy in ``work`` with the chat template of
+    ``model``'s prompt conventions (gguf-py's ``gguf_new_metadata``; a ``{{ bos_token }}`` leads the
+    template when the model wants a BOS the file does not add).
+
+    Without a template ``llama-diffusion-cli`` wraps every prompt in ChatML, which the tiny models never
+    saw; dllmq's GGUF writer (branch gguf-export at 1ca1646) writes no template, and no
+    ``add_bos_token`` for Dream."""
+    meta = gguf_metadata(llama, gguf)
+    if meta.get("tokenizer.chat_template"):
+        return gguf
+    folder = resolve(model)
+    config = tokenizer_config(folder)
+    template = config["chat_template"]
+    if config["add_bos_token"] and meta.get("tokenizer.ggml.add_bos_token") is not True:
+        template = "{{ bos_token }}" + template
+    out = work / "prompt-template" / gguf.name
+    if not out.is_file() or out.stat().st_mtime < gguf.stat().st_mtime:
+        with atomic_path(out) as tmp:
+            module = "gguf.scripts.gguf_new_metadata"
+            argv = [
+                str(llama.python),
+                "-m",
+                module,
+                "--force",
+                "--chat-template",
+                template,
+                str(gguf),
+                str(tmp),
+            ]
             _run(argv, out.with_suffix(".log"))
     return out

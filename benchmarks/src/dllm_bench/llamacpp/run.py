@@ -23,7 +23,7 @@ from dllm_sampler.tasks.evaluate import GEN_LENGTH
 from tokenizers import Tokenizer
 
 from dllm_bench.llamacpp.command import SamplerSettings, diffusion_command
-from dllm_bench.llamacpp.output import parse_diffusion_output
+from dllm_bench.llamacpp.output import DiffusionOutput, parse_diffusion_output
 
 __all__ = ["Row", "load_results", "machine", "prompt_token_count", "run_row", "save_results"]
 
@@ -110,12 +110,8 @@ def run_row(
             row.sampler,
         )
         began = time.perf_counter()
-        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        parsed = _run_cli(argv, row.label)
         wall = time.perf_counter() - began
-        log = done.stdout + done.stderr
-        if done.returncode != 0:
-            raise RuntimeError(f"{row.label}: llama-diffusion-cli exit {done.returncode}: {log[-2000:]}")
-        parsed = parse_diffusion_output(log)
         record["texts"].append(parsed.text)
         record["ms"].append(parsed.ms_per_step)
         record["wall_s"].append(round(wall, 3))
@@ -125,6 +121,25 @@ def run_row(
     _summarize(record, problems, reference)
     save_results(out, results)
     return record
+
+
+def _run_cli(argv: list[str], label: str, attempts: int = 3) -> DiffusionOutput:
+    """Run the CLI and parse its output, retrying when the output is cut short.
+
+    llama.cpp logs through a background thread, and the process sometimes exits before the last lines (the
+    timing line and the text) are written; the draws are seeded, so a rerun decodes the same tokens.
+    """
+    for attempt in range(attempts):
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        log = done.stdout + done.stderr
+        if done.returncode != 0:
+            raise RuntimeError(f"{label}: llama-diffusion-cli exit {done.returncode}: {log[-2000:]}")
+        try:
+            return parse_diffusion_output(log)
+        except ValueError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _summarize(record: dict[str, Any], problems: Sequence[Problem], reference: Sequence[str] | None) -> None:
