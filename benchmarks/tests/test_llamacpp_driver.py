@@ -113,7 +113,7 @@ def test_report_table_marks_partial_rows() -> None:
     from dllm_bench.llamacpp.report import table
 
     results = {
-        "meta": {"model": "tiny-llada", "sampler": "confidence"},
+        "meta": {"model": "tiny-llada", "sampler": "confidence", "problems": 4},
         "dllmq": {"n": 4, "exact": 3},
         "rows": {
             "llama.cpp f32": {
@@ -127,5 +127,7 @@ def test_report_table_marks_partial_rows() -> None:
         },
     }
     text = table(results)
+    with pytest.raises(ValueError, match="sampler"):
+        table(results, {**results, "meta": {**results["meta"], "sampler": "entropy"}})
     assert "| llama.cpp f32 | 3/4 (75.0%) | 4/4 | 1.00 | 12.0 |" in text
     assert "| llama-quantize Q4_0 (partial: 2 run) | 1/2 (50.0%) | -/2 | 0.50 | 8.0 |" in text

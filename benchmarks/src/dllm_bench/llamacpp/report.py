@@ -1,5 +1,5 @@
-"""The markdown table of a results file of the llama.cpp benchmark (``python -m dllm_bench.llamacpp.report
-FILE.json ...``)."""
+"""The markdown table of the llama.cpp benchmark's results files of one model (``python -m
+dllm_bench.llamacpp.report A.json [B.json ...]``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,22 @@ from typing import Any
 __all__ = ["table"]
 
 
-def table(results: dict[str, Any]) -> str:
-    """One markdown table: dllmq's PyTorch sampler first, then every row in run order, with exact answers,
-    answers identical to dllmq's, file size (MiB) and the CLI's ms per step (mean over problems)."""
+def table(*parts: dict[str, Any]) -> str:
+    """One markdown table of one or more results files of the same model and problems: dllmq's PyTorch
+    sampler first, then every row in run order, with exact answers, answers identical to dllmq's, file size
+    (MiB) and the CLI's ms per step (mean over problems).
+
+    Raises:
+        ValueError: the files differ in model, problem count or sampler.
+    """
+    results = parts[0]
+    for other in parts[1:]:
+        for key in ("model", "problems", "sampler"):
+            if other["meta"][key] != results["meta"][key]:
+                raise ValueError(
+                    f"results files differ in {key}: {results['meta'][key]} vs {other['meta'][key]}"
+                )
+    rows = {label: row for part in parts for label, row in part["rows"].items()}
     meta, ref = results["meta"], results["dllmq"]
     n = ref["n"]
     lines = [
@@ -23,7 +36,7 @@ def table(results: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
         f"| dllmq generate (PyTorch, f32) | {ref['exact']}/{n} ({ref['exact'] / n:.1%}) | - | - | - |",
     ]
-    for label, row in results["rows"].items():
+    for label, row in rows.items():
         done = row.get("done", 0)
         partial = "" if done == n else f" (partial: {done} run)"
         lines.append(
@@ -35,5 +48,4 @@ def table(results: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    for name in sys.argv[1:]:
-        print(table(json.loads(Path(name).read_text())), end="\n\n")
+    print(table(*(json.loads(Path(name).read_text()) for name in sys.argv[1:])))
