@@ -12,11 +12,14 @@ runs from a copy that has the model's, `with_prompt_template`).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
-from dllm_sampler import load
-from dllm_sampler.tasks.arithmetic import heldout_problems, parse_answer
+from dllm_sampler import DiffusionLM, load
+from dllm_sampler.atomic import atomic_file
+from dllm_sampler.tasks.arithmetic import Problem, heldout_problems, parse_answer
 from dllm_sampler.tasks.evaluate import generate_answers
 from dllm_sampler.tasks.tokenizer import SPECIAL_TOKENS
 
@@ -46,6 +49,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="results JSON (resumed when it exists)")
     p.add_argument("--quantize", default="Q8_0,Q4_0,Q4_K_M", help="llama-quantize types, comma separated")
     p.add_argument("--no-imatrix", action="store_true", help="skip the imatrix rows")
+    p.add_argument("--imatrix-only", action="store_true", help="only the imatrix rows of --quantize")
     p.add_argument("--no-float", action="store_true", help="skip the f32 row")
     p.add_argument("--gguf", action="append", default=[], metavar="LABEL=PATH", help="an extra GGUF row")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="CLI sampler settings (default: per arch)")
@@ -57,6 +61,21 @@ def _parse(argv: list[str]) -> argparse.Namespace:
         if not label or not Path(path).is_file():
             p.error(f"--gguf {item!r}: expected LABEL=PATH of an existing file")
     return args
+
+
+def _reference(dlm: DiffusionLM, problems: list[Problem], cache: Path) -> dict[str, Any]:
+    """dllmq's own answers (PyTorch, f32, the evaluation's sampler) with special tokens removed, as the CLI
+    prints them; cached in ``cache`` per problem count (they take minutes on a busy CPU)."""
+    cached = json.loads(cache.read_text()) if cache.is_file() else {}
+    if str(len(problems)) not in cached:
+        texts = generate_answers(dlm, problems)
+        for token in SPECIAL_TOKENS:
+            texts = [t.replace(token, "") for t in texts]
+        exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True))
+        cached[str(len(problems))] = {"texts": texts, "exact": exact, "n": len(problems)}
+        with atomic_file(cache) as f:
+            json.dump(cached, f)
+    return cached[str(len(problems))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,18 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     ref = results.get("dllmq")
     if ref is None or len(ref["texts"]) != len(problems):
-        texts = generate_answers(dlm, problems)
-        for token in SPECIAL_TOKENS:
-            texts = [t.replace(token, "") for t in texts]
-        exact = sum(parse_answer(t) == p.answer for t, p in zip(texts, problems, strict=True))
-        results["dllmq"] = ref = {"texts": texts, "exact": exact, "n": len(problems)}
+        results["dllmq"] = ref = _reference(dlm, problems, work / f"reference-{Path(args.model).name}.json")
         save_results(args.out, results)
     print(f"dllmq (PyTorch f32): {ref['exact']}/{len(problems)}", flush=True)
 
     f32 = float_gguf(llama, args.model, work)
     rows = [] if args.no_float else [Row("llama.cpp f32", f32, sampler)]
     types = [t for t in args.quantize.split(",") if t]
-    rows += [Row(f"llama-quantize {t}", quantized_gguf(llama, f32, t), sampler) for t in types]
+    if not args.imatrix_only:
+        rows += [Row(f"llama-quantize {t}", quantized_gguf(llama, f32, t), sampler) for t in types]
     if not args.no_imatrix and types:
         matrix = imatrix(llama, f32, calibration_text(work / "calibration.txt"))
         rows += [

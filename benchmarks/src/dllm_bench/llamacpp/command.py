@@ -52,11 +52,13 @@ SAMPLERS: dict[str, SamplerSettings] = {
     "greedy-ltr": SamplerSettings(algorithm=4, top_k=1),
     "entropy": SamplerSettings(algorithm=1),
     "margin": SamplerSettings(algorithm=2),
+    "cli-default": SamplerSettings(algorithm=4, temp=0.8, top_k=40, top_p=0.95),
 }
 """Named settings: ``confidence`` (a draw at temperature 1, committed by its probability: LLaDA's
 low-confidence remasking / Dream's ``maskgit_plus`` up to the draw), ``greedy-ltr`` (argmax tokens; with one
 candidate every confidence is 1 and ties commit left to right), ``entropy`` and ``margin`` (the CLI's
-versions of Dream's ``entropy`` and ``topk_margin``)."""
+versions of Dream's ``entropy`` and ``topk_margin``), ``cli-default`` (the CLI's own defaults: a draw at
+temperature 0.8 from the top-40 / top-0.95 nucleus, committed by its renormalized probability)."""
 
 DREAM_EPS = 1e-3
 """Dream's final time of the schedule ``linspace(1, eps, steps + 1)`` (`DreamGenerationConfig.eps`)."""

@@ -25,7 +25,7 @@ from tokenizers import Tokenizer
 from dllm_bench.llamacpp.command import SamplerSettings, diffusion_command
 from dllm_bench.llamacpp.output import DiffusionOutput, parse_diffusion_output
 
-__all__ = ["Row", "load_results", "machine", "prompt_token_count", "run_row", "save_results"]
+__all__ = ["Row", "load_results", "machine", "prompt_token_count", "run_cli", "run_row", "save_results"]
 
 SAVE_EVERY = 10
 """Problems between two rewrites of the results file."""
@@ -110,7 +110,7 @@ def run_row(
             row.sampler,
         )
         began = time.perf_counter()
-        parsed = _run_cli(argv, row.label)
+        parsed = run_cli(argv, row.label)
         wall = time.perf_counter() - began
         record["texts"].append(parsed.text)
         record["ms"].append(parsed.ms_per_step)
@@ -123,7 +123,7 @@ def run_row(
     return record
 
 
-def _run_cli(argv: list[str], label: str, attempts: int = 3) -> DiffusionOutput:
+def run_cli(argv: list[str], label: str, attempts: int = 3) -> DiffusionOutput:
     """Run the CLI and parse its output, retrying when the output is cut short.
 
     llama.cpp logs through a background thread, and the process sometimes exits before the last lines (the
