@@ -97,8 +97,9 @@ def float_gguf(llama: LlamaCpp, model: str, work: Path) -> Path:
 
 
 def calibration_text(path: Path, problems: int = 400, seed: int = 1) -> Path:
-    """Training-split arithmetic examples as plain text, one ``prompt + answer`` per line (the tiny models'
-    training text without masks), ``problems`` of them from ``train_split(seed)``."""
+    """Training-split arithmetic examples as plain text, ``prompt + answer`` each followed by a newline (the
+    prompt has its own ``"\\nA:"``; the tiny models' training text without masks), ``problems`` of them from
+    ``train_split(seed)``."""
     if not path.is_file():
         stream = train_split(seed)
         with atomic_file(path) as f:
@@ -109,9 +110,9 @@ def calibration_text(path: Path, problems: int = 400, seed: int = 1) -> Path:
 
 
 def imatrix(llama: LlamaCpp, f32: Path, text: Path, chunk: int = 128) -> Path:
-    """``<f32 stem>.imatrix.dat``: llama-imatrix over ``text`` in chunks of ``chunk`` tokens, 1 thread (the
-    legacy format: llama-imatrix picks GGUF only for a name ending in .gguf, and the file is first written
-    under a temporary name)."""
+    """``<f32 stem>.imatrix.dat``: llama-imatrix over ``text`` in chunks of ``chunk`` tokens, 1 thread, no
+    perplexity (this llama-imatrix writes its GGUF imatrix format whatever the file is called; the name only
+    keeps it apart from the model files)."""
     out = f32.with_name(f32.stem.removesuffix("-f32") + ".imatrix.dat")
     if not out.is_file():
         with atomic_path(out) as tmp:
