@@ -15,13 +15,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
-from dllm_bench.commands import analyze, bench, calib, evaluate, generate, methods, quantize, results
+from dllm_bench.commands import analyze, bench, calib, evaluate, export, generate, methods, quantize, results
 
 COMMANDS = {
     "analyze": analyze,
     "bench": bench,
     "calib": calib,
     "eval": evaluate,
+    "export": export,
     "generate": generate,
     "methods": methods,
     "quantize": quantize,

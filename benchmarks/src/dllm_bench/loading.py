@@ -14,7 +14,13 @@ from safetensors import SafetensorError, safe_open
 
 from dllm_bench.pipeline import RUNTIME_FILE, restore_runtime
 
-__all__ = ["default_reference", "is_quantized_folder", "load_any"]
+__all__ = ["default_reference", "is_gguf_file", "is_quantized_folder", "load_any"]
+
+
+def is_gguf_file(path: str | Path) -> bool:
+    """True when ``path`` is a file named ``*.gguf``."""
+    path = Path(path).expanduser()
+    return path.suffix.lower() == ".gguf" and path.is_file()
 
 
 def is_quantized_folder(path: str | Path) -> bool:
@@ -42,8 +48,13 @@ def load_any(
 
     Quantized folders load with ``dllm_weightquant.load_quantized`` (packed weights on the low-bit kernels)
     and get back the online rotations, activation quantizers and V quantizers `dllm_bench` recorded;
-    ``dtype`` then casts the unquantized tensors only.
+    ``dtype`` then casts the unquantized tensors only. A ``.gguf`` file written by dllmq's GGUF export is
+    read back dequantized (``dllm_weightquant.gguf.read_gguf``).
     """
+    if is_gguf_file(path_or_name):
+        from dllm_weightquant.gguf import read_gguf
+
+        return read_gguf(path_or_name, dtype=dtype, device=device)
     if not is_quantized_folder(path_or_name):
         return dllm_sampler.load(path_or_name, dtype=dtype, device=device)
     folder = Path(path_or_name).expanduser()
@@ -90,6 +101,13 @@ def default_reference(model: str) -> str:
     Raises:
         ValueError: if ``model`` is not a quantized folder or its provenance names no loadable float model.
     """
+    if is_gguf_file(model):
+        from dllm_weightquant.gguf import gguf_source_model
+
+        named = gguf_source_model(model)
+        if named and _loadable_float_model(named):
+            return named
+        raise ValueError(f"--reference is required: {model} records no loadable float model ({named!r})")
     if not is_quantized_folder(model):
         raise ValueError(
             f"--reference is required: {model} is not a quantized folder, so there is no float model to "

@@ -65,8 +65,11 @@ def test_empty_inputs_are_rejected(tmp_path: Path) -> None:
         ListSource("abc")  # type: ignore[arg-type]
     with pytest.raises(FileNotFoundError):
         TextFileSource(tmp_path / "missing.txt")
-    with pytest.raises(ValueError, match="unknown text source"):
+    (tmp_path / "data.csv").write_text("a,b\n")
+    with pytest.raises(ValueError, match=r"unknown calibration corpus format '\.csv'"):
         text_source(tmp_path / "data.csv")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        text_source(tmp_path / "missing.jsonl")
 
 
 def test_arithmetic_source_is_seeded_training_prompts() -> None:

@@ -70,12 +70,12 @@ def check_model(value: str, flag: str = "--model") -> None:
         FileNotFoundError: neither a folder nor a shipped name (lists the shipped names).
     """
     path = Path(value).expanduser()
-    if path.is_dir() or value in shipped_models():
+    if path.is_dir() or value in shipped_models() or (path.is_file() and path.suffix.lower() == ".gguf"):
         return
     if path.exists():
         raise ValueError(
-            f"{flag} {value} is a file; pass the checkpoint folder that holds config.json (or a packaged "
-            f"model: {', '.join(shipped_models())})"
+            f"{flag} {value} is a file; pass the checkpoint folder that holds config.json, a .gguf file "
+            f"written by dllmq, or a packaged model: {', '.join(shipped_models())}"
         )
     raise FileNotFoundError(
         f"{flag} {value}: no such folder and no packaged model of that name; packaged models: "

@@ -6,11 +6,20 @@ An interrupted run (Ctrl-C, SIGTERM, a crash) resumes from its work directory (`
 again with the same arguments: the command says what it found there, and resumes only if the recipe,
 scheme, model (config and weights), dtype and calibration match (docs/resume.md); ``--restart`` discards it.
 The output and work folders are locked for the run, so a second run on the same ``--out`` is refused.
+
+``--calib wikitext2=PATH`` (also ``pile=PATH``, ``c4=PATH`` or a plain ``PATH``) calibrates on a local
+corpus in the window shape of the recipe's ``paper_corpus`` (docs/calibration.md); without it the recipe's
+own source is used (the shipped tiny-model text for the presets). The command prints which corpus it used.
+
+``--format gguf --gguf-type Q4_0|Q8_0|Q4_K`` quantizes onto llama.cpp's grid of that type (the scale rounding
+of the format inside the quantizer) and writes ``--out`` as one GGUF file (docs/gguf.md); weight-only (A16)
+recipes without online rotations only.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from dllm_bench.commands._checks import (
@@ -46,6 +55,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--calib-samples", type=int, help="number of calibration states (overrides the recipe)"
     )
+    parser.add_argument(
+        "--calib",
+        metavar="[CORPUS=]PATH",
+        help="calibration corpus: wikitext2=PATH, pile=PATH, c4=PATH or a plain PATH (a .txt, "
+        ".jsonl[.gz|.zst] or .parquet file, a datasets save_to_disk folder or a folder of shards), read in "
+        "the recipe's paper window shape (default: the recipe's source)",
+    )
+    parser.add_argument(
+        "--calib-field", help="text field of .jsonl / parquet / dataset records (default text)"
+    )
+    parser.add_argument("--calib-split", help="split of a saved DatasetDict or shard folder (default: train)")
     parser.add_argument("--work-dir", type=Path, help="checkpoint folder for resuming (default <out>.work)")
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder after success")
     parser.add_argument(
@@ -59,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "models trained on the arithmetic task, else 0)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument(
+        "--format", choices=("dllmq", "gguf"), default="dllmq", help="checkpoint folder or a GGUF file"
+    )
+    parser.add_argument(
+        "--gguf-type", choices=("Q8_0", "Q4_0", "Q4_K"), default="Q4_K", help="GGUF type of the linears"
+    )
 
 
 def default_out(args: argparse.Namespace) -> Path:
@@ -66,6 +92,8 @@ def default_out(args: argparse.Namespace) -> Path:
     model = Path(args.model).name or "model"
     recipe = Path(args.recipe).stem
     suffix = f"-{args.scheme}" if args.scheme else ""
+    if getattr(args, "format", "dllmq") == "gguf":
+        return Path("runs") / f"{model}-{recipe}{suffix}-{args.gguf_type}.gguf"
     return Path("runs") / f"{model}-{recipe}{suffix}"
 
 
@@ -78,11 +106,39 @@ def check(args: argparse.Namespace) -> None:
         )
     check_positive(args, {"calib_samples": 1, "eval_problems": 0})
     out = args.out or default_out(args)
-    check_out_folder(out)
+    if args.format == "gguf":
+        if out.suffix.lower() != ".gguf":
+            raise ValueError(f"--out {out}: with --format gguf name the output file *.gguf")
+        if args.out is not None and out.exists() and not args.overwrite:
+            raise ValueError(f"{out} exists; pass --overwrite or another --out")
+    else:
+        check_out_folder(out)
     if args.out is not None and out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise ValueError(f"{out} exists and is not empty; pass --overwrite or another --out")
     if args.work_dir is not None:
         check_out_folder(args.work_dir, "--work-dir")
+    if args.calib is not None:
+        check_calib_path(args.calib)
+    elif args.calib_field is not None or args.calib_split is not None:
+        raise ValueError("--calib-field and --calib-split describe a --calib corpus; pass --calib too")
+
+
+def calib_path(spec: str) -> Path | None:
+    """The local path of ``--calib [CORPUS=]PATH`` (None for a shipped source name); the corpus name is
+    checked when the recipe is loaded (this runs before torch is imported)."""
+    if spec in ("arithmetic", "code"):
+        return None
+    named = re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*=(.*)", spec)
+    return Path(named.group(1) if named and not Path(spec).exists() else spec).expanduser()
+
+
+def check_calib_path(spec: str) -> None:
+    """Raise ``FileNotFoundError`` unless ``--calib``'s path exists."""
+    path = calib_path(spec)
+    if path is not None and not path.exists():
+        raise FileNotFoundError(
+            f"--calib {spec}: {path} does not exist; give a local corpus file or folder (hubs are not read)"
+        )
 
 
 def run(args: argparse.Namespace) -> int:

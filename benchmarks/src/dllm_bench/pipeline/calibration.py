@@ -1,7 +1,8 @@
 """Turn a recipe's `CalibrationSpec` into a ``dllm_calib.CalibrationSet`` for a model.
 
-Three origins: a ``dllm_calib`` builder run on the model (TMAS runs the float model's own sampler, with
-the model folder's generation defaults unless the spec overrides them), a saved ``CalibrationSet`` folder,
+Three origins: a ``dllm_calib`` builder run on the model (reading the shipped text or a local corpus,
+``dllm_calib.corpus_source``; TMAS runs the float model's own sampler, with the model folder's generation
+defaults unless the spec overrides them), a saved ``CalibrationSet`` folder,
 or a ``.json`` / ``.jsonl`` list of ``{"input_ids": [...], "attention_mask": [...]}`` records as exported
 for llm-compressor / GPTQModel / AutoAWQ (``CalibrationSet.to_calibration_list``): positions holding the
 model's mask token are the masked ones.
@@ -19,9 +20,11 @@ from dllm_calib import (
     CalibrationSet,
     CalibrationState,
     Provenance,
+    TextSource,
     TMASConfig,
     build_tmas,
     builder_config,
+    corpus_source,
     score_confidence,
     text_source,
 )
@@ -109,7 +112,7 @@ def prepare_calibration(
     if spec.builder == "tmas":
         params["sampler"] = _sampler(dlm, spec.sampler)
     config = builder_config(spec.builder, **params)
-    source = text_source(spec.source, field=spec.field)
+    source = _source(spec)
     if not isinstance(config, TMASConfig):
         return config.build(dlm, source)
     with tqdm(desc="TMAS calibration: sampler steps", unit="step", disable=not progress, leave=False) as bar:
@@ -119,6 +122,13 @@ def prepare_calibration(
             bar.update(done - bar.n)
 
         return build_tmas(config, dlm, source, progress=advance)
+
+
+def _source(spec: CalibrationSpec) -> TextSource:
+    """The text ``spec`` reads: the shipped generator, or its local corpus with the corpus's conventions."""
+    if not spec.uses_corpus:
+        return text_source(spec.source, field=spec.field)
+    return corpus_source(spec.corpus, spec.source, spec.field, spec.split, spec.max_read_tokens)
 
 
 def with_confidence(dlm: DiffusionLM, cset: CalibrationSet, batch_size: int) -> CalibrationSet:

@@ -27,6 +27,8 @@ def _spec_text(spec: QuantSpec) -> str:
 def _weight_text(module: nn.Module) -> str:
     if isinstance(module, QuantLinear):
         meta = module._meta
+        if "gguf_type" in meta:
+            return f"gguf {meta['gguf_type']}"
         return _spec_text(meta["spec"]) if "spec" in meta else f"multi-binary group{meta['group_size']}"
     return "float"
 

@@ -11,9 +11,13 @@ the fix::
     ignore: [head, embedding]
     seed: 0
 
-Calibration comes from a ``dllm_calib`` builder (``builder`` + ``params``), a saved ``CalibrationSet``
-folder, or a ``.json`` / ``.jsonl`` list of ``{"input_ids", "attention_mask"}`` records made for other
-PTQ tools (``path``). Steps are ``{"method": name, **config fields}``: ``name`` is any method of
+Calibration comes from a ``dllm_calib`` builder (``builder`` + ``params``) reading ``source`` (the tiny
+models' shipped text, or a local corpus: ``corpus: wikitext2`` names how to read it), a saved
+``CalibrationSet`` folder, or a ``.json`` / ``.jsonl`` list of ``{"input_ids", "attention_mask"}``
+records made for other PTQ tools (``path``). ``paper_corpus`` records the corpus and window shape the
+method's paper calibrates on; ``dllmq quantize --calib wikitext2=PATH`` switches to it.
+
+Steps are ``{"method": name, **config fields}``: ``name`` is any method of
 ``dllm_calib``'s registry (``dllmq methods`` lists them) and the fields are its config's, so a recipe never
 invents its own knobs. Steps run in the order of their stages (``dllm_calib.Stage``: global transforms,
 block transforms, activation calibration, the one weight quantizer, activation quantization); what each
@@ -22,21 +26,62 @@ method needs, changes and can represent is read from its registry record.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
 import yaml
-from dllm_calib import BUILDERS, BindContext, Method, Stage, builder_config, get_method, registered_methods
+from dllm_calib import (
+    BUILDERS,
+    CORPORA,
+    BindContext,
+    Method,
+    Stage,
+    builder_config,
+    get_method,
+    registered_methods,
+)
 from dllm_sampler import LINEAR_ROLES
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from dllm_bench.recipes.errors import validation_message
 from dllm_bench.recipes.scheme import Scheme, SchemeLabel
 
-__all__ = ["IGNORE_ALIASES", "CalibrationSpec", "Recipe", "Step"]
+__all__ = ["IGNORE_ALIASES", "SHIPPED_SOURCES", "CalibrationSpec", "PaperCorpus", "Recipe", "Step"]
 
 IGNORE_ALIASES = ("head", "embedding")
 """Symbolic ignore entries: the LM head and the token embedding (never block linears, never quantized)."""
+
+
+SHIPPED_SOURCES = ("arithmetic", "code")
+"""The text sources shipped with dllmq (the tiny models' training splits), always available offline."""
+
+
+def _check_corpus_name(name: str | None, where: str) -> None:
+    if name is not None and name not in CORPORA:
+        raise ValueError(f"{where} {name!r} is not a known corpus; known: {sorted(CORPORA)}")
+
+
+class PaperCorpus(BaseModel):
+    """The corpus and window shape a method's paper calibrates on (e.g. WikiText-2, 128 x 2048).
+
+    Attributes:
+        name: a ``dllm_calib.CORPORA`` name (wikitext2, pile, c4).
+        num_samples: windows.
+        seq_len: tokens per window.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    num_samples: int = Field(ge=1)
+    seq_len: int = Field(ge=2)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        _check_corpus_name(name, "calibration.paper_corpus.name")
+        return name
 
 
 class CalibrationSpec(BaseModel):
@@ -46,8 +91,16 @@ class CalibrationSpec(BaseModel):
         builder: a ``dllm_calib.BUILDERS`` name (plain, random, mcs, tmas); default "plain" unless
             ``path`` is given.
         params: the builder's config fields (e.g. ``num_samples``, ``seq_len``, ``gamma``).
-        source: text for window builders and prompts for TMAS: "arithmetic", "code" or a .txt/.jsonl path.
-        field: the text key of .jsonl sources.
+        source: text for window builders and prompts for TMAS: "arithmetic", "code" (`SHIPPED_SOURCES`) or a
+            local corpus: a .txt / .jsonl[.gz|.zst] / .parquet file, a saved ``datasets`` folder or a folder
+            of shards (``dllm_calib.corpora``).
+        corpus: how to read a corpus ``source``: a ``dllm_calib.CORPORA`` name (wikitext2, pile, c4), or None
+            for documents separated by the model's EOS.
+        field: the text key of .jsonl / parquet / dataset records.
+        split: the split of a saved ``DatasetDict`` or a shard folder (default: the corpus's, else train).
+        max_read_tokens: most tokens read from a corpus (default 16 x the windows' tokens; a larger corpus
+            is read as a seeded sample, ``dllm_calib.stream``).
+        paper_corpus: the corpus and shape the method's paper calibrates on, applied by `with_corpus`.
         sampler: TMAS only: overrides of the model's default generation config (e.g. ``steps``).
         path: a saved ``CalibrationSet`` folder or a .json/.jsonl list of ``{"input_ids",
             "attention_mask"}`` records (mask tokens mark masked positions).
@@ -60,7 +113,11 @@ class CalibrationSpec(BaseModel):
     builder: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     source: str = "arithmetic"
+    corpus: str | None = None
     field: str = "text"
+    split: str | None = None
+    max_read_tokens: int | None = Field(default=None, ge=1)
+    paper_corpus: PaperCorpus | None = None
     sampler: dict[str, Any] | None = None
     path: str | None = None
     limit: int | None = Field(default=None, ge=1)
@@ -89,7 +146,75 @@ class CalibrationSpec(BaseModel):
             builder_config(builder, **self.params)
         except (TypeError, ValueError) as err:
             raise ValueError(f"calibration.params for builder {builder!r}: {err}") from err
+        _check_corpus_name(self.corpus, "calibration.corpus")
+        if self.source in SHIPPED_SOURCES and (self.corpus or self.split or self.max_read_tokens):
+            raise ValueError(
+                f"calibration.corpus, split and max_read_tokens describe a corpus file, but source is the "
+                f"shipped {self.source!r}; set source to the corpus path or drop them"
+            )
+        fields = {f.name for f in dataclasses.fields(BUILDERS[builder])}  # type: ignore[arg-type]
+        if self.paper_corpus is not None and "seq_len" not in fields:
+            raise ValueError(
+                f"calibration.paper_corpus sets windows, but the {builder!r} builder does not cut windows; "
+                "use a window builder (plain, random, mcs) or drop it"
+            )
         return self
+
+    @property
+    def uses_corpus(self) -> bool:
+        """Whether a builder reads a local corpus (not the shipped text, not a saved set)."""
+        return self.path is None and self.source not in SHIPPED_SOURCES
+
+    def with_corpus(
+        self, name: str | None, path: str, field: str | None = None, split: str | None = None
+    ) -> CalibrationSpec:
+        """This spec reading the local corpus at ``path`` (``name``: a ``CORPORA`` name or None) in the
+        window shape of ``paper_corpus`` when the spec has one; ``path`` may also be a shipped source name.
+
+        Raises:
+            ValueError: the spec calibrates on a saved set (``path``), or ``name`` is unknown.
+        """
+        if self.path is not None:
+            raise ValueError(
+                "the recipe calibrates on a saved set (calibration.path); a corpus applies to builders only"
+            )
+        data = self.model_dump(
+            exclude={"corpus", "split", "max_read_tokens"} if path in SHIPPED_SOURCES else set()
+        )
+        data.update(source=path, field=field or self.field)
+        if path not in SHIPPED_SOURCES:
+            data.update(corpus=name, split=split)
+            if self.paper_corpus is not None:
+                shape = {"num_samples": self.paper_corpus.num_samples, "seq_len": self.paper_corpus.seq_len}
+                data["params"] = {**self.params, **shape}
+        elif name is not None:
+            raise ValueError(
+                f"{name}={path}: {path!r} is a shipped source; give the local path of the {name} corpus"
+            )
+        return CalibrationSpec.model_validate(data)
+
+    def summary(self) -> str:
+        """One line saying what the states are made from (printed by ``dllmq quantize``)."""
+        if self.path is not None:
+            limit = "" if self.limit is None else f", its first {self.limit} states"
+            return f"calibration: the saved set {self.path}{limit}"
+        assert self.builder is not None
+        config = builder_config(self.builder, **self.params).to_dict()
+        if "seq_len" in config:
+            how = f"{self.builder} builder, {config['num_samples']} windows x {config['seq_len']} tokens"
+        else:
+            how = f"{self.builder} builder, {config['num_samples']} states"
+        if self.uses_corpus:
+            what = f"{self.corpus} ({CORPORA[self.corpus].title})" if self.corpus else "the corpus"
+            return f"calibration: {what} at {self.source} ({how})"
+        line = f"calibration: the shipped {self.source!r} text of the tiny models ({how})"
+        paper = self.paper_corpus
+        if paper is not None:
+            line += (
+                f"; the paper calibrates on {paper.name} {paper.num_samples} x {paper.seq_len}: pass "
+                f"--calib {paper.name}=PATH to use a local copy"
+            )
+        return line
 
     def with_samples(self, n: int) -> CalibrationSpec:
         """This spec drawing ``n`` states (``num_samples`` of a builder; the first ``n`` of a file)."""
@@ -258,6 +383,12 @@ class Recipe(BaseModel):
     def with_calibration_samples(self, n: int) -> Recipe:
         """This recipe calibrating on ``n`` states."""
         return self.model_copy(update={"calibration": self.calibration.with_samples(n)})
+
+    def with_calibration_corpus(
+        self, name: str | None, path: str, field: str | None = None, split: str | None = None
+    ) -> Recipe:
+        """This recipe calibrating on the local corpus at ``path`` (`CalibrationSpec.with_corpus`)."""
+        return self.model_copy(update={"calibration": self.calibration.with_corpus(name, path, field, split)})
 
     # ----- serialisation -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from dllm_kernels import QuantSpec
+from dllm_kernels import GGUFSpec, QuantSpec
 from pydantic import BaseModel, ConfigDict, model_validator
 
 __all__ = ["ACTIVATION_BITS", "SCHEME_LABELS", "Scheme", "SchemeLabel", "WeightScheme", "parse_scheme"]
@@ -73,7 +73,9 @@ def parse_scheme(label: str) -> SchemeLabel:
 class WeightScheme(BaseModel):
     """The weight format, with the fields of ``dllm_kernels.QuantSpec`` (integer grids only).
 
-    ``group_size`` defaults to 128 for ``granularity: group`` and must be absent otherwise.
+    ``group_size`` defaults to 128 for ``granularity: group`` and must be absent otherwise. ``gguf``
+    (``Q8_0``, ``Q4_0``, ``Q4_K``) puts the weights on llama.cpp's grid of that type (``GGUFSpec``: blocks
+    of 32, its own scale rules) instead of the fields above; ``dllmq quantize --format gguf`` sets it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -82,6 +84,7 @@ class WeightScheme(BaseModel):
     symmetric: bool = True
     granularity: Literal["group", "channel", "tensor"] = "group"
     group_size: int | None = None
+    gguf: Literal["Q8_0", "Q4_0", "Q4_K"] | None = None
 
     @model_validator(mode="after")
     def _valid_spec(self) -> WeightScheme:
@@ -92,6 +95,8 @@ class WeightScheme(BaseModel):
 
     def spec(self) -> QuantSpec:
         """The ``QuantSpec`` every weight quantizer of the recipe uses (raises ``ValueError`` if invalid)."""
+        if self.gguf is not None:
+            return GGUFSpec.of(self.gguf)
         return QuantSpec(
             bits=self.bits,
             symmetric=self.symmetric,

@@ -3,7 +3,9 @@
 - States: `CalibrationState`, `CalibrationSet` (+ `Provenance`), saved as safetensors + JSON, exported for
   llm-compressor / GPTQModel / AutoAWQ (`to_calibration_list`, `to_hf_dataset`).
 - Builders (registry `BUILDERS`): plain windows, random-time masking, Quant-dLLM's MCS, DLLMQuant's TMAS;
-  text from a `TextSource`.
+  text from a `TextSource`; local corpora (txt, jsonl, parquet, saved datasets, shard folders, the named
+  WikiText-2 / Pile / C4 of the papers: `corpus_source`) read once into non-overlapping windows
+  (`token_stream`, `draw_windows`, `CalibrationOverlapWarning`).
 - `Feed` (a unit's calibration batches and forward; `ModelFeed` for a whole model) and the collectors
   `collect` drives on it: token-weighted Hessians (uniform / CGQ certainty / user weights), per-channel
   absmax and mean |x|, sampled inputs, recomputed attention probabilities; optionally per mask-ratio
@@ -55,6 +57,16 @@ from dllm_calib.collectors import (
     resolve_targets,
 )
 from dllm_calib.confidence import score_confidence
+from dllm_calib.corpora import (
+    CORPORA,
+    Corpus,
+    CorpusSource,
+    HFDatasetSource,
+    ParquetSource,
+    ShardFolderSource,
+    corpus_source,
+    parse_calib_spec,
+)
 from dllm_calib.export import to_calibration_list, to_hf_dataset
 from dllm_calib.feed import Feed, ModelFeed, TokenFeed
 from dllm_calib.methods import (
@@ -84,6 +96,7 @@ from dllm_calib.sources import (
     ArithmeticSource,
     JsonlSource,
     ListSource,
+    MissingReaderError,
     StdlibCodeSource,
     TextFileSource,
     TextSource,
@@ -91,9 +104,11 @@ from dllm_calib.sources import (
 )
 from dllm_calib.state import CalibrationSet, CalibrationState, Provenance
 from dllm_calib.storage import CorruptCalibrationSetError, load_calibration_set, save_calibration_set
+from dllm_calib.stream import CalibrationOverlapWarning, draw_windows, token_stream
 
 __all__ = [
     "BUILDERS",
+    "CORPORA",
     "ENTRY_POINT_GROUP",
     "ArithmeticSource",
     "AttentionCollector",
@@ -102,6 +117,7 @@ __all__ = [
     "Batch",
     "BindContext",
     "BuilderConfig",
+    "CalibrationOverlapWarning",
     "CalibrationSet",
     "CalibrationState",
     "CertaintyWeight",
@@ -109,8 +125,11 @@ __all__ = [
     "ChannelStatsCollector",
     "CollectionSession",
     "Collector",
+    "Corpus",
+    "CorpusSource",
     "CorruptCalibrationSetError",
     "Feed",
+    "HFDatasetSource",
     "HessianCollector",
     "HessianStats",
     "HookPoint",
@@ -123,12 +142,15 @@ __all__ = [
     "Method",
     "MethodConfig",
     "MethodContext",
+    "MissingReaderError",
     "ModelFeed",
     "Needs",
     "NonFiniteActivationError",
+    "ParquetSource",
     "PlainConfig",
     "Provenance",
     "RandomConfig",
+    "ShardFolderSource",
     "Stage",
     "Statistic",
     "StdlibCodeSource",
@@ -157,11 +179,14 @@ __all__ = [
     "check_positive_int",
     "check_range",
     "collect",
+    "corpus_source",
+    "draw_windows",
     "get_method",
     "iter_batches",
     "load_calibration_set",
     "mask_ratio_buckets",
     "mcs_visibility",
+    "parse_calib_spec",
     "quota_counts",
     "register_builder",
     "register_method",
@@ -173,5 +198,6 @@ __all__ = [
     "text_source",
     "to_calibration_list",
     "to_hf_dataset",
+    "token_stream",
     "unregister_method",
 ]

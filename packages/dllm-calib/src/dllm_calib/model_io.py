@@ -9,15 +9,12 @@ helpers turn what they find into clear errors.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Protocol
 
 import torch
 from torch import Tensor
 
-from dllm_calib.sources import TextSource
-
-__all__ = ["TextModel", "describe_model", "draw_windows", "encode_text", "require_mask_token", "token_stream"]
+__all__ = ["TextModel", "describe_model", "encode_text", "require_mask_token"]
 
 
 class TextModel(Protocol):
@@ -78,44 +75,3 @@ def encode_text(model: TextModel, text: str) -> list[int]:
     if not out:
         raise ValueError(f"text {text[:40]!r} encodes to no tokens; calibration text must be non-empty")
     return out
-
-
-def token_stream(model: TextModel, source: TextSource, max_tokens: int) -> tuple[list[int], int]:
-    """Concatenate the encoded texts of ``source`` (separated by the model's EOS when it has one) until at
-    least ``max_tokens`` tokens are collected or the source ends.
-
-    Returns:
-        ``(tokens, texts_read)``.
-
-    Raises:
-        ValueError: if the source yields no text.
-    """
-    eos = getattr(model, "eos_token_id", None)
-    tokens: list[int] = []
-    count = 0
-    for text in source.texts():
-        if tokens and eos is not None:
-            tokens.append(int(eos))
-        tokens.extend(encode_text(model, text))
-        count += 1
-        if len(tokens) >= max_tokens:
-            break
-    if count == 0:
-        raise ValueError(f"text source {source.describe()} yielded no text")
-    return tokens, count
-
-
-def draw_windows(tokens: Sequence[int], num_samples: int, seq_len: int, generator: torch.Generator) -> Tensor:
-    """``[num_samples, seq_len]`` int64 windows of ``tokens`` at uniformly random start offsets.
-
-    Raises:
-        ValueError: if ``tokens`` is shorter than one window.
-    """
-    if len(tokens) < seq_len:
-        raise ValueError(
-            f"the text source gave only {len(tokens)} tokens but seq_len is {seq_len}; lower seq_len or add "
-            "text"
-        )
-    stream = torch.tensor(tokens, dtype=torch.int64)
-    starts = torch.randint(0, len(tokens) - seq_len + 1, (num_samples,), generator=generator)
-    return torch.stack([stream[s : s + seq_len] for s in starts.tolist()])

@@ -5,21 +5,32 @@ of a source is deterministic. Sources:
 
 - `ArithmeticSource`, `StdlibCodeSource`: the repository's own generators (``dllm_sampler.tasks``), the
   natural data for the tiny reference models; only their training splits (never the evaluation splits).
-- `TextFileSource` (``.txt``) and `JsonlSource` (``.jsonl``, one JSON object per line with a text field):
-  any corpus a user names for real models.
+- `TextFileSource` (``.txt``) and `JsonlSource` (``.jsonl`` / ``.json`` lines, optionally ``.gz`` or
+  ``.zst`` compressed, one JSON object per line with a text field): any corpus a user names for real models.
 - `ListSource`: texts held in memory.
+- ``dllm_calib.corpora``: parquet files, saved Hugging Face datasets, folders of shards, and the named
+  corpora the papers calibrate on (WikiText-2, Pile, C4).
 
-Use `text_source` to build one from a name or path. An empty or whitespace-only text is an error.
+Use `text_source` to build one from a name or path. An empty or whitespace-only text is an error, except in
+record corpora (jsonl, parquet, datasets), where empty records (WikiText-2's blank rows) are skipped.
+
+How a source is read into tokens is described by three attributes the readers
+(``dllm_calib.stream.token_stream``) use: ``endless`` (a generator that never ends: read only what is
+needed), ``separator`` (None: the model's EOS between texts; a string: texts joined by it before encoding,
+as WikiText-2's rows are lines of articles) and ``max_read_tokens`` (a cap on how much of a huge corpus is
+read; None: the reader's default).
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import platform
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, ClassVar, Literal
 
 from dllm_sampler import tasks
 
@@ -27,11 +38,17 @@ __all__ = [
     "ArithmeticSource",
     "JsonlSource",
     "ListSource",
+    "MissingReaderError",
     "StdlibCodeSource",
     "TextFileSource",
     "TextSource",
     "text_source",
 ]
+
+
+class MissingReaderError(ImportError, ValueError):
+    """A corpus format whose reader package is not installed. An ImportError (a package is missing) and a
+    ValueError (the input cannot be read as given), so command lines report it in one line."""
 
 
 def _checked(text: object, where: str) -> str:
@@ -43,7 +60,17 @@ def _checked(text: object, where: str) -> str:
 
 
 class TextSource(ABC):
-    """An ordered, possibly endless stream of non-empty texts, plus a description for provenance."""
+    """An ordered, possibly endless stream of non-empty texts, plus a description for provenance.
+
+    Attributes:
+        endless: the source never ends (a generator); readers take only the tokens they need.
+        separator: None to put the model's EOS between texts, or the string that joins them.
+        max_read_tokens: most tokens a reader takes from this source (None: the reader's default).
+    """
+
+    endless: ClassVar[bool] = False
+    separator: str | None = None
+    max_read_tokens: int | None = None
 
     @abstractmethod
     def texts(self) -> Iterator[str]:
@@ -109,11 +136,41 @@ class TextFileSource(TextSource):
         return {"kind": "txt", "path": str(self.path), "split": self.split}
 
 
-class JsonlSource(TextSource):
-    """A ``.jsonl`` file: one JSON object per line, the text under ``field`` (default ``"text"``).
+JSONL_SUFFIXES = (".jsonl", ".json", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst")
+"""File endings `JsonlSource` reads (``.json`` is JSON lines, as C4's ``c4-train.*.json.gz`` shards)."""
 
-    Blank lines are skipped; a line that is not a JSON object, lacks ``field`` or holds an empty text is an
-    error naming the line.
+
+def suffix_of(path: Path) -> str:
+    """The file's ending including a compression suffix: ``.jsonl.gz``, ``.parquet``, ``.txt``."""
+    suffixes = path.suffixes
+    if len(suffixes) >= 2 and suffixes[-1] in (".gz", ".zst"):
+        return "".join(suffixes[-2:])
+    return path.suffix
+
+
+def _open_text(path: Path) -> IO[str]:
+    """``path`` opened as UTF-8 text, decompressing ``.gz`` (stdlib) and ``.zst`` (``zstandard``)."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8")
+    if path.suffix == ".zst":
+        try:
+            import zstandard
+        except ImportError:
+            raise MissingReaderError(
+                f"{path} is zstd-compressed and the zstandard package is not installed; run `pip install "
+                f"zstandard` or decompress it first (`zstd -d {path.name}`)"
+            ) from None
+        raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"))
+        return io.TextIOWrapper(raw, encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+class JsonlSource(TextSource):
+    """A JSON-lines file (``.jsonl`` / ``.json``, plain, ``.gz`` or ``.zst``): one JSON object per line,
+    the text under ``field`` (default ``"text"``).
+
+    Blank lines and records with an empty text are skipped; a line that is not a JSON object or lacks
+    ``field`` is an error naming the line, and so is a file without any non-empty text.
     """
 
     def __init__(self, path: str | Path, field: str = "text") -> None:
@@ -126,7 +183,7 @@ class JsonlSource(TextSource):
 
     def texts(self) -> Iterator[str]:
         found = False
-        with self.path.open(encoding="utf-8") as fh:
+        with _open_text(self.path) as fh:
             for lineno, line in enumerate(fh, start=1):
                 if not line.strip():
                     continue
@@ -140,10 +197,16 @@ class JsonlSource(TextSource):
                     raise ValueError(
                         f"{where} has no field {self.field!r} (found {keys}); pass field=<the text key>"
                     )
-                found = True
-                yield _checked(record[self.field], f"{where} field {self.field!r}")
+                text = record[self.field]
+                if not isinstance(text, str):
+                    raise ValueError(
+                        f"{where} field {self.field!r}: expected a string, got {type(text).__name__}"
+                    )
+                if text.strip():
+                    found = True
+                    yield text
         if not found:
-            raise ValueError(f"{self.path} holds no records; calibration text must be non-empty")
+            raise ValueError(f"{self.path} holds no non-empty text under {self.field!r}; the corpus is empty")
 
     def describe(self) -> dict[str, Any]:
         return {"kind": "jsonl", "path": str(self.path), "field": self.field}
@@ -155,6 +218,8 @@ class ArithmeticSource(TextSource):
     Each text is the prompt the model sees (``format_prompt``); with ``with_answers`` the formatted answer
     follows it, as in the tiny models' training text. Held-out (evaluation) problems never appear.
     """
+
+    endless: ClassVar[bool] = True
 
     def __init__(self, seed: int = 0, digits: tuple[int, int] = (2, 3), with_answers: bool = False) -> None:
         self.seed, self.digits, self.with_answers = seed, tuple(digits), with_answers
@@ -189,10 +254,17 @@ class StdlibCodeSource(TextSource):
         return {"kind": "stdlib-code", "split": "train", "python": platform.python_version()}
 
 
-def text_source(spec: str | Path | TextSource, field: str = "text") -> TextSource:
-    """Build a source from ``"arithmetic"``, ``"code"`` or a path to a ``.txt`` / ``.jsonl`` file.
+def text_source(spec: str | Path | TextSource, field: str = "text", split: str | None = None) -> TextSource:
+    """Build a source from ``"arithmetic"``, ``"code"`` or a path.
 
-    ``field`` is the text key of ``.jsonl`` records. A `TextSource` is returned unchanged.
+    Paths: a ``.txt`` file, a JSON-lines file (`JSONL_SUFFIXES`), a ``.parquet`` file, a folder saved by
+    ``datasets`` (``save_to_disk``) or a folder of parquet / JSON-lines shards (``dllm_calib.corpora``).
+    ``field`` is the text key of records; ``split`` picks the split of a saved ``DatasetDict`` or of a
+    shard folder (default: ``train``, or the only one). A `TextSource` is returned unchanged.
+
+    Raises:
+        FileNotFoundError: the path does not exist.
+        ValueError: an unknown name or file format.
     """
     if isinstance(spec, TextSource):
         return spec
@@ -200,11 +272,6 @@ def text_source(spec: str | Path | TextSource, field: str = "text") -> TextSourc
         return ArithmeticSource()
     if spec == "code":
         return StdlibCodeSource()
-    path = Path(spec)
-    if path.suffix == ".txt":
-        return TextFileSource(path)
-    if path.suffix == ".jsonl":
-        return JsonlSource(path, field=field)
-    raise ValueError(
-        f"unknown text source {str(spec)!r}: use 'arithmetic', 'code', or a .txt / .jsonl file path"
-    )
+    from dllm_calib import corpora  # corpora builds on this module
+
+    return corpora.file_source(Path(spec).expanduser(), field=field, split=split)

@@ -13,12 +13,14 @@ keyword-only ``backend="auto" | "numba" | "triton" | "torch"``; the Numba refere
   ``hadamard_quantize_per_token``;
 * ``resolve_backend`` / ``triton_available`` - which backend a call would run on;
 * :mod:`~dllm_kernels.torch_grid` - the integer grid as torch functions (scale and zero point from a cell's
-  range, codes, values, unsigned weight storage) for code that quantizes inside a torch graph.
+  range, codes, values, unsigned weight storage) for code that quantizes inside a torch graph;
+* :class:`GGUFSpec` and :mod:`~dllm_kernels.gguf_grid` - llama.cpp's Q8_0 / Q4_0 / Q4_K block grids in torch
+  (scale rules with the format's fp16 / 6-bit rounding, codes, values, GGUF block bytes).
 
 Importing this package never imports triton.
 """
 
-from dllm_kernels import torch_grid
+from dllm_kernels import gguf_grid, torch_grid
 from dllm_kernels.dispatch import (
     dequantize,
     fake_quantize,
@@ -39,12 +41,15 @@ from dllm_kernels.dispatch import (
     w4a8_gemm,
     wna16_gemm,
 )
+from dllm_kernels.gguf_grid import GGUFSpec
 from dllm_kernels.spec import QuantSpec
 
 __all__ = [
+    "GGUFSpec",
     "QuantSpec",
     "dequantize",
     "fake_quantize",
+    "gguf_grid",
     "hadamard_matrix",
     "hadamard_quantize_per_token",
     "hadamard_transform",

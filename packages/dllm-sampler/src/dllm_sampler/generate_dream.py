@@ -5,6 +5,19 @@ one global schedule without blocks. From ``t`` to ``s`` each still-masked token 
 probability ``1 - s / t`` (``origin``), or the ``int(num_masked * (1 - s / t))`` masked positions with the
 best confidence are committed (``maskgit_plus``, ``topk_margin``, ``entropy``); the last step reveals all
 that is left. Tokens are drawn by `dream_sample_tokens` (temperature, then top-p, then top-k, then softmax).
+
+With ``reference_exact`` (the default) a step computes what Dream's ``DreamGenerationMixin._sample`` computes,
+in its order and shapes: for ``origin`` U(0, 1) over the flattened masked positions, then the token draws;
+token draws as ``torch.distributions.Categorical`` makes them (one ``multinomial`` over the masked rows, and
+argmax where the reference's ``try`` falls back to it); scores in the model's dtype (bfloat16 for a bfloat16
+model); the top-n (or ``alg_temp`` draw) over each whole row with ``-inf`` off the masked positions, so exact
+ties break as the reference's; the batch's mean masked count in the transfer count; and the network applies
+RoPE as the reference's does (`reference_rounding`). The same seed then gives the reference's tokens.
+
+Sampling conventions (`DreamGenerationConfig.harness` / `DreamGenerationConfig.readme`): QDLM's evaluation
+harness passes ``top_p=0.95, top_k=None``; a README-style ``diffusion_generate`` call that does not pass
+``top_k`` gets ``top_k=50`` from transformers' ``PretrainedConfig`` defaults (4.46), whatever Dream's
+README says.
 """
 
 from __future__ import annotations
@@ -23,11 +36,23 @@ from .step import (
     check_prompt,
     extend_attention_mask,
     max_probability,
+    reference_dtype,
+    reference_rounding,
     sample_without_replacement,
     select_top_k,
 )
 
-__all__ = ["DreamGenerationConfig", "dream_sample_tokens", "dream_transfer_count", "generate_dream"]
+__all__ = [
+    "DREAM_README_TOP_K",
+    "DreamGenerationConfig",
+    "dream_sample_tokens",
+    "dream_transfer_count",
+    "generate_dream",
+]
+
+DREAM_README_TOP_K = 50
+"""The ``top_k`` a ``diffusion_generate`` call gets when it does not pass one: Dream's generation config is
+built from the model config, whose transformers (4.46) defaults include ``top_k=50``."""
 
 DreamAlg = Literal["origin", "maskgit_plus", "topk_margin", "entropy"]
 _ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
@@ -37,9 +62,11 @@ _ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 class DreamGenerationConfig:
     """Settings of `generate_dream`.
 
-    The defaults are the deterministic ``entropy`` sampler of Dream's evaluation harness (temperature 0,
-    ``alg_temp`` 0); the harness additionally uses ``top_p=0.95``, which changes the entropy ranking, so set
-    it to reproduce those runs. Dream's README default is ``alg="origin"``.
+    The defaults are the deterministic ``entropy`` sampler (temperature 0, ``alg_temp`` 0) without top-p or
+    top-k filters. The two published conventions differ from them in the filters, which change the entropy
+    ranking: `harness` is QDLM's evaluation harness (``top_p=0.95, top_k=None``, 512 steps), `readme` is
+    Dream's README call (``temperature=0.2, top_p=0.95``, and ``top_k=50`` that transformers supplies because
+    the call does not pass one).
 
     Attributes:
         max_new_tokens: number of generated tokens.
@@ -52,6 +79,10 @@ class DreamGenerationConfig:
         temperature: token sampling temperature; 0 is argmax.
         top_p: nucleus filter in (0, 1], or None.
         top_k: top-k filter (>= 1), or None.
+        reference_exact: reproduce Dream's ``DreamGenerationMixin`` token for token (see the module
+            docstring): its random draws (same seed, same tokens; the ``generator``, or the global RNG
+            when None, as the reference's), its tie-breaking and its rounding in bfloat16. False: dllmq's
+            float32 step restricted to the masked positions (same distribution, other random stream).
     """
 
     SAMPLER_NAME: ClassVar[str] = "dream"
@@ -67,6 +98,39 @@ class DreamGenerationConfig:
     temperature: float = 0.0
     top_p: float | None = None
     top_k: int | None = None
+    reference_exact: bool = True
+
+    @classmethod
+    def harness(cls, **overrides: Any) -> Self:
+        """QDLM's lm-evaluation-harness ``dream_base`` defaults (github FelixMessi/QDLM a106d704,
+        ``lm-evaluation-harness/lm_eval/models/dream_base.py``): 128 new tokens in 512 steps, ``entropy``,
+        ``alg_temp=0``, temperature 0, ``top_p=0.95``, ``top_k=None``; ``overrides`` replace fields."""
+        base: dict[str, Any] = dict(
+            max_new_tokens=128,
+            steps=512,
+            alg="entropy",
+            alg_temp=0.0,
+            temperature=0.0,
+            top_p=0.95,
+            top_k=None,
+        )
+        return cls(**{**base, **overrides})
+
+    @classmethod
+    def readme(cls, **overrides: Any) -> Self:
+        """Dream's README call (github HKUNLP/Dream a1b4472a, README.md): 512 new tokens in 512 steps,
+        ``entropy``, ``alg_temp=0``, ``temperature=0.2``, ``top_p=0.95``, and `DREAM_README_TOP_K` (50), the
+        ``top_k`` transformers supplies since the call passes none; ``overrides`` replace fields."""
+        base: dict[str, Any] = dict(
+            max_new_tokens=512,
+            steps=512,
+            alg="entropy",
+            alg_temp=0.0,
+            temperature=0.2,
+            top_p=0.95,
+            top_k=DREAM_README_TOP_K,
+        )
+        return cls(**{**base, **overrides})
 
     def __post_init__(self) -> None:
         for name in ("max_new_tokens", "steps"):
@@ -127,6 +191,24 @@ def _top_k_filter(logits: torch.Tensor, top_k: int) -> torch.Tensor:
     return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
 
 
+def _reference_categorical(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+    """``torch.distributions.Categorical(probs=probs).sample()`` as Dream's ``sample_tokens`` calls it, with
+    ``generator``: ``[N]`` long, or None where that call raises (then the reference takes the argmax).
+
+    Categorical normalizes ``probs`` in their dtype and validates the result as a simplex (entries >= 0,
+    every row summing to 1 within 1e-6 in that dtype); a row that fails (e.g. NaN from an all-zero row) makes
+    the reference fall back to argmax for all rows. Then it draws one ``multinomial`` sample per row.
+    """
+    normalized = probs / probs.sum(-1, keepdim=True)
+    valid = torch.all(normalized >= 0, dim=-1) & ((normalized.sum(-1) - 1).abs() < 1e-6)
+    if not bool(valid.all()):
+        return None
+    try:
+        return torch.multinomial(normalized, 1, True, generator=generator).squeeze(-1)
+    except RuntimeError:  # the reference's bare ``except`` also takes the argmax after a failed draw
+        return None
+
+
 def dream_sample_tokens(
     logits: torch.Tensor,
     temperature: float = 0.0,
@@ -134,6 +216,7 @@ def dream_sample_tokens(
     top_k: int | None = None,
     alg: DreamAlg = "maskgit_plus",
     generator: torch.Generator | None = None,
+    reference_exact: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw a token per row and score it (Dream's ``sample_tokens``).
 
@@ -145,11 +228,15 @@ def dream_sample_tokens(
         alg: which confidence to return: ``maskgit_plus``/``origin``: ``p[token]``;
             ``topk_margin``: ``p_top1 - p_top2``; ``entropy``: ``sum_v p log(p + 1e-10)``.
         generator: optional torch generator for the categorical sample.
+        reference_exact: compute in ``logits.dtype`` and draw as the reference does
+            (`_reference_categorical`); otherwise in float32 with one plain ``multinomial`` draw.
 
     Returns:
-        ``(confidence [N] float32, tokens [N] long)``.
+        ``(confidence [N], tokens [N] long)``; confidence in float32, or in ``logits.dtype`` with
+        ``reference_exact``.
     """
-    logits = logits.float()
+    if not reference_exact:
+        logits = logits.float()
     if temperature > 0:
         logits = logits / temperature
     if top_p is not None and top_p < 1:
@@ -157,11 +244,16 @@ def dream_sample_tokens(
     if top_k is not None:
         logits = _top_k_filter(logits, top_k)
     probs = torch.softmax(logits, dim=-1)
+    tokens = None
     if temperature > 0:
-        tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
-    else:
+        if reference_exact:
+            tokens = _reference_categorical(probs, generator)
+        else:
+            tokens = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    if tokens is None:
         confidence, tokens = probs.max(dim=-1)
+    else:
+        confidence = probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     if alg == "topk_margin":
         top2 = torch.topk(probs, 2, dim=-1).values
         confidence = top2[:, 0] - top2[:, 1]
@@ -224,50 +316,128 @@ def generate_dream(
     x[:, :lp] = prompt
     attn = extend_attention_mask(attention_mask, cfg.max_new_tokens)
     timesteps = torch.linspace(1, cfg.eps, cfg.steps + 1, device=x.device)
-    sample = {"temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k, "generator": generator}
+    step_fn = _reference_step if cfg.reference_exact else _masked_step
 
-    for i in tqdm(range(cfg.steps), disable=not progress, desc="dream"):
-        mask_index = x == mask_id
-        logits = model.logits(x, attn)
-        t, s = timesteps[i], timesteps[i + 1]
-        last = i == cfg.steps - 1
-        confidence = torch.full(x.shape, float("-inf"), device=x.device)
-        proposal = x.clone()
-        if cfg.alg == "origin":
-            p_transfer = 1.0 if last else 1 - s / t
-            selected = mask_index & (torch.rand(x.shape, device=x.device, generator=generator) < p_transfer)
-            if bool(selected.any()):
-                proposal[selected] = dream_sample_tokens(logits[selected], alg="origin", **sample)[1]
-        else:
-            score, tokens = dream_sample_tokens(logits[mask_index], alg=cfg.alg, **sample)
-            proposal[mask_index] = tokens
-            confidence[mask_index] = score
-            n = dream_transfer_count(mask_index.sum(dim=1), t, s, last)
-            if cfg.alg_temp == 0:
-                selected = select_top_k(confidence, mask_index, n)
-            else:
-                selected = sample_without_replacement(confidence, mask_index, n, cfg.alg_temp, generator)
-
-        model_input = x
-        x = torch.where(selected, proposal, x)
-        if on_step is not None:
-            still_masked = x == mask_id
-            on_step(
-                StepState(
-                    step=i,
-                    num_steps=cfg.steps,
-                    block=0,
-                    num_blocks=1,
-                    prompt_length=lp,
-                    model_input=model_input,
-                    input_mask=mask_index,
-                    tokens=x.clone(),
-                    mask=still_masked,
-                    committed=mask_index & ~still_masked,
-                    confidence=confidence,
-                    token_confidence=max_probability(logits, mask_index),
-                    attention_mask=attn,
-                    logits=logits if with_logits else None,
-                )
+    with reference_rounding(model, cfg.reference_exact):
+        for i in tqdm(range(cfg.steps), disable=not progress, desc="dream"):
+            mask_index = x == mask_id
+            logits = model.logits(x, attn)
+            if cfg.reference_exact:
+                logits = logits.to(reference_dtype(model, logits))
+            t, s, last = timesteps[i], timesteps[i + 1], i == cfg.steps - 1
+            proposal, confidence, selected = step_fn(
+                logits, x, mask_index, t, s, last, cfg, generator, mask_id
             )
+            model_input = x
+            x = torch.where(selected, proposal, x)
+            if on_step is not None:
+                still_masked = x == mask_id
+                on_step(
+                    StepState(
+                        step=i,
+                        num_steps=cfg.steps,
+                        block=0,
+                        num_blocks=1,
+                        prompt_length=lp,
+                        model_input=model_input,
+                        input_mask=mask_index,
+                        tokens=x.clone(),
+                        mask=still_masked,
+                        committed=mask_index & ~still_masked,
+                        confidence=confidence.float(),
+                        token_confidence=max_probability(logits, mask_index),
+                        attention_mask=attn,
+                        logits=logits if with_logits else None,
+                    )
+                )
     return x
+
+
+def _sample_args(cfg: DreamGenerationConfig, generator: torch.Generator | None) -> dict[str, Any]:
+    """The `dream_sample_tokens` keyword arguments of ``cfg``."""
+    return {
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "top_k": cfg.top_k,
+        "generator": generator,
+        "reference_exact": cfg.reference_exact,
+    }
+
+
+def _reference_step(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    mask_index: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    last: bool,
+    cfg: DreamGenerationConfig,
+    generator: torch.Generator | None,
+    mask_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step as ``DreamGenerationMixin._sample`` computes it, from ``logits`` ``[B, L, V]`` in the
+    reference's dtype.
+
+    Returns ``(proposal [B, L] long, confidence [B, L], selected [B, L] bool)``: the step writes
+    ``proposal`` where ``selected``. The proposal is the mask id off the masked positions, as the
+    reference's, so a drawn unmasked position (possible only when ``alg_temp`` probabilities underflow) is
+    written back to a mask as the reference does.
+    """
+    masked_logits = logits[mask_index]
+    confidence = torch.full(x.shape, float("-inf"), dtype=logits.dtype, device=x.device)
+    proposal = torch.full_like(x, mask_id)
+    if cfg.alg == "origin":
+        p_transfer = 1 if last else 1 - s / t
+        reveal = torch.rand(masked_logits.shape[0], device=x.device, generator=generator) < p_transfer
+        tokens = dream_sample_tokens(masked_logits[reveal], alg="origin", **_sample_args(cfg, generator))[1]
+        selected = torch.zeros_like(mask_index)
+        selected[mask_index] = reveal
+        proposal[selected] = tokens
+        return proposal, confidence, selected
+    score, tokens = dream_sample_tokens(masked_logits, alg=cfg.alg, **_sample_args(cfg, generator))
+    confidence[mask_index] = score
+    proposal[mask_index] = tokens
+    mean_masked = mask_index.sum() / mask_index.shape[0]
+    n = int(mean_masked) if last else int(mean_masked * (1 - s / t))
+    selected = torch.zeros_like(mask_index)
+    if n > 0:
+        if cfg.alg_temp == 0:
+            index = torch.topk(confidence, n).indices
+        else:
+            weights = torch.softmax(confidence / cfg.alg_temp, dim=-1)
+            index = torch.multinomial(weights, n, generator=generator)
+        selected.scatter_(1, index, True)
+    return proposal, confidence, selected
+
+
+def _masked_step(
+    logits: torch.Tensor,
+    x: torch.Tensor,
+    mask_index: torch.Tensor,
+    t: torch.Tensor,
+    s: torch.Tensor,
+    last: bool,
+    cfg: DreamGenerationConfig,
+    generator: torch.Generator | None,
+    mask_id: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step in float32 with draws and selection restricted to the masked positions (``origin``: U(0, 1)
+    over ``[B, L]``; ``alg_temp``: a float64 draw per row). Same return as `_reference_step` (``mask_id`` is
+    unused: the proposal keeps the current tokens)."""
+    sample = _sample_args(cfg, generator)
+    confidence = torch.full(x.shape, float("-inf"), device=x.device)
+    proposal = x.clone()
+    if cfg.alg == "origin":
+        p_transfer = 1.0 if last else 1 - s / t
+        selected = mask_index & (torch.rand(x.shape, device=x.device, generator=generator) < p_transfer)
+        if bool(selected.any()):
+            proposal[selected] = dream_sample_tokens(logits[selected], alg="origin", **sample)[1]
+        return proposal, confidence, selected
+    score, tokens = dream_sample_tokens(logits[mask_index], alg=cfg.alg, **sample)
+    proposal[mask_index] = tokens
+    confidence[mask_index] = score
+    n = dream_transfer_count(mask_index.sum(dim=1), t, s, last)
+    if cfg.alg_temp == 0:
+        return proposal, confidence, select_top_k(confidence, mask_index, n)
+    selected = sample_without_replacement(confidence, mask_index, n, cfg.alg_temp, generator)
+    return proposal, confidence, selected

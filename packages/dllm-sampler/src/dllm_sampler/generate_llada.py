@@ -6,6 +6,13 @@ schedule of how many tokens to unmask per step. At every step the model predicts
 (Gumbel-max sampling in float64 at ``temperature > 0``, argmax at 0), each masked position of the current
 block gets a confidence (probability of its proposed token, or U(0, 1) for ``random`` remasking) and the
 most confident ones are committed. Committed tokens are never remasked.
+
+With ``reference_exact`` (the default) a step computes what upstream's ``generate.py`` computes, in its
+order and shapes: Gumbel noise drawn over the whole ``[B, L, V]`` logits, then U(0, 1) over ``[B, L]`` for
+random remasking, so the same seed gives upstream's tokens; probabilities by ``softmax`` in the model's dtype
+(bfloat16 for a bfloat16 model), guidance combined in it; the top-k over each whole row, so exact ties break
+as upstream's; and the network applies RoPE as upstream's does (`reference_rounding`). Without it, the step
+works on the current window only, in float32 (upstream's distribution, not its random stream).
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from .step import (
     check_prompt,
     extend_attention_mask,
     max_probability,
+    reference_dtype,
+    reference_rounding,
+    row_top_k,
     select_top_k,
 )
 
@@ -57,6 +67,11 @@ class LLaDAGenerationConfig:
             get confidence 0); this implements the documented intent.
         eot_token_id: end-of-turn id for ``confidence_eos_eot_inf`` (LLaDA: `LLADA_EOT_TOKEN_ID`); None
             ranks only EOS last.
+        reference_exact: reproduce upstream's ``generate.py`` token for token (see the module docstring):
+            its random draws (same seed, same tokens; the ``generator``, or the global RNG when None, as
+            upstream's ``torch.rand``), its tie-breaking and its rounding in bfloat16. False: dllmq's
+            float32 step over the current window (same distribution, other random stream). Either way
+            ``confidence_eos_eot_inf`` does what upstream documents, not what its code does.
     """
 
     SAMPLER_NAME: ClassVar[str] = "llada"
@@ -73,6 +88,7 @@ class LLaDAGenerationConfig:
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     eot_token_id: int | None = None
+    reference_exact: bool = True
 
     def __post_init__(self) -> None:
         for name in ("steps", "gen_length", "block_length"):
@@ -115,9 +131,14 @@ class LLaDAGenerationConfig:
     def greedy(self, length: int) -> Self:
         """LLaDA's greedy check (``suffix_greedy_prediction``): ``length`` tokens, one per step, in one
         block, argmax with low-confidence remasking; every other setting is the default, not this
-        config's (set ``cfg_scale`` on the result for guidance)."""
+        config's, except ``reference_exact`` (set ``cfg_scale`` on the result for guidance)."""
         return type(self)(
-            steps=length, gen_length=length, block_length=length, temperature=0.0, remasking="low_confidence"
+            steps=length,
+            gen_length=length,
+            block_length=length,
+            temperature=0.0,
+            remasking="low_confidence",
+            reference_exact=self.reference_exact,
         )
 
     def sample(
@@ -171,14 +192,49 @@ def _guided_logits(
     attention_mask: torch.Tensor | None,
     prompt_index: torch.Tensor,
     cfg_scale: float,
+    reference_exact: bool,
 ) -> torch.Tensor:
-    """``[B, L, V]`` logits; with CFG, conditional and prompt-masked unconditional inputs in one call."""
+    """``[B, L, V]`` logits; with CFG, conditional and prompt-masked unconditional inputs in one call.
+
+    ``reference_exact``: in `reference_dtype` (guidance combined in it, as upstream's bfloat16 logits are).
+    """
     if cfg_scale == 0:
-        return model.logits(x, attention_mask)
+        logits = model.logits(x, attention_mask)
+        return logits.to(reference_dtype(model, logits)) if reference_exact else logits
     un_x = x.masked_fill(prompt_index, model.mask_token_id)
     both_mask = None if attention_mask is None else torch.cat([attention_mask, attention_mask], dim=0)
-    cond, un = model.logits(torch.cat([x, un_x], dim=0), both_mask).chunk(2, dim=0)
+    both = model.logits(torch.cat([x, un_x], dim=0), both_mask)
+    if reference_exact:
+        both = both.to(reference_dtype(model, both))
+    cond, un = both.chunk(2, dim=0)
     return un + (cfg_scale + 1) * (cond - un)
+
+
+def _reference_scores(
+    logits: torch.Tensor,
+    mask_index: torch.Tensor,
+    end: int,
+    cfg: LLaDAGenerationConfig,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proposals and confidences as upstream's ``generate.py`` computes them.
+
+    Draws, in this order: Gumbel noise over all of ``logits`` ``[B, L, V]`` (float64, when temperature > 0),
+    then U(0, 1) over ``[B, L]`` (float32, random remasking). Probabilities by ``softmax`` in the logits'
+    dtype.
+
+    Returns:
+        ``(proposal [B, L] long, confidence [B, L])``: confidence in the probabilities' dtype (float32 for
+        random remasking), ``-inf`` at unmasked positions and from ``end`` on.
+    """
+    proposal = torch.argmax(add_gumbel_noise(logits, cfg.temperature, generator), dim=-1)
+    if cfg.remasking == "low_confidence":
+        probs = torch.softmax(logits, dim=-1)
+        score = probs.gather(-1, proposal.unsqueeze(-1)).squeeze(-1)
+    else:
+        score = torch.rand(proposal.shape, device=proposal.device, generator=generator)
+    score[:, end:] = float("-inf")
+    return proposal, torch.where(mask_index, score, float("-inf"))
 
 
 @torch.no_grad()
@@ -218,63 +274,112 @@ def generate_llada(
     x[:, :lp] = prompt
     attn = extend_attention_mask(attention_mask, cfg.gen_length)
     prompt_index = x != mask_id
-    columns = torch.arange(x.shape[1], device=x.device)
+    step_fn = _reference_step if cfg.reference_exact else _window_step
     steps_per_block = cfg.steps_per_block
 
     bar = tqdm(total=cfg.steps, disable=not progress, desc="llada")
-    for block in range(cfg.num_blocks):
-        start = lp + block * cfg.block_length
-        end = start + cfg.block_length
-        schedule = linear_transfer_schedule((x[:, start:end] == mask_id).sum(dim=1), steps_per_block)
-        for i in range(steps_per_block):
-            mask_index = x == mask_id
-            logits = _guided_logits(model, x, attn, prompt_index, cfg.cfg_scale)
-            if cfg.logits_eos_inf:
-                eos = torch.tensor([model.eos_token_id], device=logits.device)
-                logits = logits.index_fill(-1, eos, float("-inf"))
-            # Candidates: masked positions up to the end of the current block (semi-AR restriction).
-            candidates = mask_index & (columns < end)
-            masked_cols = candidates.any(dim=0).nonzero()
-            first = min(start, int(masked_cols[0])) if masked_cols.numel() else start
-            window = logits[:, first:end]
-            proposal = torch.argmax(add_gumbel_noise(window, cfg.temperature, generator), dim=-1)
-            if cfg.remasking == "low_confidence":
-                log_p = torch.log_softmax(window.float(), dim=-1)
-                score = log_p.gather(-1, proposal.unsqueeze(-1)).squeeze(-1).exp()
-            else:
-                score = torch.rand(proposal.shape, device=x.device, generator=generator)
-            if cfg.confidence_eos_eot_inf:
-                banned = proposal == model.eos_token_id
-                if cfg.eot_token_id is not None:
-                    banned |= proposal == cfg.eot_token_id
-                score = score.masked_fill(banned, float("-inf"))
-            confidence = torch.full(x.shape, float("-inf"), device=x.device)
-            confidence[:, first:end] = score
-            confidence = confidence.masked_fill(~candidates, float("-inf"))
-            selected = select_top_k(confidence, candidates, schedule[:, i])
-
-            model_input = x.clone()
-            x[:, first:end] = torch.where(selected[:, first:end], proposal, x[:, first:end])
-            if on_step is not None:
-                still_masked = x == mask_id
-                on_step(
-                    StepState(
-                        step=block * steps_per_block + i,
-                        num_steps=cfg.steps,
-                        block=block,
-                        num_blocks=cfg.num_blocks,
-                        prompt_length=lp,
-                        model_input=model_input,
-                        input_mask=mask_index,
-                        tokens=x.clone(),
-                        mask=still_masked,
-                        committed=mask_index & ~still_masked,
-                        confidence=confidence,
-                        token_confidence=max_probability(logits, mask_index),
-                        attention_mask=attn,
-                        logits=logits if with_logits else None,
-                    )
+    with reference_rounding(model, cfg.reference_exact):
+        for block in range(cfg.num_blocks):
+            start = lp + block * cfg.block_length
+            end = start + cfg.block_length
+            schedule = linear_transfer_schedule((x[:, start:end] == mask_id).sum(dim=1), steps_per_block)
+            for i in range(steps_per_block):
+                mask_index = x == mask_id
+                logits = _guided_logits(model, x, attn, prompt_index, cfg.cfg_scale, cfg.reference_exact)
+                if cfg.logits_eos_inf:
+                    eos = torch.tensor([model.eos_token_id], device=logits.device)
+                    logits = logits.index_fill(-1, eos, float("-inf"))
+                proposal, confidence, selected = step_fn(
+                    model, logits, mask_index, start, end, schedule[:, i], cfg, generator
                 )
-            bar.update(1)
+                model_input = x.clone()
+                x = torch.where(selected, proposal, x)
+                if on_step is not None:
+                    still_masked = x == mask_id
+                    on_step(
+                        StepState(
+                            step=block * steps_per_block + i,
+                            num_steps=cfg.steps,
+                            block=block,
+                            num_blocks=cfg.num_blocks,
+                            prompt_length=lp,
+                            model_input=model_input,
+                            input_mask=mask_index,
+                            tokens=x.clone(),
+                            mask=still_masked,
+                            committed=mask_index & ~still_masked,
+                            confidence=confidence.float(),
+                            token_confidence=max_probability(logits, mask_index),
+                            attention_mask=attn,
+                            logits=logits if with_logits else None,
+                        )
+                    )
+                bar.update(1)
     bar.close()
     return x
+
+
+def _banned(proposal: torch.Tensor, model: MaskPredictor, cfg: LLaDAGenerationConfig) -> torch.Tensor:
+    """Where ``proposal`` is EOS or the configured EoT token (``confidence_eos_eot_inf``)."""
+    banned = proposal == model.eos_token_id
+    if cfg.eot_token_id is not None:
+        banned |= proposal == cfg.eot_token_id
+    return banned
+
+
+def _reference_step(
+    model: MaskPredictor,
+    logits: torch.Tensor,
+    mask_index: torch.Tensor,
+    start: int,
+    end: int,
+    k: torch.Tensor,
+    cfg: LLaDAGenerationConfig,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step as upstream computes it (`_reference_scores`, whole-row top-k of ``k [B]`` per row).
+
+    Returns ``(proposal [B, L] long, confidence [B, L], selected [B, L] bool)``; ``selected`` only holds
+    masked positions (upstream keeps the current token elsewhere).
+    """
+    proposal, confidence = _reference_scores(logits, mask_index, end, cfg, generator)
+    if cfg.confidence_eos_eot_inf:
+        # Upstream's own line for this is a typo; rank EOS/EoT proposals last among the candidates instead.
+        confidence = confidence.masked_fill(_banned(proposal, model, cfg) & mask_index, float("-inf"))
+        columns = torch.arange(mask_index.shape[1], device=mask_index.device)
+        selected = select_top_k(confidence, mask_index & (columns < end), k)
+    else:
+        selected = row_top_k(confidence, k)
+    return proposal, confidence, selected & mask_index
+
+
+def _window_step(
+    model: MaskPredictor,
+    logits: torch.Tensor,
+    mask_index: torch.Tensor,
+    start: int,
+    end: int,
+    k: torch.Tensor,
+    cfg: LLaDAGenerationConfig,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One step in float32 over the window of columns that can still change (from the first masked
+    candidate to ``end``), the top-k restricted to candidates. Same return as `_reference_step`."""
+    candidates = mask_index & (torch.arange(mask_index.shape[1], device=mask_index.device) < end)
+    masked_cols = candidates.any(dim=0).nonzero()
+    first = min(start, int(masked_cols[0])) if masked_cols.numel() else start
+    window = logits[:, first:end]
+    window_proposal = torch.argmax(add_gumbel_noise(window, cfg.temperature, generator), dim=-1)
+    if cfg.remasking == "low_confidence":
+        log_p = torch.log_softmax(window.float(), dim=-1)
+        score = log_p.gather(-1, window_proposal.unsqueeze(-1)).squeeze(-1).exp()
+    else:
+        score = torch.rand(window_proposal.shape, device=logits.device, generator=generator)
+    if cfg.confidence_eos_eot_inf:
+        score = score.masked_fill(_banned(window_proposal, model, cfg), float("-inf"))
+    confidence = torch.full(mask_index.shape, float("-inf"), device=logits.device)
+    confidence[:, first:end] = score
+    confidence = confidence.masked_fill(~candidates, float("-inf"))
+    proposal = torch.zeros(mask_index.shape, dtype=torch.long, device=logits.device)
+    proposal[:, first:end] = window_proposal
+    return proposal, confidence, select_top_k(confidence, candidates, k)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import Tensor
 
 from dllm_sampler.adapter import DiffusionLM
-from dllm_sampler.models.layers import apply_rope, rope_cos_sin
+from dllm_sampler.models.layers import apply_rope, rope_tables
 
 __all__ = ["RopeFn", "model_rope"]
 
@@ -22,14 +21,16 @@ RopeFn = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 def model_rope(model: DiffusionLM) -> RopeFn:
     """``model``'s RoPE: ``rotate_half`` layout, the config's ``rope_theta``, computed in at least float32
-    (float64 inputs stay float64), as in the model's attention. Positions are ``cumsum(attention_mask) - 1``
-    for padded batches, the caller's to supply."""
+    (float64 inputs stay float64), or in q's dtype while the network's ``rounds_rope()`` says so
+    (``rope_rounding="reference"``, read at each call), as in the model's attention. Positions are
+    ``cumsum(attention_mask) - 1`` for padded batches, the caller's to supply."""
     dims = model.config.dims()
     head_dim, theta = dims.head_dim, dims.rope_theta
+    network = model.model
 
     def rope(q: Tensor, k: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        dtype = torch.promote_types(q.dtype, torch.float32)
-        cos, sin = rope_cos_sin(positions, head_dim, theta, dtype)
+        rounds = bool(getattr(network, "rounds_rope", lambda: False)())
+        cos, sin = rope_tables(positions, head_dim, theta, q.dtype, rounds)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
 
     return rope

@@ -4,11 +4,15 @@
 - `StepState`: what an ``on_step`` hook receives after every denoising step.
 - Helpers used by both samplers: prompt/attention-mask checks, candidate-restricted top-k and sampling
   without replacement, the model's per-position confidence.
+- What ``reference_exact`` sampling needs: the dtype the reference computes confidences in
+  (`reference_dtype`), the reference's RoPE rounding while sampling (`reference_rounding`), and its
+  whole-row top-k (`row_top_k`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -24,7 +28,10 @@ class MaskPredictor(Protocol):
     ``logits(input_ids [B, L] long, attention_mask [B, L] or None) -> [B, L, V] float``: the prediction of
     the clean token at every position, with the architecture's conventions already applied (Dream's
     one-position shift). ``arch`` is ``"llada"`` or ``"dream"``. A model may also have ``max_positions``
-    (int, the longest prompt plus answer it is made for; `DiffusionLM` has it), which the samplers check.
+    (int, the longest prompt plus answer it is made for; `DiffusionLM` has it), which the samplers check,
+    and, for ``reference_exact`` sampling, ``dtype`` (the weights' dtype, in which the reference computes
+    confidences; see `reference_dtype`) and ``model`` (a network with a ``rope_rounding`` attribute; see
+    `reference_rounding`). `DiffusionLM` has both.
     """
 
     mask_token_id: int
@@ -202,3 +209,54 @@ def max_probability(logits: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
     logits = logits.float()
     p = torch.exp(logits.amax(dim=-1) - torch.logsumexp(logits, dim=-1))
     return torch.where(where, p, torch.full_like(p, float("-inf")))
+
+
+def reference_dtype(model: MaskPredictor, logits: torch.Tensor) -> torch.dtype:
+    """The dtype the reference samplers compute confidences in: that of the reference model's logits.
+
+    The reference models return logits in their weights' dtype, so for a half-precision ``model.dtype``
+    (bfloat16, float16) it is that dtype (casting dllmq's float32 logits to it is exact: they were computed
+    in it); otherwise, or when the model has no ``dtype``, it is ``logits.dtype``.
+    """
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point and torch.finfo(dtype).bits < 32:
+        return dtype
+    return logits.dtype
+
+
+@contextmanager
+def reference_rounding(model: MaskPredictor, enabled: bool = True) -> Iterator[None]:
+    """While the block runs, the network of ``model`` (``model.model``) applies RoPE as the reference code
+    does (``rope_rounding = "reference"``: Dream rotates in bfloat16 when run in bfloat16); restored after.
+
+    A no-op when ``enabled`` is False or the predictor has no such network (e.g. a test double).
+    """
+    network = getattr(model, "model", None)
+    if not enabled or not hasattr(network, "rope_rounding"):
+        yield
+        return
+    previous = network.rope_rounding
+    network.rope_rounding = "reference"
+    try:
+        yield
+    finally:
+        network.rope_rounding = previous
+
+
+def row_top_k(confidence: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Per row, the ``k[j]`` positions ``torch.topk`` picks from the whole row (the reference's selection).
+
+    Unlike `select_top_k`, the top-k runs over the full ``[L]`` row, non-candidates included (they hold
+    ``-inf``), so exact ties break as in the reference code.
+
+    Args:
+        confidence: ``[B, L]`` scores, ``-inf`` where a position may not be picked.
+        k: ``[B]`` int, how many to pick per row.
+
+    Returns:
+        ``[B, L]`` bool selection.
+    """
+    selected = torch.zeros(confidence.shape, dtype=torch.bool, device=confidence.device)
+    for j in range(confidence.shape[0]):
+        selected[j, torch.topk(confidence[j], int(k[j])).indices] = True
+    return selected

@@ -9,6 +9,7 @@ tokens of the shipped tiny models (pad 0, bos 1, eos 2, ``<|mdm_mask|>`` 3, ``<u
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -16,13 +17,21 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
+import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.config import DreamConfig, LLaDAConfig
 from dllm_sampler.models.spec import arch_spec, tiny_config
 
-__all__ = ["CHAR_VOCAB", "WriteFaults", "char_model_config", "char_tokenizer", "random_char_model"]
+__all__ = [
+    "CHAR_VOCAB",
+    "WriteFaults",
+    "char_model_config",
+    "char_tokenizer",
+    "random_char_model",
+    "weights_digest",
+]
 
 _SPECIALS = ("<|pad|>", "<|bos|>", "<|eos|>", "<|mdm_mask|>", "<unk>")
 _CHARS = (*(chr(c) for c in range(32, 127)), "\n")
@@ -55,6 +64,19 @@ def random_char_model(
     return model_class.from_config(
         char_model_config(arch, **overrides), seed=seed, tokenizer=char_tokenizer()
     )
+
+
+def weights_digest(dlm: DiffusionLM) -> str:
+    """SHA-256 (hex) of ``dlm``'s state dict: names, shapes, dtypes and float32 values, in name order.
+
+    Fixtures recorded from a seeded random model store it, so a change to the model's initialisation is
+    reported as such instead of as a token mismatch.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(dlm.model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 class Patcher(Protocol):

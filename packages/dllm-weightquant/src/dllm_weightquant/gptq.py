@@ -30,10 +30,12 @@ from dataclasses import dataclass
 
 import torch
 from dllm_calib import MethodConfig, check_choice, check_positive_int, check_range
-from dllm_kernels import QuantSpec, torch_grid
+from dllm_kernels import GGUFSpec, QuantSpec, torch_grid
 from torch import Tensor
 
 from dllm_weightquant._checks import check_hessian, check_uniform_spec, check_weight, n_groups
+from dllm_weightquant.gguf.quantize import GGUFGroupParams, gguf_spec_for
+from dllm_weightquant.gguf.weight import GGUFWeight
 from dllm_weightquant.grid import ClipSearch, search_params
 from dllm_weightquant.hessian import inverse_hessian_factor
 from dllm_weightquant.qweight import QuantizedWeight
@@ -120,6 +122,16 @@ class _GroupParams:
             self.zero[:, g] = z
         self.done[g] = True
 
+    def encode(self, g: int, column: Tensor) -> Tensor:
+        """Signed int8 codes ``[out]`` of one column of group ``g``."""
+        return torch_grid.encode(
+            column, self.scale[:, g], None if self.zero is None else self.zero[:, g], self.spec.bits
+        )
+
+    def decode(self, g: int, codes: Tensor) -> Tensor:
+        """float32 values ``[out]`` of one column's codes in group ``g``."""
+        return torch_grid.decode(codes, self.scale[:, g], None if self.zero is None else self.zero[:, g])
+
     def result(self) -> tuple[Tensor, Tensor | None]:
         """(scale, signed zero) shaped as ``QuantizedWeight`` wants."""
         if self.spec.granularity == "tensor":
@@ -129,11 +141,13 @@ class _GroupParams:
 
 def gptq_quantize(
     weight: Tensor, hessian: Tensor, spec: QuantSpec, config: GPTQConfig | None = None
-) -> QuantizedWeight:
+) -> QuantizedWeight | GGUFWeight:
     """GPTQ-quantize ``weight [out, in]`` against ``hessian [in, in]``; returns a CPU ``QuantizedWeight``.
 
     Runs on the device of ``weight``. Raises ``ValueError`` for non-finite inputs, a Hessian of the wrong
     shape or a spec that cannot describe a weight (fp8, token granularity, group size not dividing ``in``).
+    A ``GGUFSpec`` gives a ``GGUFWeight``: the sweep encodes and decodes on the GGUF grid
+    (``gguf.GGUFGroupParams``), with the format's scale rounding inside the error compensation.
     """
     config = config or GPTQConfig()
     w_in = check_weight(weight)
@@ -142,6 +156,11 @@ def gptq_quantize(
     h_in = check_hessian(hessian, inp)
     dtype = COMPUTE_DTYPES[config.compute_dtype]
     w, h = prepare_hessian(w_in, h_in, dtype)
+    if isinstance(spec, GGUFSpec):
+        if config.clip is not None:
+            raise ValueError(f"GPTQ on the GGUF grid {spec.gguf_type} has no clip search; drop clip")
+        spec = gguf_spec_for(spec, inp)
+    w_original = w
 
     if config.actorder == "static":
         perm = torch.argsort(h.diagonal(), descending=True, stable=True)
@@ -167,22 +186,24 @@ def gptq_quantize(
             stacklevel=2,
         )
 
+    if isinstance(spec, GGUFSpec):
+        grid = GGUFGroupParams(spec, w_original, perm.cpu(), w.device)
+        return grid.weight(_solve(w, u, grid, config.block_size)[:, torch.argsort(perm)])
     params = _GroupParams(spec, config.clip, out, perm.cpu(), w.device)
-    codes = _solve(w, u, params, spec.bits, config.block_size)[:, torch.argsort(perm)]
+    codes = _solve(w, u, params, config.block_size)[:, torch.argsort(perm)]
     scale, zero = params.result()
     if zero is not None:
         codes, zero = torch_grid.to_unsigned(codes, zero, spec.bits)
     return QuantizedWeight.from_codes(codes, scale, zero, spec)
 
 
-def _solve(w: Tensor, u: Tensor, params: _GroupParams, bits: int, block_size: int) -> Tensor:
-    """The blocked GPTQ sweep over the (permuted) columns of ``w [out, in]``; returns the signed grid codes
-    ``[out, in]`` in processing order. Works on ``W^T`` so that every column is a contiguous row."""
+def _solve(w: Tensor, u: Tensor, params: _GroupParams | GGUFGroupParams, block_size: int) -> Tensor:
+    """The blocked GPTQ sweep over the (permuted) columns of ``w [out, in]``; returns the grid codes
+    ``[out, in]`` in processing order. ``params`` fills a group's parameters and encodes / decodes a column
+    on its grid. Works on ``W^T`` so that every column is a contiguous row."""
     out, inp = w.shape
     wt = w.T.contiguous()
     codes = torch.empty(inp, out, dtype=torch.int8, device=w.device)
-    scale_t = params.scale.T  # [groups, out] views, filled lazily
-    zero_t = None if params.zero is None else params.zero.T
     for i1 in range(0, inp, block_size):
         i2 = min(i1 + block_size, inp)
         w1 = wt[i1:i2].clone()
@@ -192,12 +213,10 @@ def _solve(w: Tensor, u: Tensor, params: _GroupParams, bits: int, block_size: in
             g = params.position_group[i1 + i]
             if not params.done[g]:
                 params.fill(g, _current_columns(wt, w1, err1, u, i1, i, params.members[g]).T)
-            scale = scale_t[g]
-            zero = None if zero_t is None else zero_t[g]
             col = w1[i]
-            c = torch_grid.encode(col, scale, zero, bits)
+            c = params.encode(g, col)
             codes[i1 + i] = c
-            err = (col - torch_grid.decode(c, scale, zero).to(w.dtype)) / u1[i, i]
+            err = (col - params.decode(g, c).to(w.dtype)) / u1[i, i]
             w1[i:] -= u1[i, i:, None] * err[None, :]
             err1[i] = err
         wt[i2:] -= u[i1:i2, i2:].T @ err1

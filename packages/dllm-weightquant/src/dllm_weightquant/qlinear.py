@@ -10,7 +10,8 @@ Two execution modes:
   then faster than the float32 layer it replaces) and float32 elsewhere; ``torch.float32`` gives the exact
   float32 computation everywhere (`set_compute_dtype` sets it on a whole model).
 * ``"fake"``: the dequantized float weight (in ``dtype``) with ``F.linear``: the same numbers as a
-  fake-quantized model, for accuracy studies; the only mode for ``MultiBinaryWeight`` (no binary GEMM).
+  fake-quantized model, for accuracy studies; the only mode for ``MultiBinaryWeight`` (no binary GEMM) and
+  ``GGUFWeight`` (llama.cpp's blocks; dllmq runs them dequantized).
 
 The quantized tensors are registered as buffers (they move with ``.to()`` and show up in ``state_dict``
 under the names of ``FORMAT.md``); the dequantized weight of fake mode is a non-persistent buffer.
@@ -30,13 +31,14 @@ from dllm_kernels.cpu.ops import PackedWeight
 from dllm_kernels.dispatch import fast_cpu_gemms
 from torch import Tensor, nn
 
+from dllm_weightquant.gguf.weight import GGUFWeight
 from dllm_weightquant.multibinary import MultiBinaryWeight
 from dllm_weightquant.qweight import QuantizedWeight
 
 __all__ = ["MODES", "QuantLinear", "replace_linear", "set_compute_dtype"]
 
 MODES = ("kernel", "fake")
-QWeight = QuantizedWeight | MultiBinaryWeight
+QWeight = QuantizedWeight | MultiBinaryWeight | GGUFWeight
 # Buffers whose dtype is part of the format: .to(dtype) / .half() move them but never cast them.
 _EXACT_BUFFERS = (
     "weight_packed",
@@ -47,6 +49,7 @@ _EXACT_BUFFERS = (
     "weight_alpha_r",
     "weight_alpha_c",
     "weight_orders",
+    "weight_gguf",
     "_kernel_packed",
     "_kernel_scale",
     "_kernel_zero",
@@ -58,7 +61,7 @@ class QuantLinear(nn.Module):
     """Linear layer ``y = x W^T + b`` with a quantized ``W``; ``x [..., in] -> y [..., out]``.
 
     Args:
-        qweight: a ``QuantizedWeight`` or ``MultiBinaryWeight``.
+        qweight: a ``QuantizedWeight``, ``MultiBinaryWeight`` or ``GGUFWeight``.
         bias: optional float ``[out]`` (kept as a parameter, in its own dtype).
         mode: ``"kernel"`` or ``"fake"`` (see the module docstring).
         dtype: dtype of the fake-mode weight (default float32).
@@ -80,13 +83,18 @@ class QuantLinear(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"QuantLinear mode must be one of {MODES}, got {mode!r}")
-        if not isinstance(qweight, QuantizedWeight | MultiBinaryWeight):
+        if not isinstance(qweight, QuantizedWeight | MultiBinaryWeight | GGUFWeight):
             raise ValueError(
-                f"qweight must be a QuantizedWeight or MultiBinaryWeight, got {type(qweight).__name__}"
+                "qweight must be a QuantizedWeight, MultiBinaryWeight or GGUFWeight, got "
+                f"{type(qweight).__name__}"
             )
         if mode == "kernel" and isinstance(qweight, MultiBinaryWeight):
             raise ValueError(
                 "multi-binary (DAQ/ABMP) weights have no dllm_kernels GEMM; use QuantLinear(..., mode='fake')"
+            )
+        if mode == "kernel" and isinstance(qweight, GGUFWeight):
+            raise ValueError(
+                "GGUF weights run in llama.cpp; dllmq runs them dequantized: use QuantLinear(mode='fake')"
             )
         self.in_features = qweight.in_features
         self.out_features = qweight.out_features
@@ -94,10 +102,19 @@ class QuantLinear(nn.Module):
         if bias is not None and tuple(bias.shape) != (self.out_features,):
             raise ValueError(f"bias must have shape [{self.out_features}], got {list(bias.shape)}")
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self._kind = "uniform" if isinstance(qweight, QuantizedWeight) else "multi-binary"
+        self._kind = (
+            "uniform"
+            if isinstance(qweight, QuantizedWeight)
+            else "gguf"
+            if isinstance(qweight, GGUFWeight)
+            else "multi-binary"
+        )
         self._cpu_weight: PackedWeight | None = None  # kernel mode's CPU GEMM operand, made on first use
         self._meta: dict[str, object] = {}
-        if isinstance(qweight, QuantizedWeight):
+        if isinstance(qweight, GGUFWeight):
+            self._meta = {"gguf_type": qweight.gguf_type}
+            self.register_buffer("weight_gguf", qweight.data)
+        elif isinstance(qweight, QuantizedWeight):
             self._meta = {"spec": qweight.spec}
             self.register_buffer("weight_packed", qweight.packed)
             self.register_buffer("weight_scale", qweight.scale)
@@ -149,6 +166,8 @@ class QuantLinear(nn.Module):
         }
         if self._kind == "uniform":
             layout["spec"] = self._meta["spec"].to_dict()  # type: ignore[attr-defined]
+        elif self._kind == "gguf":
+            layout["gguf_type"] = self._meta["gguf_type"]
         else:
             layout["group_size"] = self._meta["group_size"]
         return layout
@@ -158,8 +177,10 @@ class QuantLinear(nn.Module):
         """Inverse of `layout` + ``state_dict``: the same layer, built from ``state`` (this layer's
         ``state_dict`` entries without a prefix)."""
         out, inp = (int(n) for n in layout["shape"])
-        if layout["kind"] == "uniform":
-            qweight: QWeight = QuantizedWeight(
+        if layout["kind"] == "gguf":
+            qweight: QWeight = GGUFWeight(state["weight_gguf"], str(layout["gguf_type"]), (out, inp))
+        elif layout["kind"] == "uniform":
+            qweight = QuantizedWeight(
                 packed=state["weight_packed"],
                 scale=state["weight_scale"],
                 zero=state.get("weight_zero_point"),
@@ -182,6 +203,10 @@ class QuantLinear(nn.Module):
     @property
     def qweight(self) -> QWeight:
         """The quantized weight rebuilt from the buffers (on the CPU)."""
+        if self._kind == "gguf":
+            return GGUFWeight(
+                self.weight_gguf.cpu(), str(self._meta["gguf_type"]), (self.out_features, self.in_features)
+            )
         if self._kind == "uniform":
             zero, g_idx = self.weight_zero_point, self.weight_g_idx
             return QuantizedWeight(
@@ -275,6 +300,8 @@ class QuantLinear(nn.Module):
         fmt = (
             self._meta["spec"]
             if self._kind == "uniform"
+            else f"gguf {self._meta['gguf_type']}"
+            if self._kind == "gguf"
             else f"multi-binary group_size={self._meta['group_size']}"
         )
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, {fmt}"

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import dllm_kernels
 import torch
 from dllm_calib import MethodConfig, check_range
-from dllm_kernels import QuantSpec, torch_grid
+from dllm_kernels import GGUFSpec, QuantSpec, torch_grid
 from torch import Tensor
 
 from dllm_weightquant._checks import check_uniform_spec, check_weight
+from dllm_weightquant.gguf.quantize import gguf_rtn, gguf_spec_for
+from dllm_weightquant.gguf.weight import GGUFWeight
 from dllm_weightquant.grid import ClipSearch, search_params
 from dllm_weightquant.qweight import QuantizedWeight
 
@@ -78,16 +80,23 @@ def _grid_quantize(
 
 def rtn_quantize(
     weight: Tensor, hessian: Tensor | None, spec: QuantSpec, config: RTNConfig | None = None
-) -> QuantizedWeight:
+) -> QuantizedWeight | GGUFWeight:
     """Round ``weight [out, in]`` to the grid of ``spec``; ``hessian`` is ignored (the common signature).
 
     Without a clip search or ratio this is ``dllm_kernels.quantize`` (min/max scales, on the weight's
     device); with ``clip_ratio`` r every cell's min and max are multiplied by r; with a search every cell's
-    range is shrunk to the ratio with the least error (see ``grid.ClipSearch``). Works on any device; the
-    result lives on the CPU.
+    range is shrunk to the ratio with the least error (see ``grid.ClipSearch``). A ``GGUFSpec`` gives a
+    ``GGUFWeight`` with llama.cpp's scale rules (no clip). Works on any device; the result lives on the CPU.
     """
     config = config or RTNConfig()
     w = check_weight(weight)
+    if isinstance(spec, GGUFSpec):
+        if config.clip is not None or config.clip_ratio != 1.0:
+            raise ValueError(
+                f"RTN on the GGUF grid {spec.gguf_type} uses llama.cpp's scale rule; clip and clip_ratio are "
+                "not supported there: drop them from the rtn step"
+            )
+        return gguf_rtn(w, gguf_spec_for(spec, w.shape[1]))
     spec = check_uniform_spec(spec, w.shape[1], "RTN")
     if config.clip is None and config.clip_ratio == 1.0:
         codes, scale, zero = dllm_kernels.quantize(w, spec)
@@ -101,5 +110,11 @@ def rtn_quantize(
 
 
 def fake_quantize_weight(weight: Tensor, spec: QuantSpec, clip: ClipSearch | None = None) -> Tensor:
-    """``dequantize(rtn(weight))`` as float32 on the weight's device (the proxy quantizer of AWQ's search)."""
+    """``dequantize(rtn(weight))`` as float32 on the weight's device (the proxy quantizer of AWQ's search);
+    on a ``GGUFSpec`` the GGUF grid (``clip`` must be None)."""
+    if isinstance(spec, GGUFSpec):
+        if clip is not None:
+            raise ValueError(f"the GGUF grid {spec.gguf_type} has no clip search; pass clip=None")
+        q = gguf_rtn(weight, gguf_spec_for(spec, weight.shape[1]))
+        return q.dequantize().to(weight.device)
     return torch_grid.decode(*_grid_quantize(weight, spec, clip)).reshape(weight.shape)

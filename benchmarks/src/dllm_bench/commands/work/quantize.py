@@ -7,6 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
+from dllm_calib import parse_calib_spec
 from dllm_sampler import check_replaceable
 from dllm_sampler.tasks import character_accuracy, exact_accuracy, generate_answers, heldout_problems
 
@@ -24,7 +25,8 @@ from dllm_bench.pipeline import (
     quantize_model,
     quantized_sites,
 )
-from dllm_bench.recipes import load_recipe
+from dllm_bench.pipeline.runner import QuantizeResult
+from dllm_bench.recipes import Recipe, load_recipe
 
 
 def _answers(dlm, n: int) -> list[str]:
@@ -64,14 +66,41 @@ def _announce(work: Path, restart: bool) -> None:
     )
 
 
+def on_gguf_grid(recipe: Recipe, gguf_type: str) -> Recipe:
+    """``recipe`` with its weights on the GGUF grid ``gguf_type``; refuses quantized activations."""
+    if recipe.scheme.quantizes_activations:
+        raise ValueError(
+            f"--format gguf: recipe {recipe.name!r} at {recipe.scheme.label} quantizes activations, which "
+            "llama.cpp's GGUF cannot express; pick a weight-only scheme (e.g. --scheme W4A16)"
+        )
+    weights = recipe.scheme.weights.model_copy(update={"gguf": gguf_type})
+    return recipe.model_copy(update={"scheme": recipe.scheme.model_copy(update={"weights": weights})})
+
+
+def _write(args: argparse.Namespace, result: QuantizeResult, out: Path, overwrite: bool) -> Path:
+    """The checkpoint folder, or with ``--format gguf`` the GGUF file."""
+    source = Path(args.model).resolve() if Path(args.model).is_dir() else args.model
+    if args.format != "gguf":
+        return export_model(result, out, overwrite=overwrite, source_model=str(source))
+    from dllm_weightquant.gguf import write_gguf
+
+    return write_gguf(result.dlm, out, gguf_type=args.gguf_type, source_model=str(source))
+
+
 def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
     recipe = load_recipe(args.recipe, scheme=args.scheme)
+    if args.calib is not None:
+        name, path = parse_calib_spec(args.calib)
+        recipe = recipe.with_calibration_corpus(name, path, args.calib_field, args.calib_split)
+    if args.format == "gguf":
+        recipe = on_gguf_grid(recipe, args.gguf_type)
     if args.calib_samples is not None:
         recipe = recipe.with_calibration_samples(args.calib_samples)
     out = args.out or default_out(args)
     overwrite = args.overwrite or args.out is None  # the default location is dllmq's own
-    check_replaceable(out, overwrite)  # before hours of quantization, not at export
+    if args.format != "gguf":
+        check_replaceable(out, overwrite)  # before hours of quantization, not at export
     work = args.work_dir or out.with_name(f"{out.name}.work")
 
     dlm = load_any(args.model, dtype=compute_dtype(args.dtype, device))
@@ -82,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     float_texts = _answers(dlm, n_eval) if n_eval > 0 else None
 
     print(f"quantizing {args.model} with recipe {recipe.name!r} at {recipe.scheme.label} on {args.device}")
+    print(recipe.calibration.summary())
     with FolderLock(work):
         _announce(work, args.restart)
         try:
@@ -92,15 +122,17 @@ def run(args: argparse.Namespace) -> int:
                 f"interrupted; saved in {work}: {done}. Run the same command again to resume"
             ) from None
         start = time.perf_counter()
-        source = Path(args.model).resolve() if Path(args.model).is_dir() else args.model
-        folder = export_model(result, out, overwrite=overwrite, source_model=str(source))
+        folder = _write(args, result, out, overwrite)
         export_seconds = time.perf_counter() - start
         if not args.keep_work:
             shutil.rmtree(work, ignore_errors=True)
 
     print(f"quantized in {result.seconds:.1f} s, exported in {export_seconds:.1f} s to {folder}")
-    print(f"per-module log: {folder / LOG_FILE}")
-    print(f"quantized sites (also in {folder / SITES_FILE}):")
+    if args.format != "gguf":
+        print(f"per-module log: {folder / LOG_FILE}")
+    print(
+        f"quantized sites (also in {folder / SITES_FILE}):" if args.format != "gguf" else "quantized sites:"
+    )
     print("\n".join(format_sites(quantized_sites(result.dlm))))
     if float_texts is not None:
         quantized = f"quantized ({recipe.name} {recipe.scheme.label})"

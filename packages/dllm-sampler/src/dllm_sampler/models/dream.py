@@ -20,7 +20,15 @@ import torch
 from torch import Tensor, nn
 
 from dllm_sampler.config import DreamConfig
-from dllm_sampler.models.layers import BlockParts, QKSite, RMSNorm, decoder_forward, embedding, init_weights
+from dllm_sampler.models.layers import (
+    BlockParts,
+    QKSite,
+    RMSNorm,
+    RopeRounding,
+    decoder_forward,
+    embedding,
+    init_weights,
+)
 
 __all__ = ["DreamAttention", "DreamBaseModel", "DreamDecoderLayer", "DreamMLP", "DreamModel"]
 
@@ -91,13 +99,16 @@ class DreamModel(nn.Module):
     """Dream mask predictor: ``forward(input_ids, attention_mask) -> raw logits [B, L, V]`` (>= float32).
 
     Fully bidirectional attention; ``attention_mask`` [B, L] (1 real, 0 pad) excludes pad keys and makes
-    positions cumsum(mask) - 1. Logits are unshifted (see module docstring).
+    positions cumsum(mask) - 1. Logits are unshifted (see module docstring). ``rope_rounding`` (a plain
+    attribute, not saved; `RopeRounding`): ``"reference"`` rotates q and k in the activation dtype, as
+    transformers' Qwen2 code that Dream ships does.
     """
 
     def __init__(self, config: DreamConfig) -> None:
         super().__init__()
         d = config.dims()
         self.config = config
+        self.rope_rounding: RopeRounding = "float32"
         self.model = DreamBaseModel(config)
         self.lm_head: nn.Linear | None = (
             None if d.tie_embeddings else nn.Linear(d.hidden_size, d.vocab_size, bias=False)
@@ -132,4 +143,9 @@ class DreamModel(nn.Module):
             final_norm=m.norm,
             head=self.lm_head,
             dims=self.config.dims(),
+            round_rope=self.rounds_rope(),
         )
+
+    def rounds_rope(self) -> bool:
+        """Whether RoPE rotates in the activation dtype: under ``rope_rounding="reference"``."""
+        return self.rope_rounding == "reference"

@@ -5,13 +5,15 @@ and grouped-query attention. The math lives here once: RMSNorm, rotary position 
 bidirectional self-attention with GQA and a padding key mask, the SiLU-gated MLP, and the decoder body.
 
 Shapes: B batch, L sequence length, D hidden size, H query heads, K key/value heads, Dh head dim,
-V number of logits. Position-dependent math (RMSNorm statistics, RoPE) runs in at least float32.
+V number of logits. Position-dependent math (RMSNorm statistics, RoPE) runs in at least float32, except RoPE
+under ``rope_rounding="reference"`` (`RopeRounding`), which rounds as the reference implementations do.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +26,7 @@ __all__ = [
     "BlockParts",
     "QKSite",
     "RMSNorm",
+    "RopeRounding",
     "apply_rope",
     "attention_context",
     "block_forward",
@@ -33,8 +36,16 @@ __all__ = [
     "init_weights",
     "position_ids",
     "rope_cos_sin",
+    "rope_tables",
     "self_attention",
 ]
+
+RopeRounding = Literal["float32", "reference"]
+"""How a model applies RoPE to half-precision activations. ``"float32"``: tables and rotation in float32,
+the result cast back (accurate). ``"reference"``: as the reference code does: Dream (transformers' Qwen2
+code) and LLaDA with ``rope_full_precision: false`` round the float32 cos/sin tables to the activation
+dtype and rotate in it; LLaDA with ``rope_full_precision: true`` rotates in float32. Identical for float32
+and float64 activations."""
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -89,6 +100,18 @@ def rope_cos_sin(positions: Tensor, head_dim: int, theta: float, dtype: torch.dt
     return emb.cos(), emb.sin()
 
 
+def rope_tables(
+    positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype, round_to_dtype: bool
+) -> tuple[Tensor, Tensor]:
+    """cos, sin [B, 1, L, Dh] for activations of ``dtype``: computed in at least float32, then rounded to
+    ``dtype`` when ``round_to_dtype`` (so that `apply_rope` rotates in ``dtype``, as the reference Dream does
+    in bfloat16)."""
+    cos, sin = rope_cos_sin(positions, head_dim, theta, _compute_dtype(dtype))
+    if round_to_dtype:
+        return cos.to(dtype), sin.to(dtype)
+    return cos, sin
+
+
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate x [B, heads, L, Dh] by position: x*cos + rotate_half(x)*sin, computed in cos's dtype."""
     xc = x.to(cos.dtype)
@@ -119,11 +142,16 @@ class AttentionContext:
 
 
 def attention_context(
-    input_ids: Tensor, attention_mask: Tensor | None, dims: ModelDims, dtype: torch.dtype
+    input_ids: Tensor,
+    attention_mask: Tensor | None,
+    dims: ModelDims,
+    dtype: torch.dtype,
+    round_rope: bool = False,
 ) -> AttentionContext:
     """Positions, RoPE tables and the boolean key mask (True = may be attended) for one forward.
 
-    A mask of all ones is treated as no mask (same math, faster attention kernel).
+    A mask of all ones is treated as no mask (same math, faster attention kernel). ``round_rope`` rounds the
+    RoPE tables to the activation ``dtype`` (`rope_tables`).
     """
     batch, length = input_ids.shape
     if attention_mask is not None:
@@ -135,7 +163,7 @@ def attention_context(
         if bool(attention_mask.all()):
             attention_mask = None
     pos = position_ids(attention_mask, batch, length, input_ids.device)
-    cos, sin = rope_cos_sin(pos, dims.head_dim, dims.rope_theta, _compute_dtype(dtype))
+    cos, sin = rope_tables(pos, dims.head_dim, dims.rope_theta, dtype, round_rope)
     key_mask = None if attention_mask is None else attention_mask.to(torch.bool)[:, None, None, :]
     return AttentionContext(cos=cos, sin=sin, key_mask=key_mask)
 
@@ -206,15 +234,17 @@ def decoder_forward(
     final_norm: RMSNorm,
     head: nn.Linear | None,
     dims: ModelDims,
+    round_rope: bool = False,
 ) -> Tensor:
     """Embedding -> blocks -> final norm -> head: input_ids [B, L] -> logits [B, L, V] (>= float32).
 
-    ``head`` None means tied embeddings (logits = h @ embedding.weight^T).
+    ``head`` None means tied embeddings (logits = h @ embedding.weight^T). ``round_rope``: RoPE rotates in
+    the activation dtype (`rope_tables`).
     """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
     x = embedding(input_ids)
-    ctx = attention_context(input_ids, attention_mask, dims, x.dtype)
+    ctx = attention_context(input_ids, attention_mask, dims, x.dtype, round_rope)
     for parts in blocks:
         x = block_forward(x, parts, dims, ctx)
     x = final_norm(x)

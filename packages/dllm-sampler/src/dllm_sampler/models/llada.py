@@ -21,7 +21,15 @@ import torch
 from torch import Tensor, nn
 
 from dllm_sampler.config import LLaDAConfig
-from dllm_sampler.models.layers import BlockParts, QKSite, RMSNorm, decoder_forward, embedding, init_weights
+from dllm_sampler.models.layers import (
+    BlockParts,
+    QKSite,
+    RMSNorm,
+    RopeRounding,
+    decoder_forward,
+    embedding,
+    init_weights,
+)
 
 __all__ = ["LLaDABlock", "LLaDAModel", "LLaDAModelLM"]
 
@@ -81,11 +89,14 @@ class LLaDAModelLM(nn.Module):
 
     Fully bidirectional attention; ``attention_mask`` [B, L] (1 real, 0 pad) excludes pad keys and makes
     positions cumsum(mask) - 1. V is ``embedding_size`` (= vocab_size in released checkpoints).
+    ``rope_rounding`` (a plain attribute, not saved; `RopeRounding`): ``"reference"`` follows the config's
+    ``rope_full_precision`` as LLaDA's code does (false: rotate in the activation dtype).
     """
 
     def __init__(self, config: LLaDAConfig) -> None:
         super().__init__()
         self.config = config
+        self.rope_rounding: RopeRounding = "float32"
         self.model = LLaDAModel(config)
         init_weights(self)
 
@@ -117,4 +128,10 @@ class LLaDAModelLM(nn.Module):
             final_norm=t["ln_f"],  # type: ignore[arg-type]
             head=self.head,
             dims=self.config.dims(),
+            round_rope=self.rounds_rope(),
         )
+
+    def rounds_rope(self) -> bool:
+        """Whether RoPE rotates in the activation dtype: under ``rope_rounding="reference"`` with
+        ``rope_full_precision`` false."""
+        return self.rope_rounding == "reference" and not self.config.rope_full_precision

@@ -66,6 +66,13 @@ def _quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
         raise ValueError(
             "the model has no QuantLinear modules; quantize it (and replace_linear) before exporting"
         )
+    gguf = [name for name, m in quantized.items() if m.layout()["kind"] == "gguf"]
+    if gguf:
+        raise ValueError(
+            f"{gguf[0]} (and {len(gguf) - 1} more) holds GGUF blocks, which a dllmq checkpoint folder does "
+            "not store: write the model as a GGUF file (dllmq quantize --format gguf, or "
+            "dllm_weightquant.gguf.write_gguf)"
+        )
     return quantized
 
 
