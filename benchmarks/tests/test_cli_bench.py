@@ -32,7 +32,7 @@ def test_tiny_llada_prints_a_row_and_writes_json(tmp_path: Path, capsys: pytest.
     report = tmp_path / "out" / "bench.json"
     assert _bench("--model", "tiny-llada", "--json", str(report)) == 0
     header, row = _table(capsys.readouterr().out)
-    assert header[0] == "model" and len(row) == len(header) == 11
+    assert header[0] == "model" and len(row) == len(header) == 12
     assert row[0] == "tiny-llada"
 
     data = json.loads(report.read_text())
@@ -46,7 +46,12 @@ def test_tiny_llada_prints_a_row_and_writes_json(tmp_path: Path, capsys: pytest.
     speed = entry["speed"]
     assert speed["steps_per_token"] == 1.0 and speed["gen_length"] == 2 and speed["repeats"] == 1
     assert speed["tokens_per_s"] == pytest.approx(2 / (speed["step_ms"] * 2 / 1000))
-    assert entry["vs_first"]["weights"] == entry["vs_first"]["tokens_per_s"] == 1.0
+    assert (
+        entry["vs_first"]["weights"]
+        == entry["vs_first"]["tokens_per_s"]
+        == entry["vs_first"]["step_ms"]
+        == 1.0
+    )
     columns = dict(zip(header, row, strict=True))
     assert float(columns["steps/tok"]) == 1.0
     assert float(columns["ms/step"]) == pytest.approx(speed["step_ms"], abs=0.005)
@@ -93,6 +98,10 @@ def test_quantized_synthetic_row_stores_fewer_bits(tmp_path: Path, capsys: pytes
         (["--synthetic", "llada-tiny", "--quantize", "W5A16"], "W<weight bits>A<activation bits>"),
         (["--synthetic", "llada-tiny", "--quantize", "W4A16"], "does not divide the input width"),
         (["--model", "no-such-model"], "packaged models"),
+        (["--float-dtypes", "float32,int8"], "--float-dtypes: unknown dtype 'int8'"),
+        (["--threads", "0"], "--threads must be a positive integer"),
+        (["--llama-cli", "/no/such/llama-diffusion-cli"], "build it with benchmarks/llamacpp/build.sh"),
+        (["--synthetic", "llada-tiny", "--llama-cli", __file__], "--llama-cli needs a --model"),
         (["--device", "gpu0"], "not a torch device"),
     ],
 )
@@ -106,3 +115,50 @@ def test_bad_arguments_are_clear_errors(argv: list[str], message: str, capsys: p
 def test_missing_cuda_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:
     assert _bench("--device", "cuda") == 2
     assert "no CUDA device is available" in capsys.readouterr().err
+
+
+def test_float_dtypes_and_quantized_kinds_of_a_model(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    report = tmp_path / "bench.json"
+    argv = ["--model", "tiny-llada", "--float-dtypes", "float32,bfloat16", "--quantize", "W8A16g32,W4A4g32"]
+    assert _bench(*argv, "--threads", "1", "--json", str(report)) == 0
+    names = [r[0] for r in _table(capsys.readouterr().out)[1:]]
+    assert names == [
+        "tiny-llada float32",
+        "tiny-llada bfloat16",
+        "tiny-llada RTN W8A16g32",
+        "tiny-llada RTN W4A4g32",
+    ]
+    data = json.loads(report.read_text())
+    assert data["settings"]["threads"] == 1
+    f32, bf16, w8, w4a4 = data["rows"]
+    assert bf16["speed"]["dtype"] == "bfloat16" and bf16["vs_first"]["weights"] == pytest.approx(0.5)
+    assert w8["memory"]["bits_per_weight"] == pytest.approx(8 + 1)  # codes + fp32 scales per 32
+    assert w4a4["memory"]["bits_per_weight"] == pytest.approx(4 + 1)
+    assert w8["vs_first"]["step_ms"] == pytest.approx(w8["speed"]["step_ms"] / f32["speed"]["step_ms"])
+
+
+FAKE_CLI = """#!/bin/sh
+echo "diffusion step: 1/2 [====] 50%" >&2
+printf 'total time: 10.00ms, time per step: 1.25ms, sampling time per step: 0.10ms\n\n7+5=12\n' >&2
+"""
+
+
+def test_llama_cpp_rows_read_the_cli_timing_and_the_gguf_sizes(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A stand-in ``llama-diffusion-cli`` (a script printing what the real one prints) checks the rows
+    without a llama.cpp build; the GGUF files are real (dllmq's writer)."""
+    pytest.importorskip("gguf", reason="the gguf package writes the files (dev group)")
+    cli = tmp_path / "llama-diffusion-cli"
+    cli.write_text(FAKE_CLI)
+    cli.chmod(0o755)
+    report = tmp_path / "bench.json"
+    assert _bench("--model", "tiny-llada", "--llama-cli", str(cli), "--json", str(report)) == 0
+    names = [r[0] for r in _table(capsys.readouterr().out)[1:]]
+    assert names == ["tiny-llada", *(f"tiny-llada llama.cpp {k}" for k in ("f32", "Q8_0", "Q4_0"))]
+    _, f32, q8, q4 = json.loads(report.read_text())["rows"]
+    assert f32["speed"]["step_ms"] == q8["speed"]["step_ms"] == 1.25
+    assert f32["speed"]["sampler"] == "llama-diffusion-cli" and q4["speed"]["dtype"] == "Q4_0"
+    assert f32["memory"]["bits_per_weight"] == 32.0
+    assert q8["memory"]["bits_per_weight"] == pytest.approx(8.5)  # 32 int8 codes + one fp16 scale
+    assert q4["memory"]["bits_per_weight"] == pytest.approx(4.5)

@@ -11,7 +11,7 @@ from dllm_bench.loading import load_any
 from dllm_bench.pipeline import export_model, quantize_model
 from dllm_bench.recipes import Recipe
 from dllm_sampler.testing import CHAR_VOCAB, random_char_model
-from dllm_weightquant import QuantLinear
+from dllm_weightquant import QuantLinear, set_compute_dtype
 from dllm_weightquant.awq import AWQ_GROUPS
 
 CALIBRATION = {"builder": "random", "params": {"num_samples": 6, "seq_len": 24}, "batch_size": 4}
@@ -105,5 +105,6 @@ def test_duquant_at_qdlm_settings_runs_end_to_end_and_reloads(tmp_path, arch: st
         assert weight.weight_zero_point is not None and not weight._meta["spec"].symmetric
 
     loaded = load_any(export_model(result, tmp_path / "q"))
+    set_compute_dtype(loaded.model, torch.float32)  # exact float32 GEMMs (the CPU default is bf16 A16)
     with torch.no_grad():
         assert _rel(loaded.logits(ids), quantized) < 1e-3

@@ -34,9 +34,10 @@ def test_package_exports_the_dispatcher() -> None:
     assert set(PRIMITIVES) <= set(dllm_kernels.__all__)
 
 
-def test_auto_picks_numba_on_cpu_and_torch_for_fp8(no_env) -> None:
+def test_auto_picks_cpu_gemms_then_numba_on_cpu_and_torch_for_fp8(no_env) -> None:
     x = torch.randn(4, 16)
-    assert dispatch.resolve_backend("auto", [x], dispatch.BACKENDS) == "numba"
+    assert dispatch.resolve_backend("auto", [x], dispatch.BACKENDS) == "cpu"
+    assert dispatch.resolve_backend("auto", [x], ("numba", "triton", "torch")) == "numba"
     assert dispatch.resolve_backend("auto", [x], ("numba", "torch")) == "numba"
     assert dispatch.resolve_backend("auto", [x], ("torch",)) == "torch"
     codes, _, zero = dllm_kernels.quantize(x, QuantSpec(8, granularity="token", type="float"))
@@ -50,7 +51,7 @@ def test_env_var_applies_where_the_op_has_that_backend(no_env) -> None:
     x = torch.randn(4, 16)
     no_env.setenv(dispatch.BACKEND_ENV, "torch")
     assert dispatch.resolve_backend("auto", [x], dispatch.BACKENDS) == "torch"
-    assert dispatch.resolve_backend("auto", [x]) == "numba"  # the GEMMs have no torch backend
+    assert dispatch.resolve_backend("auto", [x]) == "cpu"  # the GEMMs have no torch backend
     no_env.setenv(dispatch.BACKEND_ENV, "triton")
     assert dispatch.resolve_backend("auto", [x], ("numba", "torch")) == "numba"
     no_env.setenv(dispatch.BACKEND_ENV, "cuda")

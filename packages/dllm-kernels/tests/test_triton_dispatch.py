@@ -20,8 +20,9 @@ def no_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
-def test_auto_picks_numba_for_cpu_tensors(no_env):
-    assert dispatch.resolve_backend("auto", [torch.zeros(2), None]) == "numba"
+def test_auto_picks_the_fast_cpu_gemms_and_numba_elsewhere_for_cpu_tensors(no_env):
+    assert dispatch.resolve_backend("auto", [torch.zeros(2), None]) == "cpu"
+    assert dispatch.resolve_backend("auto", [torch.zeros(2)], ("numba", "triton")) == "numba"
     x = torch.randn(5, 24)
     for got, want in zip(
         dllm_kernels.quantize_per_token(x, 4), ops_cpu.quantize_per_token(x, 4), strict=True
@@ -83,13 +84,14 @@ def test_output_dtypes_agree_across_backends(no_env, triton_device):
 
 
 def test_import_and_numba_work_without_triton():
-    """With triton unimportable, ``import dllm_kernels`` works, auto picks Numba, Triton raises clearly."""
+    """With triton unimportable, ``import dllm_kernels`` works, auto picks the CPU GEMMs, Triton raises
+    clearly."""
     script = (
         "import sys; sys.modules['triton'] = None\n"
         "import torch, dllm_kernels\n"
         "from dllm_kernels import dispatch\n"
         "assert not dispatch.triton_available()\n"
-        "assert dispatch.resolve_backend('auto', [torch.zeros(1)]) == 'numba'\n"
+        "assert dispatch.resolve_backend('auto', [torch.zeros(1)]) == 'cpu'\n"
         "try:\n"
         "    dllm_kernels.quantize_per_token(torch.randn(2, 8), 8, backend='triton')\n"
         "except RuntimeError as exc:\n"

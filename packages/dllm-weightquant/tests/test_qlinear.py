@@ -9,6 +9,7 @@ import dllm_kernels
 import pytest
 import torch
 from dllm_kernels import QuantSpec
+from dllm_kernels.cpu import native_bf16
 from dllm_sampler import DiffusionLM
 from dllm_weightquant import (
     QuantizedWeight,
@@ -17,6 +18,7 @@ from dllm_weightquant import (
     gptq_quantize,
     replace_linear,
     rtn_quantize,
+    set_compute_dtype,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -40,7 +42,9 @@ def test_kernel_and_fake_modes_agree(spec: QuantSpec, seed: int, bias: bool) -> 
         lin.weight.copy_(torch.randn(20, 48, generator=g))
     q = rtn_quantize(lin.weight, None, spec)
     x = torch.randn(3, 5, 48, generator=g)
-    kernel = QuantLinear.from_linear(lin, q, mode="kernel")(x)
+    exact = QuantLinear.from_linear(lin, q, mode="kernel")
+    exact.compute_dtype = torch.float32
+    kernel = exact(x)
     fake = QuantLinear.from_linear(lin, q, mode="fake")(x)
     want = torch.nn.functional.linear(
         x.double(), q.dequantize().double(), None if lin.bias is None else lin.bias.double()
@@ -48,6 +52,27 @@ def test_kernel_and_fake_modes_agree(spec: QuantSpec, seed: int, bias: bool) -> 
     assert kernel.shape == (3, 5, 20)
     assert torch.allclose(kernel.double(), want, atol=1e-4, rtol=1e-5)
     assert torch.allclose(fake.double(), want, atol=1e-4, rtol=1e-5)
+    # bf16 GEMM inputs (the CPU default where bf16 is native): within bf16 rounding of inputs and result
+    exact.compute_dtype = torch.bfloat16
+    half = exact(x).double()
+    assert half.dtype == torch.float64 and float((half - want).norm() / want.norm()) < 2e-2
+
+
+def test_compute_dtype_default_and_set_compute_dtype(layer: Layer) -> None:
+    w, _, _ = layer(8, 32, 1)
+    lin = nn.Linear(32, 8, bias=False)
+    q = rtn_quantize(w, None, QuantSpec(4, True, "group", 16))
+    model = nn.Sequential(
+        QuantLinear.from_linear(lin, q, mode="kernel"), QuantLinear.from_linear(lin, q, mode="fake")
+    )
+    x = torch.randn(4, 32)
+    want = torch.bfloat16 if native_bf16() else torch.float32
+    assert model[0]._gemm_dtype(x) == want
+    assert set_compute_dtype(model, torch.float32) == 1  # kernel-mode layers only
+    assert model[0]._gemm_dtype(x) == torch.float32
+    assert torch.allclose(model[0](x), x @ q.dequantize().T, atol=1e-5)
+    with pytest.raises(ValueError, match="compute_dtype"):
+        set_compute_dtype(model, torch.float16)
 
 
 def test_quantized_weight_round_trips_codes(layer: Layer) -> None:
@@ -73,7 +98,9 @@ def test_g_idx_weights_run_through_the_kernel() -> None:
     dense = codes.float() * scale[:, g_idx.long()]
     assert torch.equal(q.dequantize(), dense)
     x = torch.randn(5, 32, generator=g)
-    assert torch.allclose(QuantLinear(q, mode="kernel")(x), x @ dense.T, atol=1e-5)
+    layer = QuantLinear(q, mode="kernel")
+    layer.compute_dtype = torch.float32
+    assert torch.allclose(layer(x), x @ dense.T, atol=1e-5)
 
 
 def test_dtype_casts_keep_the_quantized_buffers_exact(layer: Layer) -> None:

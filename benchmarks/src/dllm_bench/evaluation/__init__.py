@@ -6,7 +6,8 @@
   free-running (`step_error`);
 * ``outliers``: ``max|x| / RMS(x)`` of every block Linear input per layer and mask-ratio bucket
   (`activation_outliers`);
-* ``plots``: PNGs of the last two (`plot_step_error`, `plot_outliers`);
+* ``plots``: PNGs of the last two (`plot_step_error`, `plot_outliers`; imported on first use, so scoring a
+  model never imports matplotlib);
 * ``memory``: stored bytes and bits per weight of a (quantized) model (`weight_memory`);
 * ``speed``: ms per denoising step, tokens/s and peak memory of the real sampler (`sampler_speed`).
 
@@ -25,9 +26,20 @@ from dllm_bench.evaluation.fidelity import (
 )
 from dllm_bench.evaluation.memory import WeightMemory, resident_bytes, weight_memory
 from dllm_bench.evaluation.outliers import INPUT_ROLES, OutlierRow, activation_outliers, outlier_states
-from dllm_bench.evaluation.plots import plot_outliers, plot_step_error, save_figure
 from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, random_prompt, sampler_speed, speed_config
 from dllm_bench.evaluation.steps import StepRow, step_error, step_error_on_prompts
+
+_PLOTS = ("plot_outliers", "plot_step_error", "save_figure")
+
+
+def __getattr__(name: str) -> object:
+    """The matplotlib-backed plot functions, imported on first use."""
+    if name in _PLOTS:
+        from dllm_bench.evaluation import plots
+
+        return getattr(plots, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "INPUT_ROLES",

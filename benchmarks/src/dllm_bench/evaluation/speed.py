@@ -36,6 +36,7 @@ PEAK_SOURCES = {
     "cuda_max_allocated": "torch.cuda.max_memory_allocated while sampling (weights included)",
     "rss_peak_increase": "peak RSS increase while sampling (weights excluded)",
     "ru_maxrss_increase": "increase of the process's lifetime peak RSS while sampling (weights excluded)",
+    "not_measured": "not measured (llama.cpp rows run in their own process)",
 }
 """How ``SpeedResult.peak_memory_bytes`` was measured -> what it means (see the module docstring)."""
 

@@ -9,6 +9,10 @@ Two modes:
   (or with static parameters) and ``dllm_kernels.int8_gemm`` / ``w4a8_gemm`` / ``w4a4_gemm`` compute
   ``y = x W^T`` with int32 accumulation. Asymmetric activations are handled exactly with the
   zero-point correction ``y -= scale_x * zero_x * (scale_w * rowsum(W_codes))``.
+  An already quantized inner layer (a kernel-mode ``dllm_weightquant.QuantLinear`` with symmetric integer
+  codes, per channel or in groups: `packed_integer_inner`) keeps its packed weight: on the CPU its
+  ``cpu_weight().int_matmul`` multiplies the activation codes by the weight codes group by group with
+  exact integer accumulation (``torch._int_mm``); elsewhere the layer computes the fake-mode numbers.
 
 Inside an `OnlineRotation` with a Hadamard rotation, the kernel mode fuses rotation and quantization
 (``dllm_kernels.hadamard_quantize_per_token``).
@@ -32,20 +36,38 @@ from dllm_actquant.act_quant import (
 from dllm_actquant.guards import mark_quantized
 from dllm_actquant.rotation import HadamardRotation, InputRotation, RotationAware
 
-__all__ = ["ActQuantLinear"]
+__all__ = ["ActQuantLinear", "packed_integer_inner"]
 
 WEIGHT_BITS = (4, 8)
+
+
+def packed_integer_inner(inner: nn.Module) -> bool:
+    """True if ``inner`` is a kernel-mode quantized layer whose weight codes an integer GEMM can use as they
+    are: it offers ``cpu_weight()`` (``dllm_weightquant.QuantLinear``), with symmetric codes of 8 or fewer
+    bits and no act-order column permutation."""
+    if getattr(inner, "mode", None) != "kernel" or not callable(getattr(inner, "cpu_weight", None)):
+        return False
+    spec = getattr(inner, "_meta", {}).get("spec")
+    return (
+        spec is not None
+        and not spec.is_fp8
+        and spec.symmetric
+        and spec.granularity in ("channel", "group")
+        and getattr(inner, "kernel_perm", None) is None
+    )
 
 
 class ActQuantLinear(RotationAware):
     """Quantizes the input of ``inner`` (see module docstring).
 
     Args:
-        inner: the wrapped layer; ``nn.Linear`` for ``mode="kernel"``, anything for ``"fake"``.
+        inner: the wrapped layer; for ``mode="kernel"`` an ``nn.Linear`` or a `packed_integer_inner` layer,
+            anything for ``"fake"``.
         config: the activation quantizer.
         static: calibrated parameters, required for a static (``granularity="tensor"``) config.
         mode: ``"fake"`` or ``"kernel"``.
-        weight_bits: 4 or 8, the weight code width of the kernel mode (ignored and must be None in fake mode).
+        weight_bits: 4 or 8, the weight code width of the kernel mode for a float ``inner`` (None in fake mode
+            and for a packed inner, whose codes are used as they are).
     """
 
     def __init__(
@@ -67,6 +89,7 @@ class ActQuantLinear(RotationAware):
         self.static = static
         self.mode = mode
         self.weight_bits = weight_bits
+        self.packed_inner = False
         if mode == "fake":
             if weight_bits is not None:
                 raise ValueError(
@@ -75,6 +98,14 @@ class ActQuantLinear(RotationAware):
                     "(e.g. with dllm_weightquant) and leave weight_bits=None"
                 )
             mark_quantized(self, "activations")
+            return
+        self.packed_inner = packed_integer_inner(inner)
+        if self.packed_inner:
+            if weight_bits is not None:
+                raise ValueError(
+                    "weight_bits is for a float inner layer; a quantized inner keeps its own codes"
+                )
+            mark_quantized(self, "weights+activations")
             return
         if not isinstance(inner, nn.Linear) or not inner.weight.is_floating_point():
             raise ValueError(
@@ -113,6 +144,11 @@ class ActQuantLinear(RotationAware):
             y = self.inner(fake_quantize_activation(flat, self.config, self.static))
             return y.reshape(*lead, y.shape[-1])
         cfg = self.config
+        if self.packed_inner and flat.device.type != "cpu":
+            if rotation is not None:
+                flat = rotation(flat)
+            y = self.inner(fake_quantize_activation(flat, cfg, self.static))
+            return y.reshape(*lead, y.shape[-1])
         if isinstance(rotation, HadamardRotation) and cfg.dynamic:
             codes, scale, zero = dllm_kernels.hadamard_quantize_per_token(
                 flat, cfg.bits, cfg.symmetric, cfg.clip_ratio
@@ -124,13 +160,16 @@ class ActQuantLinear(RotationAware):
             codes, scale, zero = quantize_activation(flat, cfg, self.static)
         y = self._gemm(codes, scale)
         if zero is not None:
-            y = y - (scale * zero)[:, None] * self.w_colterm[None, :]
+            colterm = self.inner.cpu_weight().column_term if self.packed_inner else self.w_colterm
+            y = y - (scale * zero)[:, None] * colterm[None, :]
         bias = self.inner.bias
         if bias is not None:
             y = y + bias.to(y.dtype)
         return y.to(x.dtype).reshape(*lead, y.shape[-1])
 
     def _gemm(self, codes: Tensor, scale: Tensor) -> Tensor:
+        if self.packed_inner:
+            return self.inner.cpu_weight().int_matmul(codes, scale)
         if self.weight_bits == 8:
             return dllm_kernels.int8_gemm(codes, scale, self.w_codes, self.w_scale)
         if self.config.bits == 4:

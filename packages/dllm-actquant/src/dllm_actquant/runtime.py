@@ -2,10 +2,11 @@
 
 Around the block linears of a quantized model sit modules that hold no weight of their own format:
 online input rotations (`OnlineRotation`: QuaRot's Hadamard R4 and cross-head o rotation, DuQuant's block
-rotations, whose weights already absorbed them), dynamic activation quantizers (`ActQuantLinear` in fake
-mode) and V quantizers (`VQuantOutput`). They nest in one order, outermost first: V quantizer, online
-rotation, activation quantizer, the layer holding the weight. Each block's q/k site (``QKSite``) may be
-wrapped too: R3's `QKHadamard` and the Q/K quantizer `QKQuant`.
+rotations, whose weights already absorbed them), dynamic activation quantizers (`ActQuantLinear`,
+restored in kernel mode around a layer whose packed codes an integer GEMM can use, else in fake mode) and
+V quantizers (`VQuantOutput`). They nest in one order, outermost first: V quantizer, online rotation,
+activation quantizer, the layer holding the weight. Each block's q/k site (``QKSite``) may be wrapped too:
+R3's `QKHadamard` and the Q/K quantizer `QKQuant`.
 
 `stripped_wrappers` takes them off for the ``with`` body (so a weight exporter sees plain layers) and
 yields a `RuntimeState`: a JSON-ready record plus the tensors it names (rotation steps, V ranges).
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from dllm_actquant.act_quant import ActQuantConfig
 from dllm_actquant.attention import AttnQuantConfig, QKHadamard, QKQuant
-from dllm_actquant.linear import ActQuantLinear
+from dllm_actquant.linear import ActQuantLinear, packed_integer_inner
 from dllm_actquant.modules import replace_module
 from dllm_actquant.rotation import (
     BlockRotation,
@@ -107,8 +108,11 @@ def _peel(
         entry["rotation"] = rotations.describe(name, module.rotation)
         module = module.inner
     if isinstance(module, ActQuantLinear):
-        if module.mode != "fake" or not module.config.dynamic:
-            raise ValueError(f"{name}: only fake-mode dynamic activation quantizers can be recorded")
+        if not (module.mode == "fake" or module.packed_inner) or not module.config.dynamic:
+            raise ValueError(
+                f"{name}: only dynamic activation quantizers in fake mode or around a packed layer can be "
+                "recorded"
+            )
         entry["activations"] = module.config.to_dict()
         module = module.inner
     return module, entry
@@ -234,7 +238,8 @@ def restore_wrappers(dlm: DiffusionLM, record: dict[str, Any], tensors: dict[str
     for name, entry in record["linears"].items():
         module = root.get_submodule(name)
         if "activations" in entry:
-            module = ActQuantLinear(module, ActQuantConfig(**entry["activations"]), mode="fake")
+            mode = "kernel" if packed_integer_inner(module) else "fake"
+            module = ActQuantLinear(module, ActQuantConfig(**entry["activations"]), mode=mode)
         if "rotation" in entry:
             key = json.dumps(entry["rotation"], sort_keys=True)
             if key not in shared:

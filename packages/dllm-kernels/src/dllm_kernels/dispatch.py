@@ -1,22 +1,27 @@
 """Backend dispatcher: the one validated front end of every primitive (what ``dllm_kernels`` exports).
 
-Every op takes a keyword-only ``backend: "auto" | "numba" | "triton" | "torch"``, among the backends it has
-(``docs/architecture.md`` tabulates them):
+Every op takes a keyword-only ``backend: "auto" | "numba" | "cpu" | "triton" | "torch"``, among the backends
+it has (``docs/architecture.md`` tabulates them):
 
 * ``numba``: the CPU references (:mod:`dllm_kernels.ops_cpu` over :mod:`dllm_kernels.reference`);
+* ``cpu``: the fast CPU GEMMs (:mod:`dllm_kernels.cpu`): packed weights unpacked tile by tile by parallel
+  Numba kernels into torch's CPU GEMMs (bf16 or float32 for ``wna16_gemm``, ``torch._int_mm`` for the
+  integer GEMMs, bit-identical to the references);
 * ``triton``: the GPU kernels (:mod:`dllm_kernels.triton`), for CUDA tensors, or CPU tensors under
   ``TRITON_INTERPRET=1`` set before triton is first imported (how the CPU test suite checks the kernels);
 * ``torch``: plain torch ops on any device (:mod:`dllm_kernels.ops_torch`), for the quantize and pack
   primitives; fp8 specs have only this one (numba has no fp8 type).
 
-``"auto"`` uses the environment variable ``DLLM_KERNELS_BACKEND`` (``numba``, ``triton`` or ``torch``) if
-set and the op has that backend, else Numba for CPU tensors and for CUDA tensors Triton where the op has a
-Triton kernel, the torch implementation where it does not. An explicit ``backend=`` argument wins over the
-environment variable; naming a backend the op lacks raises.
+``"auto"`` uses the environment variable ``DLLM_KERNELS_BACKEND`` (``numba``, ``cpu``, ``triton`` or
+``torch``) if set and the op has that backend, else for CPU tensors the fast ``cpu`` GEMMs where the op
+has one and Numba otherwise, and for CUDA tensors Triton where the op has a Triton kernel, the torch
+implementation where it does not. An explicit ``backend=`` argument wins over the environment variable;
+naming a backend the op lacks raises.
 
 Every backend gets the same validation (shapes, dtypes, bit widths, one device, contiguity where the op
 requires it: the GEMMs and Hadamard ops do, the quantize and pack ops take any strides) and returns the same
-dtypes and the same bits, except the float GEMM ``wna16_gemm`` (accumulation order differs):
+dtypes and the same bits, except the float GEMM ``wna16_gemm`` (accumulation order differs, and the ``cpu``
+backend computes bfloat16 activations in bfloat16 with bf16-rounded weights):
 ``wna16_gemm`` returns ``out_dtype`` (default ``x.dtype``), the integer GEMMs ``out_dtype`` (default
 float32). Value-range checks of GEMM inputs (unsigned zero points, 4-bit activation codes) run for CPU
 tensors only: on CUDA they would force a device synchronisation on every call.
@@ -52,6 +57,7 @@ from dllm_kernels._args import (
     check_type,
     float_dtypes,
 )
+from dllm_kernels.cpu import ops as cpu_ops
 from dllm_kernels.ops_cpu import hadamard_matrix
 from dllm_kernels.reference.hadamard_matrix import supported_hadamard_size
 from dllm_kernels.spec import QuantSpec
@@ -62,6 +68,7 @@ __all__ = [
     "Backend",
     "dequantize",
     "fake_quantize",
+    "fast_cpu_gemms",
     "hadamard_matrix",
     "hadamard_quantize_per_token",
     "hadamard_transform",
@@ -80,13 +87,19 @@ __all__ = [
     "wna16_gemm",
 ]
 
-Backend = Literal["auto", "numba", "triton", "torch"]
-Concrete = Literal["numba", "triton", "torch"]
-BACKENDS: tuple[Concrete, ...] = ("numba", "triton", "torch")
+Backend = Literal["auto", "numba", "cpu", "triton", "torch"]
+Concrete = Literal["numba", "cpu", "triton", "torch"]
+BACKENDS: tuple[Concrete, ...] = ("numba", "cpu", "triton", "torch")
 BACKEND_ENV = "DLLM_KERNELS_BACKEND"
 
+_GEMMS: tuple[Concrete, ...] = ("numba", "cpu", "triton")
+"""Backends of the GEMMs."""
 _KERNELS: tuple[Concrete, ...] = ("numba", "triton")
-"""Backends of the GEMMs and the Hadamard ops."""
+"""Backends of the Hadamard ops."""
+_QUANT: tuple[Concrete, ...] = ("numba", "triton", "torch")
+"""Backends of quantize (integer specs)."""
+_PER_TOKEN: tuple[Concrete, ...] = ("numba", "cpu", "triton", "torch")
+"""Backends of quantize_per_token."""
 _NO_TRITON: tuple[Concrete, ...] = ("numba", "torch")
 """Backends of dequantize and the pack ops (no Triton kernel: on CUDA they run the torch implementation)."""
 _MAX_INT_K = (1 << 31) // (128 * 128)  # largest K whose int32 accumulator cannot overflow
@@ -117,6 +130,8 @@ def _run_triton(op: str, device: torch.device, *args: object) -> Any:
 
 def _auto(device: torch.device, available: Sequence[Concrete]) -> Concrete:
     """Numba for CPU tensors, Triton for CUDA tensors, else (or if the op lacks that one) torch."""
+    if device.type == "cpu" and "cpu" in available:
+        return "cpu"
     if device.type == "cpu" and "numba" in available:
         return "numba"
     if device.type == "cuda" and "triton" in available:
@@ -124,8 +139,15 @@ def _auto(device: torch.device, available: Sequence[Concrete]) -> Concrete:
     return "torch" if "torch" in available else "numba"
 
 
+def fast_cpu_gemms() -> bool:
+    """True when ``backend="auto"`` runs the GEMMs of CPU tensors on the fast ``cpu`` backend, i.e. unless
+    ``DLLM_KERNELS_BACKEND`` names ``numba`` or ``triton``: layers that prepared a `dllm_kernels.cpu`
+    weight once use it only then, so the environment variable still selects the reference everywhere."""
+    return os.environ.get(BACKEND_ENV, "").strip().lower() not in ("numba", "triton")
+
+
 def resolve_backend(
-    backend: str, tensors: Sequence[object], available: Sequence[Concrete] = _KERNELS, op: str = "this op"
+    backend: str, tensors: Sequence[object], available: Sequence[Concrete] = _GEMMS, op: str = "this op"
 ) -> Concrete:
     """The concrete backend for ``backend`` and the op's tensors (which must share one device).
 
@@ -135,7 +157,7 @@ def resolve_backend(
     tensors' device, and ``RuntimeError`` if Triton is requested but not installed.
     """
     if backend not in ("auto", *BACKENDS):
-        raise ValueError(f"backend must be 'auto', 'numba', 'triton' or 'torch', got {backend!r}")
+        raise ValueError(f"backend must be 'auto', 'numba', 'cpu', 'triton' or 'torch', got {backend!r}")
     present = [t for t in tensors if isinstance(t, torch.Tensor)]
     if not present:
         raise ValueError("expected torch.Tensor inputs, got none")
@@ -149,18 +171,18 @@ def resolve_backend(
         env = os.environ.get(BACKEND_ENV, "").strip().lower()
         if env and env not in BACKENDS:
             raise ValueError(
-                f"{BACKEND_ENV} must be 'numba', 'triton' or 'torch', got {env!r}; unset it for 'auto'"
+                f"{BACKEND_ENV} must be 'numba', 'cpu', 'triton' or 'torch', got {env!r}; unset it for 'auto'"
             )
         chosen: Concrete = env if env in available else _auto(device, available)  # type: ignore[assignment]
     elif backend not in available:
         raise ValueError(f"{op} has no {backend!r} backend; use {', '.join(map(repr, available))} or 'auto'")
     else:
         chosen = backend  # type: ignore[assignment]
-    if chosen == "numba":
+    if chosen in ("numba", "cpu"):
         if device.type != "cpu":
             raise ValueError(
-                f"backend 'numba' runs on CPU tensors, got tensors on {device}; move them with .cpu() or use "
-                "backend='triton'"
+                f"backend {chosen!r} runs on CPU tensors, got tensors on {device}; move them with .cpu() or "
+                "use backend='triton'"
             )
     elif chosen == "triton":
         _check_triton_device(device, present)
@@ -212,7 +234,7 @@ def wna16_gemm(
         ``[M, N]`` in ``out_dtype``: ``W[n, k] = float32(u[n, k] - z) * scale[n, k // group_size]`` with ``u``
         the stored code and ``z = zero[n, k // group_size]`` or ``2^(bits-1)``.
     """
-    which = resolve_backend(backend, [x, w_packed, scale, zero], _KERNELS, "wna16_gemm")
+    which = resolve_backend(backend, [x, w_packed, scale, zero], _GEMMS, "wna16_gemm")
     bits = check_bits(bits)
     x = check_tensor(x, "x", float_dtypes(which), 2)
     k = x.shape[1]
@@ -236,6 +258,8 @@ def wna16_gemm(
     out_dtype = check_out_dtype(x.dtype if out_dtype is None else out_dtype)
     if which == "numba":
         return ops_cpu.wna16_gemm(x, w_packed, scale, zero, bits, group_size).to(out_dtype)
+    if which == "cpu":
+        return cpu_ops.wna16_gemm(x, w_packed, scale, zero, bits, group_size).to(out_dtype)
     return _run_triton("wna16_gemm", x.device, x, w_packed, scale, zero, bits, group, out_dtype)
 
 
@@ -269,7 +293,7 @@ def _int_gemm(
     activation_bits: int,
 ) -> torch.Tensor:
     """Validate and run the integer GEMM ``name`` (one of `_INT_GEMM_TRITON`) on the chosen backend."""
-    which = resolve_backend(backend, [xq, x_scale, w, w_scale], _KERNELS, name)
+    which = resolve_backend(backend, [xq, x_scale, w, w_scale], _GEMMS, name)
     _check_int_gemm(which, xq, x_scale, w, w_scale, packed4=name != "int8_gemm")
     if activation_bits == 4 and xq.device.type == "cpu" and xq.numel() and (xq.min() < -8 or xq.max() > 7):
         raise ValueError(
@@ -277,8 +301,9 @@ def _int_gemm(
             "quantize with quantize_per_token(x, 4) or use w4a8_gemm"
         )
     out_dtype = check_out_dtype(out_dtype)
-    if which == "numba":
-        return getattr(ops_cpu, name)(xq, x_scale, w, w_scale).to(out_dtype)
+    if which in ("numba", "cpu"):
+        ops = ops_cpu if which == "numba" else cpu_ops
+        return getattr(ops, name)(xq, x_scale, w, w_scale).to(out_dtype)
     return _run_triton(_INT_GEMM_TRITON[name], xq.device, xq, x_scale, w, w_scale, out_dtype)
 
 
@@ -340,9 +365,9 @@ def quantize_per_token(
 
     Returns ``(codes int8 [M, K] in [-2^(b-1), 2^(b-1)-1], scale float32 [M], zero int32 [M] or None)``;
     the asymmetric zero point is signed (dequant ``(codes - zero) * scale``). Round half to even.
-    Backends: numba, triton, torch.
+    Backends: numba, cpu, triton, torch.
     """
-    which = resolve_backend(backend, [x], BACKENDS, "quantize_per_token")
+    which = resolve_backend(backend, [x], _PER_TOKEN, "quantize_per_token")
     bits = check_bits(bits)
     symmetric = check_symmetric(symmetric)
     clip_ratio = check_clip(clip_ratio)
@@ -351,6 +376,8 @@ def quantize_per_token(
         raise ValueError("x must have at least one column (K >= 1)")
     if which == "numba":
         return ops_cpu.quantize_per_token(x, bits, symmetric, clip_ratio)
+    if which == "cpu":
+        return cpu_ops.quantize_per_token(x, bits, symmetric, clip_ratio)
     if which == "torch":
         return ops_torch.quantize_per_token(x, bits, symmetric, clip_ratio)
     return _run_triton("quantize_per_token", x.device, x, bits, symmetric, clip_ratio)
@@ -401,7 +428,7 @@ def hadamard_quantize_per_token(
 
 def _quantize_backends(spec: QuantSpec) -> tuple[Concrete, ...]:
     """Integer specs: numba, triton (the per-row kernel on the scale cells), torch; fp8: torch only."""
-    return ("torch",) if spec.is_fp8 else BACKENDS
+    return ("torch",) if spec.is_fp8 else _QUANT
 
 
 def _op_name(op: str, spec: QuantSpec) -> str:

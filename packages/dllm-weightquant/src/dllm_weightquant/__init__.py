@@ -9,7 +9,7 @@
   :func:`awq_search_scale_on_outputs` (scored on a sublayer's or block's output), :func:`apply_awq_clip`
   and :func:`awq_search_clip` (llm-awq's clip search).
 * Weights: :class:`QuantizedWeight` (uniform, packed), :class:`MultiBinaryWeight`; layers:
-  :class:`QuantLinear`, :func:`replace_linear`.
+  :class:`QuantLinear`, :func:`replace_linear`, :func:`set_compute_dtype`.
 * Checkpoints: :func:`export_quantized` / :func:`load_quantized` (compressed-tensors ``pack-quantized`` or
   the ``dllmq`` format of FORMAT.md), :class:`QuantProvenance`, :class:`OnlineComputation` (what runs
   online besides the weights, declared in the config).
@@ -49,7 +49,7 @@ from dllm_weightquant.grid import ClipSearch
 from dllm_weightquant.hessian import hessian_from_inputs, layer_objective
 from dllm_weightquant.methods import quantizer_method
 from dllm_weightquant.multibinary import MultiBinaryWeight
-from dllm_weightquant.qlinear import QuantLinear, replace_linear
+from dllm_weightquant.qlinear import QuantLinear, replace_linear, set_compute_dtype
 from dllm_weightquant.qweight import QuantizedWeight
 from dllm_weightquant.rtn import RTNConfig, fake_quantize_weight, rtn_quantize
 
@@ -99,4 +99,5 @@ __all__ = [
     "relative_weight_error",
     "replace_linear",
     "rtn_quantize",
+    "set_compute_dtype",
 ]

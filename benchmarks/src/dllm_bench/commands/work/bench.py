@@ -8,6 +8,7 @@ import json
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from dllm_sampler import DiffusionLM
 from dllm_sampler.atomic import atomic_file
 from dllm_sampler.models import ARCH_SPECS
 
-from dllm_bench.commands.bench import DEFAULT_MODEL
+from dllm_bench.commands.bench import DEFAULT_MODEL, float_dtypes, quantize_kinds
 from dllm_bench.devices import compute_dtype, parse_device
 from dllm_bench.evaluation.memory import WeightMemory, weight_memory
 from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, sampler_speed
@@ -83,20 +84,17 @@ def _quantized_folder(dlm: DiffusionLM, recipe: Recipe, device: torch.device, tm
     return export_model(result, tmp / "quantized")
 
 
-def _synthetic_rows(
-    args: argparse.Namespace, device: torch.device, dtype: torch.dtype, recipe: Recipe | None
-) -> list[BenchRow]:
-    """The float synthetic model's row and, with a ``recipe``, the row of its quantized copy, exported and
-    loaded back (packed weights on the low-bit kernels)."""
-    arch, shapes = SYNTHETIC[args.synthetic]
-    dlm = synthetic_model(arch, shapes, args.layers, dtype=dtype, device=device, seed=args.seed)
-    if recipe is not None:
-        check_fits(recipe, dlm, ignored_linears(recipe, dlm))  # a bad group size fails before any timing
-    layers = len(dlm.topology)
-    label = f"synthetic {args.synthetic} ({layers} layer{'s' if layers > 1 else ''})"
-    rows = [_measure(label, dlm, args)]
-    if recipe is None:
-        return rows
+def _quantized_row(
+    label: str,
+    load: Callable[[], DiffusionLM],
+    recipe: Recipe,
+    args: argparse.Namespace,
+    device: torch.device,
+) -> BenchRow:
+    """The row of ``load()``'s model quantized with ``recipe``, exported and loaded back as a user loads a
+    checkpoint (packed weights on the low-bit kernels)."""
+    dlm = load()
+    check_fits(recipe, dlm, ignored_linears(recipe, dlm))  # a bad group size fails before any timing
     with tempfile.TemporaryDirectory(prefix="dllmq-bench-") as tmp:
         folder = _quantized_folder(dlm, recipe, device, Path(tmp))
         del dlm
@@ -104,7 +102,48 @@ def _synthetic_rows(
         with warnings.catch_warnings():  # synthetic models have no tokenizer by design
             warnings.filterwarnings("ignore", message=".*no tokenizer.json", category=UserWarning)
             quantized = load_any(folder, device=device)
-        rows.append(_measure(f"{label} RTN {recipe.scheme.label}", quantized, args))
+        row = _measure(f"{label} RTN {recipe.scheme.label}", quantized, args)
+    del quantized
+    _release(device)
+    return row
+
+
+def _model_rows(
+    label: str,
+    load: Callable[[torch.dtype], DiffusionLM],
+    dtypes: list[torch.dtype],
+    recipes: list[Recipe],
+    args: argparse.Namespace,
+    device: torch.device,
+) -> list[BenchRow]:
+    """The float rows of one model (one per dtype, labelled with it when there are several) and its
+    quantized rows (the model loaded in the first dtype)."""
+    rows = []
+    for dtype in dtypes:
+        dlm = load(dtype)
+        name = label if len(dtypes) == 1 else f"{label} {str(dtype).removeprefix('torch.')}"
+        rows.append(_measure(name, dlm, args))
+        del dlm
+        _release(device)
+    rows += [_quantized_row(label, lambda: load(dtypes[0]), recipe, args, device) for recipe in recipes]
+    return rows
+
+
+def _llama_rows(name: str, args: argparse.Namespace) -> list[BenchRow]:
+    """llama.cpp's rows for model ``name`` (`dllm_bench.evaluation.llamacpp_speed`)."""
+    from dllm_bench.evaluation.llamacpp_speed import gguf_files, gguf_memory, llamacpp_speed
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dllmq-bench-gguf-") as tmp:
+        files = gguf_files(lambda: load_any(name, dtype=torch.float32), Path(tmp))
+        threads = args.threads or torch.get_num_threads()
+        for kind, path in files.items():
+            print(f"measuring llama.cpp {kind} ...", file=sys.stderr, flush=True)
+            speed = llamacpp_speed(
+                args.llama_cli, path, args.gen_length, args.steps, args.prompt_len,
+                args.warmup, args.repeats, threads, kind,
+            )  # fmt: skip
+            rows.append(BenchRow(f"{name} llama.cpp {kind}", gguf_memory(path), speed))
     return rows
 
 
@@ -127,6 +166,7 @@ def _cells(row: BenchRow, base: BenchRow) -> list[str]:
         f"{s.steps_per_token:.2f}",
         _mib(s.peak_memory_bytes),
         f"{vs['weights']:.3f}",
+        f"{vs['step_ms']:.2f}",
         f"{vs['tokens_per_s']:.2f}",
         peak,
     ]
@@ -142,6 +182,7 @@ HEADER = [
     "steps/tok",
     "peak MiB",
     "weights x1st",
+    "ms/step x1st",
     "tok/s x1st",
     "peak x1st",
 ]
@@ -170,6 +211,7 @@ def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
         "warmup": args.warmup,
         "repeats": args.repeats,
         "seed": args.seed,
+        "threads": torch.get_num_threads(),
     }
 
 
@@ -189,19 +231,52 @@ def report(rows: list[BenchRow], settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _synthetic_rows(
+    args: argparse.Namespace, device: torch.device, dtypes: list[torch.dtype], recipes: list[Recipe]
+) -> list[BenchRow]:
+    """The rows of the random-weight model with ``--synthetic`` shapes (float, then quantized)."""
+    arch, shapes = SYNTHETIC[args.synthetic]
+
+    def load(dtype: torch.dtype) -> DiffusionLM:
+        return synthetic_model(arch, shapes, args.layers, dtype=dtype, device=device, seed=args.seed)
+
+    probe = load(dtypes[0])
+    for recipe in recipes:  # a bad group size fails before any timing
+        check_fits(recipe, probe, ignored_linears(recipe, probe))
+    layers = len(probe.topology)
+    del probe
+    label = f"synthetic {args.synthetic} ({layers} layer{'s' if layers > 1 else ''})"
+    return _model_rows(label, load, dtypes, recipes, args, device)
+
+
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch's and Numba's CPU threads."""
+    if threads is None:
+        return
+    import numba
+
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+
+
 def run(args: argparse.Namespace) -> int:
     device = parse_device(args.device)
-    recipe = load_recipe("rtn", scheme=args.quantize) if args.quantize else None
-    dtype = compute_dtype(args.dtype, device)
+    _set_threads(args.threads)
+    recipes = [load_recipe("rtn", scheme=kind) for kind in quantize_kinds(args)]
+    names = float_dtypes(args)
+    dtypes = [getattr(torch, n) for n in names] if names else [compute_dtype(args.dtype, device)]
     rows: list[BenchRow] = []
     for name in args.models or ([] if args.synthetic else [DEFAULT_MODEL]):
-        dlm = load_any(name, dtype=dtype, device=device)
-        rows.append(_measure(name, dlm, args))
-        del dlm
-        _release(device)
+
+        def load(dtype: torch.dtype, name: str = name) -> DiffusionLM:
+            return load_any(name, dtype=dtype, device=device)
+
+        rows += _model_rows(name, load, dtypes, recipes, args, device)
+        if args.llama_cli is not None:
+            rows += _llama_rows(name, args)
     if args.synthetic:
-        rows += _synthetic_rows(args, device, dtype, recipe)
-    settings = _settings(args, device, dtype)
+        rows += _synthetic_rows(args, device, dtypes, recipes)
+    settings = _settings(args, device, dtypes[0])
     sources = sorted({PEAK_SOURCES[r.speed.peak_memory_source] for r in rows})
     print(", ".join(f"{k} {v}" for k, v in settings.items()) + f"; peak memory: {'; '.join(sources)}")
     print(format_table(rows))

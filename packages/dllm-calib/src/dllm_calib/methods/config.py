@@ -10,6 +10,7 @@ field and the fix.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import types
 import typing
@@ -33,8 +34,10 @@ def _nested_config_type(hint: Any) -> type[MethodConfig] | None:
     return None
 
 
+@functools.cache
 def _nested_fields(cls: type) -> dict[str, type[MethodConfig]]:
-    """Field name -> declared config class, for the fields of ``cls`` that hold a nested config."""
+    """Field name -> declared config class, for the fields of ``cls`` that hold a nested config (cached per
+    class: resolving the type hints costs more than building a config, which layers do in forward)."""
     hints = typing.get_type_hints(cls)
     nested = {f.name: _nested_config_type(hints[f.name]) for f in dataclasses.fields(cls)}
     return {name: c for name, c in nested.items() if c is not None}

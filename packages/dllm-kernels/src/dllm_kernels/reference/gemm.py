@@ -6,6 +6,9 @@
   unsigned value and ``z = 2^(b-1)`` when ``zero`` is None (symmetric). Each weight row is dequantized
   inside the K loop into a length-K buffer (W is never materialized as a whole); products are accumulated
   in float64 and the result is rounded once to float32.
+* ``grouped_int_gemm``: integer codes with group-wise weight scales: per group of columns an exact integer
+  accumulation and ``(float32(acc_g) * x_scale[m]) * w_scale[n, g]``, summed over the groups in order in
+  float32 (one group: the ``int8_gemm`` computation).
 * ``int8_gemm`` (W8A8), ``w4a8_gemm``, ``w4a4_gemm``: integer codes, exact integer accumulation (identical
   to an int32 accumulator: K is limited so that ``K * 128 * 128 < 2^31``), then the epilogue
   ``(float32(acc) * x_scale[m]) * w_scale[n]`` in float32, in that order.
@@ -21,7 +24,7 @@ import numpy as np
 
 from dllm_kernels.reference._checks import as_float2d, as_int_array, as_scale, check_bits, packed_words
 
-__all__ = ["int8_gemm", "w4a4_gemm", "w4a8_gemm", "wna16_gemm"]
+__all__ = ["grouped_int_gemm", "int8_gemm", "w4a4_gemm", "w4a8_gemm", "wna16_gemm"]
 
 MAX_INT_K = (1 << 31) // (128 * 128)
 
@@ -88,6 +91,40 @@ def _w4_kernel(xq: np.ndarray, xs: np.ndarray, packed: np.ndarray, ws: np.ndarra
             for k in range(k_cols):
                 acc += np.int32(xq[m, k]) * np.int32(w[k])
             out[m, n] = (np.float32(acc) * xs[m]) * ws[n]
+
+
+@numba.njit(cache=True, parallel=True)
+def _grouped_int_kernel(
+    xq: np.ndarray, xs: np.ndarray, wq: np.ndarray, ws: np.ndarray, group: int, out: np.ndarray
+) -> None:
+    m_rows, k_cols = xq.shape
+    for n in numba.prange(wq.shape[0]):
+        for m in range(m_rows):
+            total = np.float32(0)
+            for g in range(k_cols // group):
+                acc = 0
+                for k in range(g * group, (g + 1) * group):
+                    acc += np.int32(xq[m, k]) * np.int32(wq[n, k])
+                total += (np.float32(acc) * xs[m]) * ws[n, g]
+            out[m, n] = total
+
+
+def grouped_int_gemm(xq: np.ndarray, x_scale: np.ndarray, wq: np.ndarray, w_scale: np.ndarray) -> np.ndarray:
+    """int8 ``xq [M, K]`` x int8 weight codes ``wq [N, K]`` with group-wise scales -> float32 ``[M, N]``.
+
+    ``x_scale`` float32 ``[M]`` (per token), ``w_scale`` float32 ``[N, G]`` (G groups of K/G columns).
+    """
+    xq = as_int_array(xq, "xq", (np.int8,))
+    m, k = _check_int_x(xq)
+    wq = as_int_array(wq, "wq", (np.int8,), (None, k))
+    n = wq.shape[0]
+    if w_scale.ndim != 2 or w_scale.shape[0] != n or w_scale.shape[1] == 0 or k % w_scale.shape[1]:
+        raise ValueError(f"w_scale must be [{n}, G] with G dividing K={k}, got shape {w_scale.shape}")
+    xs = as_scale(x_scale, "x_scale", (m,))
+    ws = as_scale(w_scale, "w_scale", w_scale.shape)
+    out = np.empty((m, n), dtype=np.float32)
+    _grouped_int_kernel(xq, xs, wq, ws, k // ws.shape[1], out)
+    return out
 
 
 def wna16_gemm(

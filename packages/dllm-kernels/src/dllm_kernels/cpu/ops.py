@@ -1,0 +1,237 @@
+"""The fast CPU backend (``backend="cpu"`` of :mod:`dllm_kernels.dispatch`): packed weights unpacked tile by
+tile by the Numba kernels of :mod:`dllm_kernels.cpu.tiles` (parallel over rows) into a reused scratch tile,
+multiplied by torch's CPU GEMMs (MKL / oneDNN, multi-threaded):
+
+* `wna16_gemm` (`PackedWeight.matmul` for a weight prepared once) computes in the activations'
+  precision: bfloat16 activations meet bfloat16 weight tiles (each weight ``float32(u - z) * scale``
+  rounded to the nearest bf16) in a bf16 GEMM with float32 accumulation, result rounded to bf16 (what a
+  W4A16 layer does in a bf16 model; native on CPUs with AVX512-BF16 or AMX); float32 (or fp16 / float64,
+  computed in float32) activations meet the exact float32 weights of the reference. Only the accumulation
+  order differs from :func:`dllm_kernels.reference.gemm.wna16_gemm`.
+* `quantize_per_token` quantizes activations per token in one fused pass, bit-identical to the reference;
+* `int8_gemm`, `w4a8_gemm`, `w4a4_gemm` run ``torch._int_mm`` (int8 x int8 -> int32, exact) and the
+  reference's float32 epilogue ``(float32(acc) * x_scale[m]) * w_scale[n]``: bit-identical to the Numba
+  references.
+
+The weight is never materialised whole: tiles hold at most `TILE_BYTES` (all of a small layer), so the
+resident weight stays packed. Call these through :mod:`dllm_kernels.dispatch`, which validates arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dllm_kernels.cpu import tiles
+
+__all__ = [
+    "TILE_BYTES",
+    "PackedWeight",
+    "int8_gemm",
+    "quantize_per_token",
+    "w4a4_gemm",
+    "w4a8_gemm",
+    "wna16_gemm",
+]
+
+TILE_BYTES = 8 << 20
+"""Largest dequantized tile (bytes): a whole tiny layer, 1024 rows of a K=4096 bf16 weight."""
+
+_scratch = threading.local()
+
+
+def _tile(rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
+    """A ``[rows, cols]`` view of this thread's scratch buffer (grown on demand, never shrunk)."""
+    need = rows * cols * np.dtype(dtype).itemsize
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.nbytes < need:
+        buf = np.empty(need, dtype=np.uint8)
+        _scratch.buf = buf
+    return buf[:need].view(dtype).reshape(rows, cols)
+
+
+def _tile_rows(n: int, k: int, itemsize: int) -> int:
+    return max(1, min(n, TILE_BYTES // max(1, k * itemsize)))
+
+
+def _chunks(rows: int) -> int:
+    """Parallel row ranges of a tile kernel: enough to balance up to 16 Numba threads, each at least one row
+    (a fixed count: asking Numba for its thread count costs more than the split saves)."""
+    return max(1, min(rows, 16))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+@dataclass(frozen=True)
+class PackedWeight:
+    """A pack-quantized weight ``W [N, K]`` held as NumPy views for the tile kernels, validated once (by
+    `dllm_kernels.dispatch` or the layer that owns it) so that repeated GEMMs pay no per-call checks.
+
+    Attributes:
+        packed: int32 ``[N, ceil(K*bits/32)]``; scale: float32 ``[N, K/group]``; zero: int32 ``[N, K/group]``
+            unsigned zero points (a ``[1, 1]`` placeholder when ``has_zero`` is False); bits; group (columns
+            per scale, K for per-channel); in_features (K).
+    """
+
+    packed: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+    has_zero: bool
+    bits: int
+    group: int
+    in_features: int
+
+    @classmethod
+    def from_tensors(
+        cls,
+        w_packed: torch.Tensor,
+        scale: torch.Tensor,
+        zero: torch.Tensor | None,
+        bits: int,
+        group_size: int | None,
+        in_features: int,
+    ) -> PackedWeight:
+        """Views of CPU tensors (copied only where a dtype or layout change is needed)."""
+        return cls(
+            packed=_np(w_packed),
+            scale=_np(scale.to(torch.float32)),
+            zero=np.zeros((1, 1), dtype=np.int32) if zero is None else _np(zero),
+            has_zero=zero is not None,
+            bits=bits,
+            group=in_features if group_size is None else group_size,
+            in_features=in_features,
+        )
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [M, K] @ W^T`` -> ``[M, N]``: bfloat16 in and out for bfloat16 ``x`` (bf16-rounded weights,
+        float32 accumulation), else float32 (``x`` cast to float32, exact float32 weights)."""
+        bf16 = x.dtype == torch.bfloat16
+        x = x if bf16 else x.to(torch.float32)
+        n, k = self.packed.shape[0], self.in_features
+        kernel, np_dtype = (tiles.dequantize_bf16, np.uint16) if bf16 else (tiles.dequantize_f32, np.float32)
+        step = _tile_rows(n, k, np.dtype(np_dtype).itemsize)
+        parts = []
+        for n0 in range(0, n, step):
+            tile = _tile(min(step, n - n0), k, np_dtype)
+            kernel(
+                self.packed,
+                self.scale,
+                self.zero,
+                self.has_zero,
+                self.bits,
+                self.group,
+                n0,
+                _chunks(len(tile)),
+                tile,
+            )
+            weight = torch.from_numpy(tile)
+            parts.append(F.linear(x, weight.view(torch.bfloat16) if bf16 else weight))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
+        """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times this
+        weight's symmetric codes -> float32 ``[M, N]``: per column group an exact ``torch._int_mm`` and the
+        epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]``, summed over groups in order (one group,
+        per-channel scales: the `int8_gemm` computation). Bit-identical to
+        :func:`dllm_kernels.reference.gemm.grouped_int_gemm`."""
+        if self.has_zero:
+            raise ValueError("int_matmul needs symmetric weight codes (this weight has zero points)")
+        n, k = self.packed.shape[0], self.in_features
+        m = xq.shape[0]
+        xq = xq.contiguous()
+        xs = _np(x_scale.to(torch.float32))
+        out = np.empty((m, n), dtype=np.float32)
+        step = _tile_rows(n, k, 1)
+        for n0 in range(0, n, step):
+            rows = min(step, n - n0)
+            tile = _tile(rows, k, np.int8)
+            tiles.unpack_int8(self.packed, self.bits, 1 << (self.bits - 1), n0, _chunks(rows), tile)
+            codes = torch.from_numpy(tile)
+            part = out if rows == n else np.empty((m, rows), dtype=np.float32)
+            for g0 in range(0, k, self.group):
+                acc = torch._int_mm(xq[:, g0 : g0 + self.group], codes[:, g0 : g0 + self.group].t())
+                g = g0 // self.group
+                tiles.scale_accumulate(
+                    acc.numpy(), xs, self.scale[n0 : n0 + rows], g, g == 0, _chunks(m), part
+                )
+            if part is not out:
+                out[:, n0 : n0 + rows] = part
+        return torch.from_numpy(out)
+
+    @functools.cached_property
+    def column_term(self) -> torch.Tensor:
+        """float32 ``[N]``: ``sum_g scale[n, g] * sum_{k in g} codes[n, k]``, the zero-point correction of
+        asymmetric activations (``y -= x_scale * x_zero * column_term``)."""
+        n, k = self.packed.shape[0], self.in_features
+        codes = np.empty((n, k), dtype=np.int8)
+        tiles.unpack_int8(self.packed, self.bits, 1 << (self.bits - 1), 0, _chunks(n), codes)
+        sums = torch.from_numpy(codes).to(torch.float32).reshape(n, k // self.group, self.group).sum(2)
+        return (torch.from_numpy(self.scale) * sums).sum(1)
+
+
+def wna16_gemm(
+    x: torch.Tensor,
+    w_packed: torch.Tensor,
+    scale: torch.Tensor,
+    zero: torch.Tensor | None,
+    bits: int,
+    group_size: int | None,
+) -> torch.Tensor:
+    """``x [M, K] @ dequant(W)^T`` -> ``[M, N]``, bfloat16 for bfloat16 ``x``, else float32
+    (`PackedWeight.matmul`)."""
+    return PackedWeight.from_tensors(w_packed, scale, zero, bits, group_size, x.shape[1]).matmul(x)
+
+
+def _epilogue(acc: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """``(float32(acc) * x_scale[m]) * w_scale[n]`` in float32, the reference's order."""
+    return (acc.to(torch.float32) * x_scale.to(torch.float32)[:, None]) * w_scale.to(torch.float32)[None, :]
+
+
+def int8_gemm(
+    xq: torch.Tensor, x_scale: torch.Tensor, wq: torch.Tensor, w_scale: torch.Tensor
+) -> torch.Tensor:
+    """W8A8: int8 ``xq [M, K]`` x int8 ``wq [N, K]`` -> float32 ``[M, N]`` (exact int32 accumulation)."""
+    return _epilogue(torch._int_mm(xq.contiguous(), wq.contiguous().t()), x_scale, w_scale)
+
+
+def w4a8_gemm(
+    xq: torch.Tensor, x_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor
+) -> torch.Tensor:
+    """int8 ``xq [M, K]`` x symmetric 4-bit ``w_packed [N, ceil(K/8)]`` -> float32 ``[M, N]``."""
+    k = xq.shape[1]
+    n = w_packed.shape[0]
+    packed = _np(w_packed)
+    xq = xq.contiguous()
+    step = _tile_rows(n, k, 1)
+    parts = []
+    for n0 in range(0, n, step):
+        tile = _tile(min(step, n - n0), k, np.int8)
+        tiles.unpack_int8(packed, 4, 8, n0, _chunks(tile.shape[0]), tile)
+        parts.append(torch._int_mm(xq, torch.from_numpy(tile).t()))
+    acc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+    return _epilogue(acc, x_scale, w_scale)
+
+
+w4a4_gemm = w4a8_gemm
+"""W4A4 is the W4A8 computation on 4-bit activation codes (the dispatcher checks their range)."""
+
+
+def quantize_per_token(
+    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x [M, K]`` -> ``(codes int8 [M, K], scale float32 [M], zero int32 [M] or None)``, the bits of the
+    Numba reference in one fused parallel pass (`tiles.quantize_rows`)."""
+    xf = _np(x.to(torch.float32))
+    m = xf.shape[0]
+    codes = np.empty(xf.shape, dtype=np.int8)
+    scale = np.empty(m, dtype=np.float32)
+    zero = np.empty(m, dtype=np.int32)
+    tiles.quantize_rows(xf, bits, symmetric, np.float32(clip_ratio), _chunks(m), codes, scale, zero)
+    return torch.from_numpy(codes), torch.from_numpy(scale), None if symmetric else torch.from_numpy(zero)

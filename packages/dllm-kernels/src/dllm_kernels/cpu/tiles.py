@@ -1,0 +1,247 @@
+"""Numba kernels of the fast CPU path: packed weight rows -> dense tiles a BLAS / oneDNN GEMM consumes.
+
+The packed layout is compressed-tensors' ``pack-quantized`` (see :mod:`dllm_kernels.reference.pack`):
+``[N, ceil(K*bits/32)]`` int32, value ``k`` of a row at bits ``[k*bits, k*bits + bits)`` of the row's
+little-endian bit stream, stored unsigned. Each kernel fills rows ``n0 .. n0 + out.shape[0]`` of the weight
+into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba.prange``):
+
+* `dequantize_f32`: ``float32(u - z) * scale[n, k // group]``, bit-identical to the reference GEMM's
+  dequantization (:func:`dllm_kernels.reference.gemm.wna16_gemm`);
+* `dequantize_bf16`: the same float32 value rounded to the nearest bfloat16 (ties to even), written as the
+  bf16 bit pattern into a uint16 tile (NumPy has no bfloat16; torch views the tile as ``torch.bfloat16``);
+* `unpack_int8`: the signed code ``u - offset`` as int8, for the integer GEMMs;
+* `quantize_rows`: dynamic per-token activation quantization for those GEMMs, and `scale_accumulate` their
+  float32 epilogue.
+
+``z`` is ``zero[n, k // group]`` when ``has_zero`` else ``2^(bits-1)``. Values are read a byte at a time
+(three bytes, eight values at 3 bits; little-endian hosts: x86, Arm), a row's ragged tail one by one.
+Inner loops index with unsigned integers so that LLVM vectorizes them (a signed index costs a negative-index
+check that blocks vectorization).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["dequantize_bf16", "dequantize_f32", "quantize_rows", "scale_accumulate", "unpack_int8"]
+
+
+@numba.njit(cache=True, inline="always")
+def _value(packed: np.ndarray, n: int, k: int, bits: int) -> int:
+    """Unsigned value ``k`` of packed row ``n`` (any width, straddling words allowed)."""
+    bit = k * bits
+    w = bit >> 5
+    off = bit & 31
+    v = (np.int64(packed[n, w]) & 0xFFFFFFFF) >> off
+    if off + bits > 32:
+        v |= (np.int64(packed[n, w + 1]) & 0xFFFFFFFF) << (32 - off)
+    return v & ((1 << bits) - 1)
+
+
+@numba.njit(cache=True, inline="always")
+def _unpack_row(packed: np.ndarray, row_bytes: np.ndarray, n: int, bits: int, codes: np.ndarray) -> None:
+    """Unsigned values of packed row ``n`` into ``codes [K]`` int32 (``row_bytes`` is ``packed`` as
+    uint8 ``[N * 4 * words]``). Whole bytes (3 bytes = 8 values at 3 bits) first, the tail one by one."""
+    k_cols = codes.shape[0]
+    src = np.uint64(n) * np.uint64(packed.shape[1] * 4)
+    if bits == 8:
+        done = k_cols
+        for i in range(np.uint64(done)):
+            codes[i] = row_bytes[src + i]
+    elif bits == 4:
+        done = k_cols - k_cols % 2
+        for i in range(np.uint64(done // 2)):
+            v = row_bytes[src + i]
+            codes[2 * i] = v & 15
+            codes[2 * i + 1] = v >> 4
+    elif bits == 2:
+        done = k_cols - k_cols % 4
+        for i in range(np.uint64(done // 4)):
+            v = row_bytes[src + i]
+            codes[4 * i] = v & 3
+            codes[4 * i + 1] = (v >> 2) & 3
+            codes[4 * i + 2] = (v >> 4) & 3
+            codes[4 * i + 3] = v >> 6
+    else:  # 3 bits: 8 values in 3 bytes
+        done = k_cols - k_cols % 8
+        for i in range(np.uint64(done // 8)):
+            at = src + np.uint64(3) * i
+            v = (
+                np.uint32(row_bytes[at])
+                | (np.uint32(row_bytes[at + 1]) << 8)
+                | (np.uint32(row_bytes[at + 2]) << 16)
+            )
+            for j in range(8):
+                codes[8 * i + j] = (v >> np.uint32(3 * j)) & np.uint32(7)
+    for k in range(done, k_cols):
+        codes[k] = _value(packed, n, k, bits)
+
+
+@numba.njit(cache=True, inline="always")
+def _dequantize_row(
+    packed: np.ndarray,
+    row_bytes: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    has_zero: bool,
+    bits: int,
+    group: int,
+    n: int,
+    codes: np.ndarray,
+    values: np.ndarray,
+) -> None:
+    """float32 values of weight row ``n`` into ``values [K]`` (``codes`` is an int32 scratch row)."""
+    _unpack_row(packed, row_bytes, n, bits, codes)
+    offset = 1 << (bits - 1)
+    for g in range(values.shape[0] // group):
+        s = scale[n, g]
+        z = zero[n, g] if has_zero else offset
+        g0 = np.uint64(g * group)
+        for k in range(np.uint64(group)):
+            values[g0 + k] = np.float32(codes[g0 + k] - z) * s
+
+
+@numba.njit(cache=True, parallel=True)
+def dequantize_f32(
+    packed: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    has_zero: bool,
+    bits: int,
+    group: int,
+    n0: int,
+    chunks: int,
+    out: np.ndarray,
+) -> None:
+    """Rows ``n0 ..`` of the dequantized weight into ``out [rows, K]`` float32."""
+    rows, k_cols = out.shape
+    row_bytes = packed.reshape(packed.size).view(np.uint8)
+    for c in numba.prange(chunks):
+        codes = np.empty(k_cols, dtype=np.int32)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            _dequantize_row(packed, row_bytes, scale, zero, has_zero, bits, group, n0 + r, codes, out[r])
+
+
+@numba.njit(cache=True, parallel=True)
+def dequantize_bf16(
+    packed: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    has_zero: bool,
+    bits: int,
+    group: int,
+    n0: int,
+    chunks: int,
+    out: np.ndarray,
+) -> None:
+    """Rows ``n0 ..`` of the dequantized weight, rounded to bfloat16 (ties to even), into ``out [rows, K]``
+    uint16 bit patterns."""
+    rows, k_cols = out.shape
+    row_bytes = packed.reshape(packed.size).view(np.uint8)
+    flat = out.reshape(out.size)
+    for c in numba.prange(chunks):
+        codes = np.empty(k_cols, dtype=np.int32)
+        values = np.empty(k_cols, dtype=np.float32)
+        u = values.view(np.uint32)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            _dequantize_row(packed, row_bytes, scale, zero, has_zero, bits, group, n0 + r, codes, values)
+            base = np.uint64(r) * np.uint64(k_cols)
+            for k in range(np.uint64(k_cols)):
+                b = u[k]  # round to nearest bf16, ties to even
+                rounded = b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))
+                flat[base + k] = np.uint16(rounded >> 16)
+
+
+@numba.njit(cache=True, parallel=True)
+def unpack_int8(packed: np.ndarray, bits: int, offset: int, n0: int, chunks: int, out: np.ndarray) -> None:
+    """Rows ``n0 ..`` of the signed codes ``u - offset`` into ``out [rows, K]`` int8."""
+    rows, k_cols = out.shape
+    row_bytes = packed.reshape(packed.size).view(np.uint8)
+    flat = out.reshape(out.size)
+    for c in numba.prange(chunks):
+        codes = np.empty(k_cols, dtype=np.int32)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            _unpack_row(packed, row_bytes, n0 + r, bits, codes)
+            base = np.uint64(r) * np.uint64(k_cols)
+            for k in range(np.uint64(k_cols)):
+                flat[base + k] = codes[k] - offset
+
+
+@numba.njit(cache=True, parallel=True)
+def quantize_rows(
+    x: np.ndarray,
+    bits: int,
+    symmetric: bool,
+    clip_ratio: np.float32,
+    chunks: int,
+    codes: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+) -> None:
+    """Per-row (per-token) quantization of float32 ``x [M, K]`` into int8 ``codes [M, K]``, float32
+    ``scale [M]`` and int32 signed ``zero [M]`` (0 when symmetric): the grid of
+    :mod:`dllm_kernels.reference.grid` with one cell per row, the same float32 operations in the same order
+    (so the same bits as :func:`dllm_kernels.reference.act_quant.quantize_per_token`), fused in one pass
+    per row."""
+    rows, k_cols = x.shape
+    flat_x = x.reshape(x.size)
+    flat_c = codes.reshape(codes.size)
+    qmin = np.float32(-(1 << (bits - 1)))
+    qmax = np.float32((1 << (bits - 1)) - 1)
+    q_range = np.float32((1 << bits) - 1)
+    eps = np.float32(np.finfo(np.float32).eps)
+    for c in numba.prange(chunks):
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            base = np.uint64(r) * np.uint64(k_cols)
+            mn = flat_x[base]
+            mx = mn
+            for k in range(np.uint64(k_cols)):
+                v = flat_x[base + k]
+                mn = min(mn, v)
+                mx = max(mx, v)
+            lo = min(mn, np.float32(0)) * clip_ratio
+            hi = max(mx, np.float32(0)) * clip_ratio
+            z = np.float32(0)
+            if symmetric:
+                s = max(abs(lo), hi) / (q_range / np.float32(2))
+            else:
+                s = (hi - lo) / q_range
+                if s != 0:
+                    z = np.float32(np.rint(min(max(qmin - lo / s, qmin), qmax)))
+            if s == 0:
+                s = eps
+                z = np.float32(0)
+            scale[r] = s
+            zero[r] = np.int32(z)
+            for k in range(np.uint64(k_cols)):
+                v = min(max(flat_x[base + k] / s + z, qmin), qmax)
+                flat_c[base + k] = np.int8(np.rint(v))
+
+
+@numba.njit(cache=True, parallel=True)
+def scale_accumulate(
+    acc: np.ndarray,
+    x_scale: np.ndarray,
+    w_scale: np.ndarray,
+    g: int,
+    first: bool,
+    chunks: int,
+    out: np.ndarray,
+) -> None:
+    """``out[m, n] (+)= (float32(acc[m, n]) * x_scale[m]) * w_scale[n, g]`` in float32 for int32
+    ``acc [M, N]`` (assigned when ``first``, else added): the epilogue of one column group."""
+    rows, cols = out.shape
+    flat_acc = acc.reshape(acc.size)
+    flat_out = out.reshape(out.size)
+    ws = np.ascontiguousarray(w_scale[:, g])
+    for c in numba.prange(chunks):
+        for m in range(c * rows // chunks, (c + 1) * rows // chunks):
+            base = np.uint64(m) * np.uint64(cols)
+            xs = x_scale[m]
+            if first:
+                for n in range(np.uint64(cols)):
+                    flat_out[base + n] = (np.float32(flat_acc[base + n]) * xs) * ws[n]
+            else:
+                for n in range(np.uint64(cols)):
+                    flat_out[base + n] += (np.float32(flat_acc[base + n]) * xs) * ws[n]

@@ -1,0 +1,173 @@
+"""The fast CPU backend (:mod:`dllm_kernels.cpu`) against the Numba references, on ragged shapes.
+
+* integer GEMMs (``int8_gemm``, ``w4a8_gemm``, ``w4a4_gemm``, grouped ``int_matmul``) and per-token
+  quantization: bit-identical to the references;
+* ``wna16_gemm`` with float32 activations: the reference's float32 weights, only the accumulation order
+  differs (relative Frobenius error <= 1e-6); with bfloat16 activations: bf16 inputs, bf16-rounded weights
+  and a bf16 result, so within a few bf16 ulps (relative Frobenius error <= 1e-2 against the float64 product
+  of the bf16-rounded operands, <= 2e-2 against the float32 reference);
+* the bf16 weight tiles are the float32 weights rounded to nearest, ties to even (torch's rounding).
+"""
+
+from __future__ import annotations
+
+import dllm_kernels
+import numpy as np
+import pytest
+import torch
+from dllm_kernels import QuantSpec
+from dllm_kernels import reference as ref
+from dllm_kernels.cpu import native_bf16, tiles
+from dllm_kernels.cpu.ops import PackedWeight
+from hypothesis import given
+from hypothesis import strategies as st
+
+shapes = st.tuples(st.integers(1, 19), st.integers(1, 37), st.integers(1, 5))
+"""(M, N, K groups)."""
+
+
+def _weight(n: int, k: int, bits: int, symmetric: bool, group: int | None, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g)
+    spec = QuantSpec(bits, symmetric, "group" if group else "channel", group)
+    codes, scale, zero = dllm_kernels.quantize(w, spec, backend="numba")
+    return codes, scale, zero, dllm_kernels.pack(codes, bits, backend="numba"), spec
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a64, b64 = a.double(), b.double()
+    den = torch.linalg.norm(b64)
+    return float(torch.linalg.norm(a64 - b64) / den) if den > 0 else float(torch.linalg.norm(a64))
+
+
+@given(
+    shapes,
+    st.sampled_from([2, 3, 4, 8]),
+    st.booleans(),
+    st.sampled_from([8, 16, 32, None]),
+    st.integers(0, 2**16),
+    st.integers(1, 9),
+)
+def test_dequantize_tiles_equal_the_reference_weights(shape, bits, symmetric, group, seed, k_extra) -> None:
+    _, n, k_groups = shape
+    k = (group or k_extra) * k_groups  # per-channel K is ragged: not a multiple of the values per word
+    codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed)
+    want = dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba")
+    pw = PackedWeight.from_tensors(packed, scale, zero, bits, group, k)
+    f32 = np.empty((n, k), dtype=np.float32)
+    tiles.dequantize_f32(pw.packed, pw.scale, pw.zero, pw.has_zero, bits, pw.group, 0, 3, f32)
+    assert torch.equal(torch.from_numpy(f32), want)
+    b16 = np.empty((n, k), dtype=np.uint16)
+    tiles.dequantize_bf16(pw.packed, pw.scale, pw.zero, pw.has_zero, bits, pw.group, 0, 2, b16)
+    assert torch.equal(torch.from_numpy(b16).view(torch.bfloat16), want.to(torch.bfloat16))
+    int8 = np.empty((n, k), dtype=np.int8)
+    if symmetric:
+        tiles.unpack_int8(pw.packed, bits, 1 << (bits - 1), 0, 4, int8)
+        assert torch.equal(torch.from_numpy(int8), codes)
+
+
+@given(
+    shapes,
+    st.sampled_from([2, 3, 4, 8]),
+    st.booleans(),
+    st.sampled_from([8, 32, None]),
+    st.integers(0, 2**16),
+)
+def test_wna16_gemm_matches_the_reference(shape, bits, symmetric, group, seed) -> None:
+    m, n, k_groups = shape
+    k = (group or 12) * k_groups
+    codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1))
+    want = dllm_kernels.wna16_gemm(x, packed, scale, zero, bits, group, backend="numba")
+    got = dllm_kernels.wna16_gemm(x, packed, scale, zero, bits, group, backend="cpu")
+    assert got.dtype == torch.float32 and _rel(got, want) <= 1e-6
+    got16 = dllm_kernels.wna16_gemm(x.bfloat16(), packed, scale, zero, bits, group, backend="cpu")
+    assert got16.dtype == torch.bfloat16
+    w16 = dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba").bfloat16()
+    exact16 = x.bfloat16().double() @ w16.double().T
+    assert _rel(got16.float(), exact16) <= 1e-2
+    assert _rel(got16.float(), want) <= 2e-2
+
+
+@given(shapes, st.sampled_from([4, 8]), st.sampled_from([8, 16, 32, None]), st.integers(0, 2**16))
+def test_int_matmul_is_bit_identical_to_the_grouped_reference(shape, bits, group, seed) -> None:
+    m, n, k_groups = shape
+    k = (group or 24) * k_groups
+    codes, scale, _, packed, _ = _weight(n, k, bits, True, group, seed)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 3
+    xq, xs, _ = dllm_kernels.quantize_per_token(x, 8, backend="numba")
+    pw = PackedWeight.from_tensors(packed, scale, None, bits, group, k)
+    want = ref.grouped_int_gemm(xq.numpy(), xs.numpy(), codes.numpy(), scale.reshape(n, -1).numpy())
+    assert torch.equal(pw.int_matmul(xq, xs), torch.from_numpy(want))
+    colsum = codes.double().reshape(n, k // (group or k), -1).sum(2)
+    want_term = (colsum * scale.reshape(n, -1).double()).sum(1)
+    assert torch.allclose(pw.column_term.double(), want_term, rtol=1e-6, atol=1e-6)
+
+
+@given(st.tuples(st.integers(1, 19), st.integers(1, 70)), st.integers(0, 2**16))
+def test_integer_gemms_are_bit_identical_to_the_references(shape, seed) -> None:
+    m, k = shape
+    n = 1 + seed % 23
+    g = torch.Generator().manual_seed(seed)
+    xq = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+    x4 = torch.randint(-8, 8, (m, k), dtype=torch.int8, generator=g)
+    wq = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    w4 = dllm_kernels.pack(torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=g), 4)
+    xs, ws = torch.rand(m, generator=g), torch.rand(n, generator=g)
+    for op, x, w in (
+        (dllm_kernels.int8_gemm, xq, wq),
+        (dllm_kernels.w4a8_gemm, xq, w4),
+        (dllm_kernels.w4a4_gemm, x4, w4),
+    ):
+        assert torch.equal(op(x, xs, w, ws, backend="cpu"), op(x, xs, w, ws, backend="numba")), op.__name__
+
+
+@given(
+    st.tuples(st.integers(1, 19), st.integers(1, 70)),
+    st.sampled_from([4, 8]),
+    st.booleans(),
+    st.sampled_from([1.0, 0.9]),
+    st.integers(0, 2**16),
+)
+def test_quantize_per_token_is_bit_identical(shape, bits, symmetric, clip, seed) -> None:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 10
+    x[0] = 0.0  # an all-zero row: eps scale
+    got = dllm_kernels.quantize_per_token(x, bits, symmetric, clip, backend="cpu")
+    want = dllm_kernels.quantize_per_token(x, bits, symmetric, clip, backend="numba")
+    for a, b in zip(got, want, strict=True):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_large_layers_are_cut_into_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A weight bigger than one tile gives the result of one tile (the tile loop is exercised): the same bits
+    for the integer GEMM, the same up to the float GEMM's accumulation order (which depends on N)."""
+    from dllm_kernels.cpu import ops
+
+    _, scale, zero, packed, _ = _weight(50, 64, 4, True, 32, 0)
+    x = torch.randn(7, 64)
+    whole = ops.wna16_gemm(x, packed, scale, zero, 4, 32)
+    xq, xs, _ = dllm_kernels.quantize_per_token(x, 8)
+    whole_int = PackedWeight.from_tensors(packed, scale, None, 4, 32, 64).int_matmul(xq, xs)
+    monkeypatch.setattr(ops, "TILE_BYTES", 64 * 4 * 7)  # 7 rows per float32 tile
+    assert _rel(ops.wna16_gemm(x, packed, scale, zero, 4, 32), whole) <= 1e-6
+    assert torch.equal(
+        PackedWeight.from_tensors(packed, scale, None, 4, 32, 64).int_matmul(xq, xs), whole_int
+    )
+
+
+def test_int_matmul_refuses_zero_points() -> None:
+    _, scale, zero, packed, _ = _weight(4, 32, 4, False, 16, 0)
+    with pytest.raises(ValueError, match="symmetric"):
+        PackedWeight.from_tensors(packed, scale, zero, 4, 16, 32).int_matmul(
+            torch.zeros(2, 32, dtype=torch.int8), torch.ones(2)
+        )
+
+
+def test_cpu_backend_refuses_cuda_tensors_and_auto_honours_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(dllm_kernels.dispatch.BACKEND_ENV, "numba")
+    assert not dllm_kernels.dispatch.fast_cpu_gemms()
+    assert dllm_kernels.resolve_backend("auto", [torch.zeros(1)]) == "numba"
+    monkeypatch.delenv(dllm_kernels.dispatch.BACKEND_ENV)
+    assert dllm_kernels.dispatch.fast_cpu_gemms()
+    assert isinstance(native_bf16(), bool)
