@@ -24,19 +24,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from dllm_kernels.reference.gemm import _extract  # one value of a packed row (any width)
+
 __all__ = ["dequantize_bf16", "dequantize_f32", "quantize_rows", "scale_accumulate", "unpack_int8"]
-
-
-@numba.njit(cache=True, inline="always")
-def _value(packed: np.ndarray, n: int, k: int, bits: int) -> int:
-    """Unsigned value ``k`` of packed row ``n`` (any width, straddling words allowed)."""
-    bit = k * bits
-    w = bit >> 5
-    off = bit & 31
-    v = (np.int64(packed[n, w]) & 0xFFFFFFFF) >> off
-    if off + bits > 32:
-        v |= (np.int64(packed[n, w + 1]) & 0xFFFFFFFF) << (32 - off)
-    return v & ((1 << bits) - 1)
 
 
 @numba.njit(cache=True, inline="always")
@@ -75,7 +65,7 @@ def _unpack_row(packed: np.ndarray, row_bytes: np.ndarray, n: int, bits: int, co
             for j in range(8):
                 codes[8 * i + j] = (v >> np.uint32(3 * j)) & np.uint32(7)
     for k in range(done, k_cols):
-        codes[k] = _value(packed, n, k, bits)
+        codes[k] = _extract(packed, n, k, bits)
 
 
 @numba.njit(cache=True, inline="always")
