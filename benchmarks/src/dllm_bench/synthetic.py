@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig, save, tiny_config
 from dllm_sampler.models import ARCH_SPECS, arch_spec
+from dllm_sampler.models.spec import TopologyNames
 from torch import Tensor, nn
 
 __all__ = [
@@ -34,7 +35,9 @@ __all__ = [
     "synthetic_model",
 ]
 
-ARCH_OF_SHAPES = {spec.config_cls.PUBLISHED_NAME: name for name, spec in ARCH_SPECS.items()}
+DENSE_ARCHS = tuple(name for name, spec in ARCH_SPECS.items() if isinstance(spec.names, TopologyNames))
+"""Architectures a synthetic model can take (dense blocks; the MoE LLaDA2 has no synthetic builder yet)."""
+ARCH_OF_SHAPES = {ARCH_SPECS[name].config_cls.PUBLISHED_NAME: name for name in DENSE_ARCHS}
 """The published shapes (each config class's ``PUBLISHED_NAME``) and the architecture they belong to."""
 SHAPES = (*ARCH_OF_SHAPES, "tiny")
 STD = 0.02

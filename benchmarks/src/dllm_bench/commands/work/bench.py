@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from dllm_sampler import DiffusionLM
 from dllm_sampler.atomic import atomic_file
-from dllm_sampler.models import ARCH_SPECS
 
 from dllm_bench.commands.bench import DEFAULT_MODEL, float_dtypes, quantize_kinds
 from dllm_bench.devices import compute_dtype, parse_device
@@ -26,10 +25,10 @@ from dllm_bench.loading import load_any
 from dllm_bench.pipeline import export_model, quantize_model
 from dllm_bench.pipeline.targets import check_fits, ignored_linears
 from dllm_bench.recipes import Recipe, load_recipe
-from dllm_bench.synthetic import ARCH_OF_SHAPES, synthetic_model
+from dllm_bench.synthetic import ARCH_OF_SHAPES, DENSE_ARCHS, synthetic_model
 
 SYNTHETIC = {shapes: (arch, shapes) for shapes, arch in ARCH_OF_SHAPES.items()} | {
-    f"{arch}-tiny": (arch, "tiny") for arch in ARCH_SPECS
+    f"{arch}-tiny": (arch, "tiny") for arch in DENSE_ARCHS
 }
 """``--synthetic`` name -> (arch, shapes of `dllm_bench.synthetic`): each published shape (``llada-8b``,
 ``dream-7b``) and each arch's tiny shape (``llada-tiny``, ``dream-tiny``); the keys are
