@@ -204,19 +204,10 @@ def int8_gemm(
 def w4a8_gemm(
     xq: torch.Tensor, x_scale: torch.Tensor, w_packed: torch.Tensor, w_scale: torch.Tensor
 ) -> torch.Tensor:
-    """int8 ``xq [M, K]`` x symmetric 4-bit ``w_packed [N, ceil(K/8)]`` -> float32 ``[M, N]``."""
-    k = xq.shape[1]
-    n = w_packed.shape[0]
-    packed = _np(w_packed)
-    xq = xq.contiguous()
-    step = _tile_rows(n, k, 1)
-    parts = []
-    for n0 in range(0, n, step):
-        tile = _tile(min(step, n - n0), k, np.int8)
-        tiles.unpack_int8(packed, 4, 8, n0, _chunks(tile.shape[0]), tile)
-        parts.append(torch._int_mm(xq, torch.from_numpy(tile).t()))
-    acc = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-    return _epilogue(acc, x_scale, w_scale)
+    """int8 ``xq [M, K]`` x symmetric 4-bit ``w_packed [N, ceil(K/8)]`` -> float32 ``[M, N]``: the
+    per-channel case of `PackedWeight.int_matmul` (one column group, ``w_scale [N]``)."""
+    weight = PackedWeight.from_tensors(w_packed, w_scale.reshape(-1, 1), None, 4, None, xq.shape[1])
+    return weight.int_matmul(xq, x_scale)
 
 
 w4a4_gemm = w4a8_gemm
