@@ -20,6 +20,7 @@ from dllm_sampler import DiffusionLM
 
 from dllm_bench.evaluation.memory import WeightMemory
 from dllm_bench.evaluation.speed import SpeedResult
+from dllm_bench.llamacpp.command import DREAM_EPS, SAMPLERS
 from dllm_bench.llamacpp.output import parse_diffusion_output
 
 __all__ = ["LLAMA_TYPES", "gguf_files", "gguf_memory", "llamacpp_command", "llamacpp_speed"]
@@ -68,8 +69,8 @@ def llamacpp_command(binary: Path, gguf: Path, seq_len: int, steps: int, threads
         str(binary), "-m", str(gguf), "-p", _PROMPT,
         "-t", str(threads), "-tb", str(threads),
         "-c", str(seq_len), "-b", str(seq_len), "-ub", str(seq_len),
-        "--diffusion-steps", str(steps), "--diffusion-eps", "0.001", "--diffusion-algorithm", "4",
-        "--temp", "0", "--top-k", "1", "--seed", "0", "--no-log-prefix", "--log-colors", "off",
+        "--diffusion-steps", str(steps), "--diffusion-eps", str(DREAM_EPS),
+        *SAMPLERS["greedy-ltr"].flags(), "--no-log-prefix", "--log-colors", "off",
     ]  # fmt: skip
 
 
