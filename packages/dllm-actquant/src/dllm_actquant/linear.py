@@ -47,7 +47,7 @@ def packed_integer_inner(inner: nn.Module) -> bool:
     bits and no act-order column permutation."""
     if getattr(inner, "mode", None) != "kernel" or not callable(getattr(inner, "cpu_weight", None)):
         return False
-    spec = getattr(inner, "_meta", {}).get("spec")
+    spec = getattr(inner, "spec", None)
     return (
         spec is not None
         and not spec.is_fp8

@@ -268,6 +268,11 @@ class QuantLinear(nn.Module):
         return self._cpu_weight
 
     @property
+    def spec(self) -> QuantSpec | None:
+        """The integer grid of a uniform weight (None for multi-binary and GGUF weights)."""
+        return self._meta.get("spec")  # type: ignore[return-value]
+
+    @property
     def kernel_perm(self) -> Tensor | None:
         """Kernel mode's input column order (act-order weights) or None: the GEMM sees x[:, kernel_perm]."""
         return self._buffers.get("_kernel_perm")
