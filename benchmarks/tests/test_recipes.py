@@ -99,6 +99,11 @@ def test_scheme_override_keeps_or_sets_the_group_size() -> None:
     assert (moved.weights.bits, moved.weights.group_size, moved.label) == (3, 64, "W3A16g64")
     channel = load_recipe("quarot", scheme="W8A8").scheme.weights.spec()
     assert channel == QuantSpec(bits=8, symmetric=True, granularity="channel")
+    per_channel = load_recipe("rtn", scheme="W8A8ch").scheme  # rtn's own weights are group-wise
+    assert per_channel.weights.spec() == QuantSpec(bits=8, symmetric=True, granularity="channel")
+    assert (per_channel.label, parse_scheme("w4a8kv16_ch").per_channel) == ("W8A8", True)
+    with pytest.raises(ValueError, match="ch"):
+        parse_scheme("W8A8g128ch")
 
 
 def test_multibinary_quantizers_reject_settings_they_cannot_represent() -> None:

@@ -6,7 +6,8 @@
   differs (relative Frobenius error <= 1e-6); with bfloat16 activations: bf16 inputs, bf16-rounded weights
   and a bf16 result, so within a few bf16 ulps (relative Frobenius error <= 1e-2 against the float64 product
   of the bf16-rounded operands, <= 2e-2 against the float32 reference);
-* the bf16 weight tiles are the float32 weights rounded to nearest, ties to even (torch's rounding).
+* the bf16 weight tiles are the float32 weights rounded to nearest, ties to even (torch's rounding);
+* weights stacked along N (``stacked_matmul``, ``stacked_int_matmul``) give each weight's own result.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 from dllm_kernels import QuantSpec
 from dllm_kernels import reference as ref
-from dllm_kernels.cpu import native_bf16, tiles
+from dllm_kernels.cpu import native_bf16, ops, tiles
 from dllm_kernels.cpu.ops import PackedWeight
 from hypothesis import given
 from hypothesis import strategies as st
@@ -142,8 +143,6 @@ def test_quantize_per_token_is_bit_identical(shape, bits, symmetric, clip, seed)
 def test_large_layers_are_cut_into_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """A weight bigger than one tile gives the result of one tile (the tile loop is exercised): the same bits
     for the integer GEMM, the same up to the float GEMM's accumulation order (which depends on N)."""
-    from dllm_kernels.cpu import ops
-
     _, scale, zero, packed, _ = _weight(50, 64, 4, True, 32, 0)
     x = torch.randn(7, 64)
     whole = ops.wna16_gemm(x, packed, scale, zero, 4, 32)
@@ -171,3 +170,39 @@ def test_cpu_backend_refuses_cuda_tensors_and_auto_honours_the_env(monkeypatch: 
     monkeypatch.delenv(dllm_kernels.dispatch.BACKEND_ENV)
     assert dllm_kernels.dispatch.fast_cpu_gemms()
     assert isinstance(native_bf16(), bool)
+
+
+@given(
+    st.lists(st.integers(1, 23), min_size=1, max_size=3),
+    st.integers(1, 9),
+    st.sampled_from([4, 8]),
+    st.sampled_from([16, None]),
+    st.integers(0, 2**16),
+)
+def test_stacked_gemms_give_each_weights_own_numbers(outs, m, bits, group, seed) -> None:
+    """Weights stacked along N (q/k/v, gate/up sharing an input): the integer GEMM gives each weight's own
+    bits, the float GEMM each weight's own numbers up to the accumulation order."""
+    k = (group or 40) * 2
+    weights = []
+    for i, n in enumerate(outs):
+        _, scale, _, packed, _ = _weight(n, k, bits, True, group, seed + i)
+        weights.append(PackedWeight.from_tensors(packed, scale, None, bits, group, k))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
+    assert _rel(ops.stacked_matmul(weights, x), torch.cat([w.matmul(x) for w in weights], 1)) <= 1e-6
+    got16 = ops.stacked_matmul(weights, x.bfloat16())
+    assert got16.dtype == torch.bfloat16
+    assert _rel(got16.float(), torch.cat([w.matmul(x.bfloat16()) for w in weights], 1).float()) <= 1e-2
+    xq, xs, _ = dllm_kernels.quantize_per_token(x, 8)
+    want = torch.cat([w.int_matmul(xq, xs) for w in weights], 1)
+    assert torch.equal(ops.stacked_int_matmul(weights, xq, xs), want)
+
+
+def test_stacked_gemms_refuse_weights_of_another_shape() -> None:
+    _, scale, _, packed, _ = _weight(4, 32, 4, True, 16, 0)
+    _, scale2, _, packed2, _ = _weight(4, 64, 4, True, 16, 1)
+    a = PackedWeight.from_tensors(packed, scale, None, 4, 16, 32)
+    b = PackedWeight.from_tensors(packed2, scale2, None, 4, 16, 64)
+    with pytest.raises(ValueError, match="in_features"):
+        ops.stacked_matmul([a, b], torch.zeros(2, 32))
+    with pytest.raises(ValueError, match="in_features"):
+        ops.stacked_int_matmul([a, b], torch.zeros(2, 32, dtype=torch.int8), torch.ones(2))

@@ -67,9 +67,9 @@ def test_compute_dtype_default_and_set_compute_dtype(layer: Layer) -> None:
     )
     x = torch.randn(4, 32)
     want = torch.bfloat16 if native_bf16() else torch.float32
-    assert model[0]._gemm_dtype(x) == want
+    assert model[0].gemm_dtype(x) == want
     assert set_compute_dtype(model, torch.float32) == 1  # kernel-mode layers only
-    assert model[0]._gemm_dtype(x) == torch.float32
+    assert model[0].gemm_dtype(x) == torch.float32
     assert torch.allclose(model[0](x), x @ q.dequantize().T, atol=1e-5)
     with pytest.raises(ValueError, match="compute_dtype"):
         set_compute_dtype(model, torch.float16)

@@ -1,11 +1,13 @@
 """The bit setting of a recipe: the weight format (``dllm_kernels.QuantSpec`` fields), activation width.
 
 A setting is written like the papers write it: ``W4A16`` (4-bit weights, float activations), ``W8A8``,
-``W4A4``, optionally with a group size, ``W4A16g128``. Quantized activations include the attention's Q, K
-(after RoPE) and V at the same width unless a ``KV<bits>`` part says otherwise: ``W4A4KV16`` keeps them in
-floating point, ``W4A4KV8`` quantizes them to 8 bits (which of Q, K, V a method quantizes is its recipe's
-``attn_quant`` step). `parse_scheme` reads such a label and `Scheme.with_label` applies it to a recipe's
-scheme, keeping the other weight fields (symmetry, group size unless given).
+``W4A4``, optionally with a group size, ``W4A16g128``, or ``ch`` for one scale per output channel,
+``W8A8ch`` (SmoothQuant's and llm-compressor's W8A8 weights). Quantized activations include the
+attention's Q, K (after RoPE) and V at the same width unless a ``KV<bits>`` part says otherwise:
+``W4A4KV16`` keeps them in floating point, ``W4A4KV8`` quantizes them to 8 bits (which of Q, K, V a
+method quantizes is its recipe's ``attn_quant`` step). `parse_scheme` reads such a label and
+`Scheme.with_label` applies it to a recipe's scheme, keeping the other weight fields (symmetry, group size
+unless given).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ ACTIVATION_BITS = (4, 8, 16)
 """Activation widths of a scheme; 16 means activations stay in floating point."""
 
 _LABEL = re.compile(
-    r"^W(?P<w>[2348])A(?P<a>4|8|16)(?:KV(?P<kv>4|8|16))?(?:[-_]?g(?P<g>[0-9]+))?$", re.IGNORECASE
+    r"^W(?P<w>[2348])A(?P<a>4|8|16)(?:KV(?P<kv>4|8|16))?(?:[-_]?(?:g(?P<g>[0-9]+)|(?P<ch>ch)))?$",
+    re.IGNORECASE,
 )
 
 
 class SchemeLabel(BaseModel):
     """A parsed label: weight bits, activation bits, the attention width when the label gives one
-    (``KV<bits>``), and an optional group size."""
+    (``KV<bits>``), and an optional group size or ``per_channel`` (``ch``)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -39,10 +42,11 @@ class SchemeLabel(BaseModel):
     activation_bits: int
     attention_bits: int | None = None
     group_size: int | None = None
+    per_channel: bool = False
 
 
 def parse_scheme(label: str) -> SchemeLabel:
-    """``"W4A16"`` / ``"W8A8"`` / ``"W4A4KV16"`` / ``"W4A16g64"`` -> `SchemeLabel`.
+    """``"W4A16"`` / ``"W8A8"`` / ``"W4A4KV16"`` / ``"W4A16g64"`` / ``"W8A8ch"`` -> `SchemeLabel`.
 
     Raises:
         ValueError: the label does not have that form (names the accepted ones).
@@ -51,8 +55,9 @@ def parse_scheme(label: str) -> SchemeLabel:
     if match is None:
         raise ValueError(
             f"bad scheme {label!r}: write W<weight bits>A<activation bits>[KV<attention bits>]"
-            f"[g<group size>] with weight bits in 2, 3, 4, 8 and activation/attention bits in 4, 8, 16, e.g. "
-            f"{', '.join(SCHEME_LABELS)}, W4A4KV16 or W4A16g64"
+            f"[g<group size> | ch] with weight bits in 2, 3, 4, 8 and activation/attention bits in 4, 8, 16, "
+            "e.g. "
+            f"{', '.join(SCHEME_LABELS)}, W4A4KV16, W4A16g64 or W8A8ch (per-channel weights)"
         )
     group, kv = match.group("g"), match.group("kv")
     activation_bits = int(match.group("a"))
@@ -67,6 +72,7 @@ def parse_scheme(label: str) -> SchemeLabel:
         activation_bits=activation_bits,
         attention_bits=attention_bits,
         group_size=None if group is None else int(group),
+        per_channel=match.group("ch") is not None,
     )
 
 
@@ -150,13 +156,16 @@ class Scheme(BaseModel):
         return bits if bits < max(ACTIVATION_BITS) else None
 
     def with_label(self, label: str | SchemeLabel) -> Scheme:
-        """This scheme at another bit setting (``"W3A16"``, ``"W8A8"``, ``"W4A4KV16"``, ``"W4A16g64"``, ...);
-        the attention width follows the activations unless the label gives ``KV<bits>``."""
+        """This scheme at another bit setting (``"W3A16"``, ``"W8A8"``, ``"W4A4KV16"``, ``"W4A16g64"``,
+        ``"W8A8ch"``, ...); the attention width follows the activations unless the label gives ``KV<bits>``;
+        the weight granularity stays the recipe's unless the label gives a group size or ``ch``."""
         parsed = parse_scheme(label) if isinstance(label, str) else label
         weights = self.weights.model_dump()
         weights["bits"] = parsed.weight_bits
         if parsed.group_size is not None:
             weights["granularity"], weights["group_size"] = "group", parsed.group_size
+        elif parsed.per_channel:
+            weights["granularity"], weights["group_size"] = "channel", None
         return Scheme(
             weights=WeightScheme(**weights),
             activations=parsed.activation_bits,

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 
 from dllm_actquant.act_quant import ActQuantConfig
 from dllm_actquant.attention import AttnQuantConfig, QKHadamard, QKQuant
+from dllm_actquant.fuse import fuse_act_quant_inputs
 from dllm_actquant.linear import ActQuantLinear, packed_integer_inner
 from dllm_actquant.modules import replace_module
 from dllm_actquant.rotation import (
@@ -262,4 +263,5 @@ def restore_wrappers(dlm: DiffusionLM, record: dict[str, Any], tensors: dict[str
             else:
                 site = QKQuant(site, AttnQuantConfig.from_dict(entry["quant"]))
         replace_module(root, name, site)
+    fuse_act_quant_inputs(root)  # q/k/v and gate/up share one quantization and integer GEMM on the CPU
     return dlm

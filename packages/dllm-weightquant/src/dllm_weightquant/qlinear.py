@@ -246,12 +246,12 @@ class QuantLinear(nn.Module):
         if self.mode == "fake":
             bias = None if self.bias is None else self.bias.to(self.weight.dtype)
             return F.linear(x.to(self.weight.dtype), self.weight, bias).to(x.dtype)
-        x2 = x.reshape(-1, self.in_features).to(self._gemm_dtype(x))
+        x2 = x.reshape(-1, self.in_features).to(self.gemm_dtype(x))
         if self._kernel_perm is not None:
             x2 = x2[:, self._kernel_perm]
         y = self._kernel_gemm(x2.contiguous())
         if self.bias is not None:
-            y = y + self.bias.float()
+            y = y.float() + self.bias.float()
         return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
 
     def cpu_weight(self) -> PackedWeight:
@@ -278,10 +278,11 @@ class QuantLinear(nn.Module):
         return self._buffers.get("_kernel_perm")
 
     def _kernel_gemm(self, x2: Tensor) -> Tensor:
-        """``x2 [M, in] @ dequant(W)^T`` -> float32 ``[M, out]``: on the CPU through the weight prepared once
-        for the fast CPU GEMMs (no per-call validation), elsewhere through the dispatcher."""
+        """``x2 [M, in] @ dequant(W)^T`` -> ``[M, out]``: on the CPU through the weight prepared once for the
+        fast CPU GEMMs (no per-call validation; the result in the GEMM's precision, bfloat16 for bfloat16
+        ``x2``), elsewhere through the dispatcher (float32)."""
         if x2.device.type == "cpu" and fast_cpu_gemms():
-            return self.cpu_weight().matmul(x2).to(torch.float32)
+            return self.cpu_weight().matmul(x2)
         group, bits = self._meta["kernel_group_size"], self._meta["spec"].bits  # type: ignore[attr-defined]
         return dllm_kernels.wna16_gemm(
             x2,
@@ -293,8 +294,8 @@ class QuantLinear(nn.Module):
             out_dtype=torch.float32,
         )
 
-    def _gemm_dtype(self, x: Tensor) -> torch.dtype:
-        """The GEMM input dtype for ``x`` (see ``compute_dtype``)."""
+    def gemm_dtype(self, x: Tensor) -> torch.dtype:
+        """Kernel mode's GEMM input dtype for ``x`` (see ``compute_dtype``)."""
         if self.compute_dtype is not None:
             return self.compute_dtype
         if x.device.type == "cpu" and native_bf16():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,8 @@ __all__ = [
     "PackedWeight",
     "int8_gemm",
     "quantize_per_token",
+    "stacked_int_matmul",
+    "stacked_matmul",
     "w4a4_gemm",
     "w4a8_gemm",
     "wna16_gemm",
@@ -67,6 +70,25 @@ def _chunks(rows: int) -> int:
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
+
+
+def _gemm_input(x: torch.Tensor) -> tuple[torch.Tensor, type]:
+    """``x`` in the GEMM's precision and the NumPy dtype of its weight tiles: bfloat16 stays (uint16 bf16
+    tiles), anything else becomes float32 (float32 tiles)."""
+    if x.dtype == torch.bfloat16:
+        return x, np.uint16
+    return x.to(torch.float32), np.float32
+
+
+def _as_tensor(tile: np.ndarray) -> torch.Tensor:
+    """A weight tile as the GEMM's operand (uint16 bit patterns viewed as bfloat16)."""
+    weight = torch.from_numpy(tile)
+    return weight.view(torch.bfloat16) if tile.dtype == np.uint16 else weight
+
+
+def _fits_one_tile(weights: Sequence[PackedWeight], x: torch.Tensor) -> bool:
+    itemsize = 2 if x.dtype == torch.bfloat16 else 4
+    return sum(w.out_features for w in weights) * weights[0].in_features * itemsize <= TILE_BYTES
 
 
 @dataclass(frozen=True)
@@ -109,31 +131,32 @@ class PackedWeight:
             in_features=in_features,
         )
 
+    @property
+    def out_features(self) -> int:
+        """N, the weight's rows."""
+        return self.packed.shape[0]
+
+    def dequantize_into(self, tile: np.ndarray, n0: int = 0) -> None:
+        """Rows ``n0 .. n0 + len(tile)`` of the dequantized weight into ``tile [rows, K]``: float32 values
+        for a float32 tile, bf16 bit patterns (round to nearest even) for a uint16 tile."""
+        kernel = tiles.dequantize_bf16 if tile.dtype == np.uint16 else tiles.dequantize_f32
+        chunks = _chunks(len(tile))
+        kernel(self.packed, self.scale, self.zero, self.has_zero, self.bits, self.group, n0, chunks, tile)
+
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """``x [M, K] @ W^T`` -> ``[M, N]``: bfloat16 in and out for bfloat16 ``x`` (bf16-rounded weights,
         float32 accumulation), else float32 (``x`` cast to float32, exact float32 weights)."""
-        bf16 = x.dtype == torch.bfloat16
-        x = x if bf16 else x.to(torch.float32)
-        n, k = self.packed.shape[0], self.in_features
-        kernel, np_dtype = (tiles.dequantize_bf16, np.uint16) if bf16 else (tiles.dequantize_f32, np.float32)
+        if _fits_one_tile((self,), x):
+            return stacked_matmul((self,), x)
+        x, np_dtype = _gemm_input(x)
+        n, k = self.out_features, self.in_features
         step = _tile_rows(n, k, np.dtype(np_dtype).itemsize)
         parts = []
         for n0 in range(0, n, step):
             tile = _tile(min(step, n - n0), k, np_dtype)
-            kernel(
-                self.packed,
-                self.scale,
-                self.zero,
-                self.has_zero,
-                self.bits,
-                self.group,
-                n0,
-                _chunks(len(tile)),
-                tile,
-            )
-            weight = torch.from_numpy(tile)
-            parts.append(F.linear(x, weight.view(torch.bfloat16) if bf16 else weight))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+            self.dequantize_into(tile, n0)
+            parts.append(F.linear(x, _as_tensor(tile)))
+        return torch.cat(parts, dim=1)
 
     def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times this
@@ -141,29 +164,27 @@ class PackedWeight:
         epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]``, summed over groups in order (one group,
         per-channel scales: the `int8_gemm` computation). Bit-identical to
         :func:`dllm_kernels.reference.gemm.grouped_int_gemm`."""
-        if self.has_zero:
-            raise ValueError("int_matmul needs symmetric weight codes (this weight has zero points)")
-        n, k = self.packed.shape[0], self.in_features
-        m = xq.shape[0]
-        xq = xq.contiguous()
-        xs = _np(x_scale.to(torch.float32))
-        out = np.empty((m, n), dtype=np.float32)
+        if self.out_features * self.in_features <= TILE_BYTES:
+            return stacked_int_matmul((self,), xq, x_scale)
+        n, k = self.out_features, self.in_features
+        xq, xs = xq.contiguous(), _np(x_scale.to(torch.float32))
+        out = np.empty((xq.shape[0], n), dtype=np.float32)
         step = _tile_rows(n, k, 1)
         for n0 in range(0, n, step):
             rows = min(step, n - n0)
             tile = _tile(rows, k, np.int8)
-            tiles.unpack_int8(self.packed, self.bits, 1 << (self.bits - 1), n0, _chunks(rows), tile)
-            codes = torch.from_numpy(tile)
-            part = out if rows == n else np.empty((m, rows), dtype=np.float32)
-            for g0 in range(0, k, self.group):
-                acc = torch._int_mm(xq[:, g0 : g0 + self.group], codes[:, g0 : g0 + self.group].t())
-                g = g0 // self.group
-                tiles.scale_accumulate(
-                    acc.numpy(), xs, self.scale[n0 : n0 + rows], g, g == 0, _chunks(m), part
-                )
-            if part is not out:
-                out[:, n0 : n0 + rows] = part
+            self.unpack_into(tile, n0)
+            part = np.empty((xq.shape[0], rows), dtype=np.float32)
+            _grouped_int_mm(xq, xs, tile, self.scale[n0 : n0 + rows], self.group, part)
+            out[:, n0 : n0 + rows] = part
         return torch.from_numpy(out)
+
+    def unpack_into(self, tile: np.ndarray, n0: int = 0) -> None:
+        """Rows ``n0 .. n0 + len(tile)`` of the signed codes ``u - 2^(bits-1)`` into int8 ``tile [rows,
+        K]``. Raises ``ValueError`` for a weight with zero points (its codes are not symmetric)."""
+        if self.has_zero:
+            raise ValueError("integer GEMMs need symmetric weight codes (this weight has zero points)")
+        tiles.unpack_int8(self.packed, self.bits, 1 << (self.bits - 1), n0, _chunks(len(tile)), tile)
 
     @functools.cached_property
     def column_term(self) -> torch.Tensor:
@@ -171,9 +192,68 @@ class PackedWeight:
         asymmetric activations (``y -= x_scale * x_zero * column_term``)."""
         n, k = self.packed.shape[0], self.in_features
         codes = np.empty((n, k), dtype=np.int8)
-        tiles.unpack_int8(self.packed, self.bits, 1 << (self.bits - 1), 0, _chunks(n), codes)
+        self.unpack_into(codes)
         sums = torch.from_numpy(codes).to(torch.float32).reshape(n, k // self.group, self.group).sum(2)
         return (torch.from_numpy(self.scale) * sums).sum(1)
+
+
+def stacked_matmul(weights: Sequence[PackedWeight], x: torch.Tensor) -> torch.Tensor:
+    """``x [M, K]`` times several weights of the same K stacked along N, in one GEMM: ``[M, N_1 + N_2 +
+    ...]``, column blocks in the order of ``weights``, each block the numbers ``weights[i].matmul(x)`` gives
+    (bfloat16 for bfloat16 ``x``, else float32). Layers that read the same input (q/k/v, gate/up) share the
+    input conversion and one larger GEMM. Each weight is dequantized into its rows of one scratch tile;
+    stacks larger than `TILE_BYTES` run weight by weight."""
+    k = weights[0].in_features
+    if any(w.in_features != k for w in weights):
+        raise ValueError(f"stacked weights must share in_features, got {[w.in_features for w in weights]}")
+    if not _fits_one_tile(weights, x):
+        return torch.cat([w.matmul(x) for w in weights], dim=1)
+    x, np_dtype = _gemm_input(x)
+    tile = _tile(sum(w.out_features for w in weights), k, np_dtype)
+    r0 = 0
+    for w in weights:
+        w.dequantize_into(tile[r0 : r0 + w.out_features])
+        r0 += w.out_features
+    return F.linear(x, _as_tensor(tile))
+
+
+def _grouped_int_mm(
+    xq: torch.Tensor, xs: np.ndarray, codes: np.ndarray, scale: np.ndarray, group: int, out: np.ndarray
+) -> None:
+    """``out [M, N] = sum_g (float32(xq[:, g] @ codes[:, g]^T) * xs[m]) * scale[n, g]``, groups in order: an
+    exact ``torch._int_mm`` per column group of int8 ``codes [N, K]``, the float32 epilogue in Numba."""
+    weight = torch.from_numpy(codes)
+    for g0 in range(0, codes.shape[1], group):
+        acc = torch._int_mm(xq[:, g0 : g0 + group], weight[:, g0 : g0 + group].t())
+        g = g0 // group
+        tiles.scale_accumulate(acc.numpy(), xs, scale, g, g == 0, _chunks(len(out)), out)
+
+
+def stacked_int_matmul(
+    weights: Sequence[PackedWeight], xq: torch.Tensor, x_scale: torch.Tensor
+) -> torch.Tensor:
+    """`PackedWeight.int_matmul` of several symmetric weights with one K and one group size, stacked along
+    N: ``[M, N_1 + N_2 + ...]``, column blocks in the order of ``weights``, bit-identical to each weight's
+    own `PackedWeight.int_matmul`. Layers that read the same input quantize it once and share the integer
+    GEMMs. Stacks larger than `TILE_BYTES` run weight by weight."""
+    k, group = weights[0].in_features, weights[0].group
+    if any(w.in_features != k or w.group != group for w in weights):
+        raise ValueError(
+            "stacked weights must share in_features and group size, got "
+            f"{[(w.in_features, w.group) for w in weights]}"
+        )
+    n = sum(w.out_features for w in weights)
+    if n * k > TILE_BYTES:
+        return torch.cat([w.int_matmul(xq, x_scale) for w in weights], dim=1)
+    tile = _tile(n, k, np.int8)
+    r0 = 0
+    for w in weights:
+        w.unpack_into(tile[r0 : r0 + w.out_features])
+        r0 += w.out_features
+    scale = weights[0].scale if len(weights) == 1 else np.concatenate([w.scale for w in weights])
+    out = np.empty((xq.shape[0], n), dtype=np.float32)
+    _grouped_int_mm(xq.contiguous(), _np(x_scale.to(torch.float32)), tile, scale, group, out)
+    return torch.from_numpy(out)
 
 
 def wna16_gemm(

@@ -149,13 +149,40 @@ def unpack_int8(packed: np.ndarray, bits: int, offset: int, n0: int, chunks: int
     rows, k_cols = out.shape
     row_bytes = packed.reshape(packed.size).view(np.uint8)
     flat = out.reshape(out.size)
+    row_stride = np.uint64(packed.shape[1] * 4)
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            _unpack_row(packed, row_bytes, n0 + r, bits, codes)
             base = np.uint64(r) * np.uint64(k_cols)
+            if bits == 8:  # one byte per value: no unpacking, a vectorized subtraction
+                src = np.uint64(n0 + r) * row_stride
+                for k in range(np.uint64(k_cols)):
+                    flat[base + k] = np.int32(row_bytes[src + k]) - offset
+                continue
+            _unpack_row(packed, row_bytes, n0 + r, bits, codes)
             for k in range(np.uint64(k_cols)):
                 flat[base + k] = codes[k] - offset
+
+
+@numba.njit(cache=True, inline="always")
+def _min_max(x: np.ndarray) -> tuple[np.float32, np.float32]:
+    """``(min(x), max(x))`` of a float32 row, with four independent running minima and maxima (a single
+    chain waits on each comparison: four chains run about three times as fast)."""
+    a0 = a1 = a2 = a3 = b0 = b1 = b2 = b3 = x[0]
+    full = x.shape[0] - x.shape[0] % 4
+    for k in range(0, full, 4):
+        v0, v1, v2, v3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+        a0, a1, a2, a3 = min(a0, v0), min(a1, v1), min(a2, v2), min(a3, v3)
+        b0, b1, b2, b3 = max(b0, v0), max(b1, v1), max(b2, v2), max(b3, v3)
+    mn, mx = min(min(a0, a1), min(a2, a3)), max(max(b0, b1), max(b2, b3))
+    for k in range(full, x.shape[0]):
+        mn, mx = min(mn, x[k]), max(mx, x[k])
+    return mn, mx
+
+
+_RINT_MAGIC = np.float32(12582912.0)
+"""1.5 * 2^23: for float32 ``|v| <= 2^22``, ``(v + M) - M`` is ``rint(v)`` (round half to even) exactly, as
+the addition rounds at the units place; unlike ``np.rint`` (a libm call) it vectorizes."""
 
 
 @numba.njit(cache=True, parallel=True)
@@ -172,8 +199,8 @@ def quantize_rows(
     """Per-row (per-token) quantization of float32 ``x [M, K]`` into int8 ``codes [M, K]``, float32
     ``scale [M]`` and int32 signed ``zero [M]`` (0 when symmetric): the grid of
     :mod:`dllm_kernels.reference.grid` with one cell per row, the same float32 operations in the same order
-    (so the same bits as :func:`dllm_kernels.reference.act_quant.quantize_per_token`), fused in one pass
-    per row."""
+    (so the same bits as :func:`dllm_kernels.reference.act_quant.quantize_per_token`; the clamped value is
+    rounded with `_RINT_MAGIC`, exactly ``np.rint``), fused in one pass per row."""
     rows, k_cols = x.shape
     flat_x = x.reshape(x.size)
     flat_c = codes.reshape(codes.size)
@@ -184,12 +211,7 @@ def quantize_rows(
     for c in numba.prange(chunks):
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             base = np.uint64(r) * np.uint64(k_cols)
-            mn = flat_x[base]
-            mx = mn
-            for k in range(np.uint64(k_cols)):
-                v = flat_x[base + k]
-                mn = min(mn, v)
-                mx = max(mx, v)
+            mn, mx = _min_max(flat_x[base : base + np.uint64(k_cols)])
             lo = min(mn, np.float32(0)) * clip_ratio
             hi = max(mx, np.float32(0)) * clip_ratio
             z = np.float32(0)
@@ -206,7 +228,7 @@ def quantize_rows(
             zero[r] = np.int32(z)
             for k in range(np.uint64(k_cols)):
                 v = min(max(flat_x[base + k] / s + z, qmin), qmax)
-                flat_c[base + k] = np.int8(np.rint(v))
+                flat_c[base + k] = np.int8((v + _RINT_MAGIC) - _RINT_MAGIC)
 
 
 @numba.njit(cache=True, parallel=True)

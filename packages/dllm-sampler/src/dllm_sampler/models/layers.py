@@ -33,7 +33,9 @@ __all__ = [
     "decoder_forward",
     "embedding",
     "gated_mlp",
+    "hooked",
     "init_weights",
+    "linears_on",
     "position_ids",
     "rope_cos_sin",
     "rope_tables",
@@ -186,9 +188,10 @@ def self_attention(
     """
     b, n, _ = h.shape
     hd = dims.head_dim
-    q = q_proj(h).view(b, n, dims.num_heads, hd).transpose(1, 2)
-    k = k_proj(h).view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
-    v = v_proj(h).view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
+    q, k, v = linears_on(h, (q_proj, k_proj, v_proj))
+    q = q.view(b, n, dims.num_heads, hd).transpose(1, 2)
+    k = k.view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
+    v = v.view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
     q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
     if qk_site is not None:
         q, k = qk_site(q, k)
@@ -201,7 +204,28 @@ def self_attention(
 
 def gated_mlp(h: Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> Tensor:
     """down(silu(gate(h)) * up(h)): [B, L, D] -> [B, L, D]."""
-    return down(F.silu(gate(h)) * up(h))
+    g, u = linears_on(h, (gate, up))
+    return down(F.silu(g) * u)
+
+
+def hooked(module: nn.Module) -> bool:
+    """True if ``module`` has forward (pre-)hooks, which a shared-input runner would bypass."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
+def linears_on(h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...]:
+    """``tuple(m(h) for m in linears)``: several linear layers applied to the same input ``h [..., D]``.
+
+    Layers that can share one GEMM (quantized layers on the CPU, grouped by
+    `dllm_weightquant.fuse_shared_inputs` and `dllm_actquant.fuse_act_quant_inputs`) carry a
+    ``shared_input_gemm`` runner; it computes all the outputs at once, or returns None when it cannot serve
+    this call (other layers, `hooked` layers, another device), and the layers then run one by one."""
+    runner = getattr(linears[0], "shared_input_gemm", None)
+    if runner is not None:
+        outs = runner(h, linears)
+        if outs is not None:
+            return outs
+    return tuple(m(h) for m in linears)
 
 
 @dataclass(frozen=True)

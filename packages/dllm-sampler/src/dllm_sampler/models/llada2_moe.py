@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dllm_sampler.config_llada2 import MoEDims
+from dllm_sampler.models.layers import gated_mlp
 
 __all__ = ["GatedMLP", "LLaDA2Router", "LLaDA2SparseMoe", "Routing"]
 
@@ -36,7 +37,7 @@ class GatedMLP(nn.Module):
         self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return gated_mlp(x, self.gate_proj, self.up_proj, self.down_proj)
 
 
 class Routing(nn.Module):

@@ -7,6 +7,7 @@ the topology needs and the default sampler. Code elsewhere looks the spec up (`a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ __all__ = [
     "MoETopologyNames",
     "TopologyNames",
     "arch_spec",
+    "attach_shared_input_runners",
+    "shared_input_groups",
     "spec_for_config",
     "spec_for_model",
     "tiny_config",
@@ -299,3 +302,53 @@ def tiny_config(arch: str, **overrides: Any) -> LLaDAConfig | DreamConfig | LLaD
         ValueError: unknown ``arch`` (the message names the known ones).
     """
     return arch_spec(arch).config_cls.tiny(**overrides)  # type: ignore[return-value]
+
+
+def shared_input_groups(model: nn.Module) -> list[tuple[str, ...]]:
+    """Qualified names of the linear layers of ``model`` that read the same input, from its `ArchSpec`
+    names: per block q/k/v and gate/up (dense models); the dense layers' gate/up and each expert's and the
+    shared expert's gate/up (mixture-of-experts models, whose q/k/v is one fused layer already). Runtimes
+    that can run such a group as one GEMM attach to it (`dllm_sampler.models.layers.linears_on`)."""
+    names = spec_for_model(model).names
+    blocks = model.get_submodule(names.blocks)
+    groups: list[tuple[str, ...]] = []
+    for i, block in enumerate(blocks):
+        prefix = f"{names.blocks}.{i}."
+        if not isinstance(names, MoETopologyNames):
+            groups += [(prefix + names.q, prefix + names.k, prefix + names.v)]
+            groups += [(prefix + names.gate, prefix + names.up)]
+            continue
+        if _has(block, names.dense_gate):
+            groups += [(prefix + names.dense_gate, prefix + names.dense_up)]
+        mlps = (
+            [f"{names.experts}.{e}" for e in range(len(block.get_submodule(names.experts)))]
+            if _has(block, names.experts)
+            else []
+        )
+        if _has(block, names.shared_experts):
+            mlps += [names.shared_experts]
+        groups += [(f"{prefix}{m}.{names.expert_gate}", f"{prefix}{m}.{names.expert_up}") for m in mlps]
+    return groups
+
+
+def attach_shared_input_runners(model: nn.Module, runner: Callable[[tuple[nn.Module, ...]], Any]) -> int:
+    """For each group of `shared_input_groups`, ``runner(layers)`` and set the result as the first layer's
+    ``shared_input_gemm`` (`dllm_sampler.models.layers.linears_on` calls it); a ``ValueError`` from
+    ``runner`` means the group does not qualify and leaves it alone. Returns how many groups got a runner."""
+    attached = 0
+    for group in shared_input_groups(model):
+        layers = tuple(model.get_submodule(name) for name in group)
+        try:
+            made = runner(layers)
+        except ValueError:
+            continue
+        layers[0].shared_input_gemm = made
+        attached += 1
+    return attached
+
+
+def _has(module: nn.Module, name: str) -> bool:
+    try:
+        return module.get_submodule(name) is not None
+    except AttributeError:
+        return False

@@ -1,0 +1,84 @@
+"""Loaded quantized checkpoints run q/k/v and gate/up as one GEMM on the CPU (`dllm_weightquant.fuse`,
+`dllm_actquant.fuse`), with the numbers of the layers run one by one: bit for bit on the integer path, up
+to the float GEMM's accumulation order on the weight-only path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from dllm_actquant.fuse import SharedInputIntGEMM
+from dllm_bench.cli import main
+from dllm_bench.loading import load_any
+from dllm_sampler import save
+from dllm_sampler.models.layers import linears_on
+from dllm_sampler.models.spec import shared_input_groups
+from dllm_sampler.testing import random_char_model
+from dllm_weightquant.fuse import SharedInputGEMM
+
+
+def _quantized(tmp: Path, arch: str, scheme: str) -> Path:
+    save(random_char_model(arch), tmp / "float")
+    argv = ["quantize", "--model", str(tmp / "float"), "--out", str(tmp / "q"), "--no-progress"]
+    assert main([*argv, "--recipe", "rtn", "--scheme", scheme]) == 0
+    return tmp / "q"
+
+
+def _runners(model: torch.nn.Module) -> list[object]:
+    """The runner of each shared-input group (None where a group has none)."""
+    return [model.get_submodule(g[0]).__dict__.get("shared_input_gemm") for g in shared_input_groups(model)]
+
+
+def _logits_one_by_one(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    runners = {
+        m: m.__dict__.pop("shared_input_gemm") for m in model.modules() if hasattr(m, "shared_input_gemm")
+    }
+    try:
+        return model(ids)
+    finally:
+        for m, r in runners.items():
+            m.shared_input_gemm = r
+
+
+@pytest.mark.parametrize(
+    ("arch", "scheme", "runner", "exact"),
+    [
+        ("llada", "W4A16g16", SharedInputGEMM, False),
+        ("dream", "W8A16g16", SharedInputGEMM, False),  # q/k/v biases
+        ("llada", "W8A8KV16ch", SharedInputIntGEMM, True),
+        ("dream", "W8A8KV16g16", SharedInputIntGEMM, True),
+    ],
+)
+def test_loaded_checkpoints_share_one_gemm_per_input(tmp_path: Path, arch, scheme, runner, exact) -> None:
+    dlm = load_any(_quantized(tmp_path, arch, scheme))
+    model = dlm.model
+    runners = _runners(model)
+    assert runners and all(isinstance(r, runner) for r in runners)
+    ids = torch.randint(0, dlm.config.vocab_size - 8, (2, 11), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        fused, alone = model(ids), _logits_one_by_one(model, ids)
+    if exact:
+        assert torch.equal(fused, alone)
+    else:
+        assert torch.allclose(fused, alone, rtol=1e-5, atol=1e-5), (fused - alone).abs().max()
+
+
+def test_a_hooked_layer_runs_alone(rtn_folders: tuple[Path, Path]) -> None:
+    """A forward hook on any member (calibration, activation capture) makes the runner step aside, so the
+    hook sees its call; other layers and other devices are refused too."""
+    model = load_any(rtn_folders[1]).model
+    names = shared_input_groups(model)[0]
+    layers = tuple(model.get_submodule(n) for n in names)
+    runner = layers[0].shared_input_gemm
+    h = torch.randn(1, 3, layers[0].in_features)
+    assert runner(h, layers) is not None
+    assert runner(h, layers[::-1]) is None
+    seen = []
+    handle = layers[1].register_forward_hook(lambda *_: seen.append(1))
+    try:
+        assert runner(h, layers) is None
+        linears_on(h, layers)
+    finally:
+        handle.remove()
+    assert seen == [1]

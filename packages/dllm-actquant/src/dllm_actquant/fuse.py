@@ -1,0 +1,85 @@
+"""One activation quantization and one set of integer GEMMs for W8A8 / W4A8 layers that read the same input.
+
+In a checkpoint whose activations are quantized per token, q/k/v (and gate/up) are `ActQuantLinear`s
+around packed layers. Run one by one, each quantizes the same input again and runs its own integer GEMMs.
+`SharedInputIntGEMM` quantizes the input once and multiplies it by the members' codes stacked into one
+tile (`dllm_kernels.cpu.ops.stacked_int_matmul`), with the members' own epilogue: the numbers are those of
+the members' own forwards, bit for bit. `fuse_act_quant_inputs` attaches it to the first layer of each
+group of `dllm_sampler.models.spec.shared_input_groups` (attribute ``shared_input_gemm``, which
+`dllm_sampler.models.layers.linears_on` uses).
+"""
+
+from __future__ import annotations
+
+import torch
+from dllm_kernels.cpu.ops import stacked_int_matmul
+from dllm_kernels.dispatch import fast_cpu_gemms
+from dllm_sampler.models.layers import hooked
+from dllm_sampler.models.spec import attach_shared_input_runners
+from torch import Tensor, nn
+
+from dllm_actquant.act_quant import quantize_activation
+from dllm_actquant.linear import ActQuantLinear
+
+__all__ = ["SharedInputIntGEMM", "fuse_act_quant_inputs"]
+
+
+class SharedInputIntGEMM:
+    """Runs ``layers`` (kernel-mode `ActQuantLinear`s around packed inner layers, with one dynamic
+    activation config, one ``in_features`` and one weight group size) as one quantization and one stacked
+    integer GEMM: ``runner(h [..., K], linears) -> (y_1 [..., N_1], ...)`` in ``h``'s dtype, or None when it
+    cannot serve the call (other layers, hooks, not on the CPU, fast CPU GEMMs off)."""
+
+    def __init__(self, layers: tuple[ActQuantLinear, ...]) -> None:
+        if len(layers) < 2:
+            raise ValueError(f"a shared-input group needs at least two layers, got {len(layers)}")
+        for layer in layers:
+            if not (isinstance(layer, ActQuantLinear) and layer.mode == "kernel" and layer.packed_inner):
+                raise ValueError(f"only kernel-mode ActQuantLinears around packed layers fuse, got {layer!r}")
+            if not layer.config.dynamic or layer.config != layers[0].config:
+                raise ValueError("fused layers need one dynamic activation config")
+            if (layer.in_features, layer.inner.spec.group_size) != (
+                layers[0].in_features,
+                layers[0].inner.spec.group_size,
+            ):
+                raise ValueError("fused layers need one in_features and one weight group size")
+        self.layers = layers
+        self.splits = [m.out_features for m in layers]
+
+    def _serves(self, h: Tensor, linears: tuple[nn.Module, ...]) -> bool:
+        return (
+            len(linears) == len(self.layers)
+            and all(a is b for a, b in zip(linears, self.layers, strict=True))
+            and h.device.type == "cpu"
+            and fast_cpu_gemms()
+            and not any(hooked(m) or hooked(m.inner) for m in self.layers)
+        )
+
+    def __call__(self, h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...] | None:
+        if not self._serves(h, linears):
+            return None
+        first = self.layers[0]
+        codes, scale, zero = quantize_activation(h.reshape(-1, h.shape[-1]), first.config)
+        weights = [m.inner.cpu_weight() for m in self.layers]
+        y = stacked_int_matmul(weights, codes, scale)
+        if zero is not None:
+            y = y - (scale * zero)[:, None] * torch.cat([w.column_term for w in weights])[None, :]
+        if any(m.inner.bias is not None for m in self.layers):
+            y = y + torch.cat(
+                [
+                    torch.zeros(m.out_features) if m.inner.bias is None else m.inner.bias.to(y.dtype)
+                    for m in self.layers
+                ]
+            )
+        parts = y.to(h.dtype).split(self.splits, dim=1)
+        return tuple(p.reshape(*h.shape[:-1], n) for p, n in zip(parts, self.splits, strict=True))
+
+    def __repr__(self) -> str:
+        return f"SharedInputIntGEMM(out_features={self.splits})"
+
+
+def fuse_act_quant_inputs(model: nn.Module) -> int:
+    """Attach a `SharedInputIntGEMM` to every group of `dllm_sampler.models.spec.shared_input_groups` that
+    qualifies (see the class);
+    other groups are left as they are. Returns how many groups were fused. Idempotent."""
+    return attach_shared_input_runners(model, SharedInputIntGEMM)
