@@ -13,7 +13,9 @@ What SGLang does with each checkpoint tensor was read in sgl-project/sglang (fil
   group, symmetric, pack-quantized, 4 or 8 bits);
 * .../compressed_tensors/compressed_tensors.py @ b5535699b732af5d2e049cc5b70112718964b774 and
   .../compressed_tensors/utils.py @ 06b5b1906a851fe3a207d85963aaea2c48347139 (``ignore`` is checked first,
-  by exact name, ``re:`` or case-insensitive substring of SGLang's module names).
+  by exact name, ``re:`` or case-insensitive substring of SGLang's module names);
+* python/sglang/srt/layers/quantization/marlin_utils.py @ 653d85493bdfcdb8389c5d91845d73be8a15d2e9 (the
+  Marlin group sizes and the Linear / MoE shape conditions, which only warn).
 
 The tables below are that reading written down as data (our words, not SGLang's code). A GPU run with
 SGLang is what verifies the kernels; these tests verify names, layout, config and the scheme rules.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -38,11 +41,15 @@ from dllm_weightquant import (
     replace_linear,
     rtn_quantize,
 )
-from dllm_weightquant.checkpoint.sglang import SGLANG_SOURCES, sglang_parameter
+from dllm_weightquant.checkpoint.qconfig import ModuleFormat
+from dllm_weightquant.checkpoint.sglang import SGLANG_SOURCES, sglang_parameter, sglang_shape_notes
 from safetensors.torch import load_file
 from torch import nn
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*has no tokenizer.json")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*has no tokenizer.json"),
+    pytest.mark.filterwarnings("ignore:.*shapes SGLang's Marlin kernels"),  # the tiny widths; tested below
+]
 
 W4G32 = QuantSpec(4, True, "group", 32)
 TINY = {
@@ -301,3 +308,27 @@ def test_a_dllmq_format_llada2_export_warns_that_sglang_cannot_load_it(tmp_path:
         export_quantized(dlm, tmp_path / "q", online=OnlineComputation(inexpressible=("V quantizers",)))
     qc = json.loads((tmp_path / "q" / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "dllmq"
+
+
+def test_widths_below_the_marlin_kernels_warn_and_marlin_sized_ones_do_not(tmp_path: Path) -> None:
+    dlm = tiny()
+    quantize(dlm)
+    formats = {
+        n: ModuleFormat("uniform", spec=W4G32)
+        for n, m in dlm.model.named_modules()
+        if isinstance(m, QuantLinear)
+    }
+    notes = sglang_shape_notes(dlm.model, formats)
+    assert notes[0].startswith("model.layers.1.mlp.experts: the Marlin MoE kernel needs hidden % 128")
+    named = {note.split(":")[0] for note in notes}
+    assert "model.layers.0.attention.dense [64, 64]" in named
+    assert "model.layers.1.mlp.shared_experts.gate_up_proj [64, 64]" in named  # fused: 2 x 32 wide
+    assert len(notes) == 1 + 2 * 2 + 2 + 2  # MoE; qkv, dense x 2 layers; dense MLP; shared expert
+    with pytest.warns(UserWarning, match="SGLang's Marlin kernels"):
+        export_quantized(dlm, tmp_path / "small")
+    wide = tiny(hidden_size=128, head_dim=32, moe_intermediate_size=128, intermediate_size=128)
+    quantize(wide)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", ".*has no tokenizer.json")
+        export_quantized(wide, tmp_path / "wide")

@@ -31,7 +31,12 @@ from dllm_weightquant.checkpoint.qconfig import (
     compressed_tensors_config,
     dllmq_config,
 )
-from dllm_weightquant.checkpoint.sglang import SGLANG_CONFIG_DEFAULTS, sglang_extra_ignore, sglang_problems
+from dllm_weightquant.checkpoint.sglang import (
+    SGLANG_CONFIG_DEFAULTS,
+    sglang_extra_ignore,
+    sglang_problems,
+    sglang_shape_notes,
+)
 from dllm_weightquant.checkpoint.tensors import disk_tensors
 from dllm_weightquant.multibinary import MultiBinaryWeight
 from dllm_weightquant.qlinear import QuantLinear
@@ -167,6 +172,13 @@ def _check_sglang(
             + "\n- ".join(problems)
             + "\n(export_quantized(..., check_serving=False) writes it anyway; dllmq's loader reads it)"
         )
+    notes = sglang_shape_notes(model, formats)
+    if notes:
+        warnings.warn(
+            f"{len(notes)} quantized layers miss the shapes SGLang's Marlin kernels are built for (at tensor "
+            "parallel size 1; SGLang may refuse them or use a slower kernel): " + "; ".join(notes[:4]),
+            stacklevel=3,
+        )
 
 
 def export_quantized(
@@ -199,7 +211,8 @@ def export_quantized(
     and SGLang's fused names of float gate/up pairs join ``ignore``, config keys SGLang needs are filled in
     (``SGLANG_CONFIG_DEFAULTS``), and with ``check_serving`` (default) a
     compressed-tensors export SGLang could not serve raises ``ValueError`` listing each rule it breaks and
-    the fix, and a ``dllmq``-format export warns that SGLang cannot load it. ``check_serving=False`` writes
+    the fix, shapes SGLang's Marlin kernels are not built for warn, and a ``dllmq``-format export warns
+    that SGLang cannot load it. ``check_serving=False`` writes
     the checkpoint anyway (dllmq's own loader reads it).
     """
     if max_shard_bytes <= 0:

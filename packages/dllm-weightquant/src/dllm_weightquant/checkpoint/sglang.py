@@ -27,9 +27,16 @@ Read in SGLang's source (sgl-project/sglang; file -> the commit read, `SGLANG_SO
   **case-insensitive substring**; a Linear without an exact-name target falls back to the ``"Linear"``
   target (its class name contains it), so fused ``gate_up_proj`` layers cannot carry a per-name scheme.
 
+* ``layers/quantization/marlin_utils.py``: the Marlin kernels take group sizes -1 (channel), 32, 64, 128;
+  a Linear needs ``out % 64 == 0``, ``in % 128 == 0`` and ``in % group == 0`` per tensor-parallel part
+  (``verify_marlin_supports_shape``); the MoE kernel ``hidden % 128 == 0`` and
+  ``intermediate % max(64, group) == 0`` (``check_moe_marlin_supports_layer``).
+
 From this the rules `sglang_problems` checks (the fix is named in each message) and the tensor-name map
-`sglang_parameter`. What only a GPU run with SGLang shows (kernel tile sizes, tensor parallel splits of
-the fused QKV and of group scales, numerics) is listed in docs/llada2.md.
+`sglang_parameter`; `sglang_shape_notes` lists the kernel shape conditions a model misses at tensor
+parallel size 1 (warnings: they depend on the GPU run's kernel choice and parallel split). What only a
+GPU run with SGLang shows (that it starts and serves, tensor parallel splits of the fused QKV and of
+group scales, numerics) is listed in docs/llada2.md.
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ __all__ = [
     "sglang_extra_ignore",
     "sglang_parameter",
     "sglang_problems",
+    "sglang_shape_notes",
 ]
 
 SGLANG_SOURCES: Mapping[str, str] = {
@@ -67,6 +75,7 @@ SGLANG_SOURCES: Mapping[str, str] = {
     "python/sglang/srt/layers/quantization/compressed_tensors/utils.py": (
         "06b5b1906a851fe3a207d85963aaea2c48347139"
     ),
+    "python/sglang/srt/layers/quantization/marlin_utils.py": "653d85493bdfcdb8389c5d91845d73be8a15d2e9",
 }
 """SGLang file -> the commit whose text the rules in this module were read from."""
 
@@ -79,8 +88,12 @@ MOE_WEIGHT_BITS = (4, 8)
 """Weight bits SGLang's WNA16 MoE method accepts (``WNA16_SUPPORTED_BITS``)."""
 
 MOE_GROUP_SIZES = (32, 64, 128)
-"""Group sizes the Marlin MoE kernels that SGLang's WNA16 MoE method repacks into are built for (besides
-per-channel scales)."""
+"""Group sizes the Marlin kernels that SGLang's WNA16 MoE method repacks into are built for (besides
+per-channel scales; ``MARLIN_SUPPORTED_GROUP_SIZES``)."""
+
+MARLIN_MIN_N = 64
+MARLIN_MIN_K = 128
+"""A Marlin Linear's output and input sizes must be multiples of these (``GPTQ_MARLIN_MIN_THREAD_N/K``)."""
 
 _EXPERT = re.compile(r"^(?P<moe>.*\.mlp\.experts)\.(?P<e>\d+)\.(?P<proj>gate_proj|up_proj|down_proj)$")
 _EXPERT_TENSOR = re.compile(
@@ -208,3 +221,38 @@ def sglang_problems(
             "weight-only without online rotations"
         )
     return problems
+
+
+def sglang_shape_notes(model: nn.Module, formats: Mapping[str, ModuleFormat]) -> list[str]:
+    """The Marlin shape conditions (`MARLIN_MIN_N`, `MARLIN_MIN_K`, the MoE kernel's) that the quantized
+    layers of ``model`` miss at tensor-parallel size 1, by SGLang's module names (a fused ``gate_up_proj``
+    is twice as wide as its parts), the MoE layers first; empty when none."""
+    moe_notes: list[str] = []
+    linears: dict[str, tuple[int, int]] = {}
+    for name, fmt in sorted(formats.items()):
+        spec = fmt.spec
+        group = spec.group_size if spec is not None and spec.granularity == "group" else None
+        module = model.get_submodule(name)
+        out, inp = int(module.out_features), int(module.in_features)
+        expert = _EXPERT.match(name)
+        if expert:
+            if (
+                expert["e"] == "0"
+                and expert["proj"] == "down_proj"
+                and (out % 128 or inp % max(64, group or 0))
+            ):
+                moe_notes.append(
+                    f"{expert['moe']}: the Marlin MoE kernel needs hidden % 128 == 0 and intermediate % "
+                    f"{max(64, group or 0)} == 0, got hidden {out}, intermediate {inp}"
+                )
+            continue
+        for part in ("gate_proj", "up_proj"):
+            if name.endswith("." + part):
+                name, out = name.removesuffix(part) + "gate_up_proj", 2 * out
+        linears[name] = (out, inp)
+    notes = [
+        f"{name} [{out}, {inp}]: Marlin needs out % {MARLIN_MIN_N} == 0 and in % {MARLIN_MIN_K} == 0"
+        for name, (out, inp) in sorted(linears.items())
+        if out % MARLIN_MIN_N or inp % MARLIN_MIN_K
+    ]
+    return moe_notes + notes
