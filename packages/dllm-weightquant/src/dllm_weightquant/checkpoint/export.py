@@ -224,7 +224,7 @@ def export_quantized(
     int_quantized = frozenset(online.input_activations) if as_compressed_tensors else frozenset()
     state, formats, ignore = quantized_state(dlm.model, int_quantized)
     if spec_for_model(dlm.model).name == "llada2":
-        ignore = sorted(ignore + sglang_extra_ignore(ignore, formats))
+        ignore = sorted(ignore + sglang_extra_ignore([*ignore, *formats], formats))
         if check_serving:
             _check_sglang(dlm.model, formats, online, as_compressed_tensors)
     if as_compressed_tensors:
