@@ -208,12 +208,11 @@ def export_quantized(
     it is a checkpoint folder (has config.json).
 
     LLaDA2 (``LLaDA2MoeModelLM``) checkpoints are written for SGLang's loader (``sglang.py``): the routers
-    and SGLang's fused names of float gate/up pairs join ``ignore``, config keys SGLang needs are filled in
-    (``SGLANG_CONFIG_DEFAULTS``), and with ``check_serving`` (default) a
-    compressed-tensors export SGLang could not serve raises ``ValueError`` listing each rule it breaks and
-    the fix, shapes SGLang's Marlin kernels are not built for warn, and a ``dllmq``-format export warns
-    that SGLang cannot load it. ``check_serving=False`` writes
-    the checkpoint anyway (dllmq's own loader reads it).
+    and SGLang's fused names of float gate/up pairs join ``ignore`` and config keys SGLang needs are filled
+    in (``SGLANG_CONFIG_DEFAULTS``). With ``check_serving`` (default), a compressed-tensors export SGLang
+    could not serve raises ``ValueError`` listing each rule it breaks and the fix, widths SGLang's Marlin
+    kernels are not built for warn, and a ``dllmq``-format export warns that SGLang cannot load it;
+    ``check_serving=False`` writes the checkpoint anyway (dllmq's own loader reads it).
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
@@ -223,7 +222,8 @@ def export_quantized(
     as_compressed_tensors = uniform and not online.inexpressible
     int_quantized = frozenset(online.input_activations) if as_compressed_tensors else frozenset()
     state, formats, ignore = quantized_state(dlm.model, int_quantized)
-    if spec_for_model(dlm.model).name == "llada2":
+    llada2 = spec_for_model(dlm.model).name == "llada2"
+    if llada2:
         ignore = sorted(ignore + sglang_extra_ignore([*ignore, *formats], formats))
         if check_serving:
             _check_sglang(dlm.model, formats, online, as_compressed_tensors)
@@ -234,7 +234,7 @@ def export_quantized(
     else:
         qconfig = dllmq_config(formats, ignore, online)
     config = dlm.config.to_dict()
-    if spec_for_model(dlm.model).name == "llada2":
+    if llada2:
         config = {**SGLANG_CONFIG_DEFAULTS, **config}
     config["torch_dtype"] = str(dlm.dtype).removeprefix("torch.")
     config["quantization_config"] = qconfig
