@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dllm_sampler import atomic_folder, write_weights
+from dllm_sampler.models import spec_for_model
+from dllm_sampler.models.llada2_moe import LLaDA2Router
 from torch import Tensor, nn
 
 from dllm_weightquant.checkpoint.provenance import QuantProvenance
@@ -28,6 +30,12 @@ from dllm_weightquant.checkpoint.qconfig import (
     OnlineComputation,
     compressed_tensors_config,
     dllmq_config,
+)
+from dllm_weightquant.checkpoint.sglang import (
+    SGLANG_CONFIG_DEFAULTS,
+    sglang_extra_ignore,
+    sglang_problems,
+    sglang_shape_notes,
 )
 from dllm_weightquant.checkpoint.tensors import disk_tensors
 from dllm_weightquant.multibinary import MultiBinaryWeight
@@ -79,20 +87,22 @@ def _quantized_modules(model: nn.Module) -> dict[str, QuantLinear]:
 def quantized_state(
     model: nn.Module, int_quantized: frozenset[str] = frozenset()
 ) -> tuple[dict[str, Tensor], dict[str, ModuleFormat], list[str]]:
-    """(tensors to write, quantized module -> format, names of the Linears left unquantized).
+    """(tensors to write, quantized module -> format, names of the modules whose weights stay in float).
 
     Uniform weights use the ``pack-quantized`` layout, those named in ``int_quantized`` the
-    ``int-quantized`` one (see ``tensors.py``).
+    ``int-quantized`` one (see ``tensors.py``). The float modules are the unquantized Linears and the MoE
+    routers (LLaDA2's ``mlp.gate``, whose ``expert_bias`` is written in float32 whatever the model's dtype).
     """
     quantized = _quantized_modules(model)
     layouts = {name: "int-quantized" if name in int_quantized else "pack-quantized" for name in quantized}
-    ignore = sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear))
+    routers = {name: m for name, m in model.named_modules() if isinstance(m, LLaDA2Router)}
+    ignore = sorted([name for name, m in model.named_modules() if isinstance(m, nn.Linear)] + list(routers))
     state: dict[str, Tensor] = {}
     for key, value in model.state_dict().items():
         owner, _, leaf = key.rpartition(".")
         if owner in quantized and leaf != "bias":
             continue
-        state[key] = value
+        state[key] = value.float() if owner in routers and leaf == "expert_bias" else value
     for name, module in quantized.items():
         for leaf, value in disk_tensors(module.qweight, layouts[name]).items():
             state[f"{name}.{leaf}"] = value
@@ -144,6 +154,33 @@ def _copy_remote_code(config: dict[str, Any], source: Path, folder: Path) -> Non
         )
 
 
+def _check_sglang(
+    model: nn.Module, formats: dict[str, ModuleFormat], online: OnlineComputation, compressed: bool
+) -> None:
+    if not compressed:
+        warnings.warn(
+            "this LLaDA2 export is a dllmq-format checkpoint (multi-binary weights or online computation "
+            "compressed-tensors cannot express), which SGLang cannot load; quantize with a uniform grid and "
+            "weight-only to serve it with SGLang",
+            stacklevel=3,
+        )
+        return
+    problems = sglang_problems(model, formats, online)
+    if problems:
+        raise ValueError(
+            "SGLang's LLaDA2 loader could not serve this compressed-tensors checkpoint:\n- "
+            + "\n- ".join(problems)
+            + "\n(export_quantized(..., check_serving=False) writes it anyway; dllmq's loader reads it)"
+        )
+    notes = sglang_shape_notes(model, formats)
+    if notes:
+        warnings.warn(
+            f"{len(notes)} quantized layers miss the shapes SGLang's Marlin kernels are built for (at tensor "
+            "parallel size 1; SGLang may refuse them or use a slower kernel): " + "; ".join(notes[:4]),
+            stacklevel=3,
+        )
+
+
 def export_quantized(
     dlm: DiffusionLM,
     path: str | Path,
@@ -155,6 +192,7 @@ def export_quantized(
     extra: Callable[[Path], None] | None = None,
     online: OnlineComputation | None = None,
     source_folder: str | Path | None = None,
+    check_serving: bool = True,
 ) -> Path:
     """Write ``dlm`` (a model whose quantized Linears are ``QuantLinear``) to ``path``; returns the folder.
 
@@ -168,6 +206,13 @@ def export_quantized(
     staging folder, to write more files that must be part of the checkpoint (they go into place with it,
     or not at all). An existing non-empty ``path`` is replaced only with ``overwrite=True`` and only when
     it is a checkpoint folder (has config.json).
+
+    LLaDA2 (``LLaDA2MoeModelLM``) checkpoints are written for SGLang's loader (``sglang.py``): the routers
+    and SGLang's fused names of float gate/up pairs join ``ignore`` and config keys SGLang needs are filled
+    in (``SGLANG_CONFIG_DEFAULTS``). With ``check_serving`` (default), a compressed-tensors export SGLang
+    could not serve raises ``ValueError`` listing each rule it breaks and the fix, widths SGLang's Marlin
+    kernels are not built for warn, and a ``dllmq``-format export warns that SGLang cannot load it;
+    ``check_serving=False`` writes the checkpoint anyway (dllmq's own loader reads it).
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
@@ -177,6 +222,11 @@ def export_quantized(
     as_compressed_tensors = uniform and not online.inexpressible
     int_quantized = frozenset(online.input_activations) if as_compressed_tensors else frozenset()
     state, formats, ignore = quantized_state(dlm.model, int_quantized)
+    llada2 = spec_for_model(dlm.model).name == "llada2"
+    if llada2:
+        ignore = sorted(ignore + sglang_extra_ignore([*ignore, *formats], formats))
+        if check_serving:
+            _check_sglang(dlm.model, formats, online, as_compressed_tensors)
     if as_compressed_tensors:
         qconfig = compressed_tensors_config(
             formats, ignore, use_library=use_compressed_tensors, online=online
@@ -184,6 +234,8 @@ def export_quantized(
     else:
         qconfig = dllmq_config(formats, ignore, online)
     config = dlm.config.to_dict()
+    if llada2:
+        config = {**SGLANG_CONFIG_DEFAULTS, **config}
     config["torch_dtype"] = str(dlm.dtype).removeprefix("torch.")
     config["quantization_config"] = qconfig
 

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig, check_finite
+from dllm_sampler import DiffusionLM, DreamConfig, LLaDA2MoeConfig, LLaDAConfig, check_finite
+from dllm_sampler.models import spec_for_model
 from safetensors.torch import load_file
 from tokenizers import Tokenizer
 from torch import Tensor, nn
@@ -23,10 +24,10 @@ __all__ = ["LOAD_MODES", "load_quantized"]
 
 LOAD_MODES = ("auto", "kernel", "fake")
 PASSTHROUGH_FILES = ("tokenizer_config.json", "special_tokens_map.json", "generation_config.json")
-_CONFIG_CLASSES = (LLaDAConfig, DreamConfig)
+_CONFIG_CLASSES = (LLaDAConfig, DreamConfig, LLaDA2MoeConfig)
 
 
-def _config(data: dict[str, Any], file: Path) -> LLaDAConfig | DreamConfig:
+def _config(data: dict[str, Any], file: Path) -> LLaDAConfig | DreamConfig | LLaDA2MoeConfig:
     archs = set(data.get("architectures") or [])
     for cls in _CONFIG_CLASSES:
         if archs & set(cls.ARCHITECTURES) or (not archs and data.get("model_type") == cls.MODEL_TYPE):
@@ -70,7 +71,7 @@ def _tokenizer(folder: Path) -> tuple[Tokenizer | None, dict[str, dict[str, Any]
 def load_quantized(
     path: str | Path, mode: str = "auto", device: str | torch.device = "cpu", *, with_online: bool = False
 ) -> DiffusionLM:
-    """Load a folder written by :func:`export_quantized` (or any pack-quantized checkpoint of LLaDA/Dream).
+    """Load a folder written by :func:`export_quantized` (or a pack-quantized LLaDA/Dream/LLaDA2 checkpoint).
 
     Quantized Linears become ``QuantLinear`` modules; ``mode`` "kernel" (low-bit GEMM), "fake"
     (dequantized float weight in the checkpoint's dtype) or "auto" (kernel for uniform weights, fake for
@@ -107,7 +108,7 @@ def load_quantized(
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     formats = module_formats(qconfig, linears)
     state = _read_state(folder)
-    dtype = state.get(f"{dlm.topology.embedding_name}.weight", torch.empty(0)).dtype
+    dtype = state.get(f"{spec_for_model(model).names.embedding}.weight", torch.empty(0)).dtype
 
     for name, fmt in formats.items():
         old = model.get_submodule(name)
