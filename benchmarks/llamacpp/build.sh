@@ -5,7 +5,7 @@
 #
 # Usage: benchmarks/llamacpp/build.sh [BUILD_ROOT]   (default: ~/.cache/dllmq/llama.cpp)
 # Env:   LLAMA_CPP_PYTHON_VERSION (default 0.3.36, the first checked to vendor examples/diffusion),
-#        JOBS (default 2), NICE (default 10).
+#        JOBS (default 2), NICE (default 10), GGML_AMX (default OFF; ON keeps -march=native on CPUs with AMX).
 # Writes BUILD_ROOT/{sdist,src,build,venv}; binaries in BUILD_ROOT/build/bin; BUILD_ROOT/venv is the Python
 # environment of llama.cpp's converter (torch, transformers, the vendored gguf-py); BUILD_ROOT/VERSION records the
 # llama-cpp-python version, the sdist's sha256 and the llama.cpp commit its CHANGELOG names.
@@ -57,8 +57,22 @@ COMMIT="$(grep -m1 -o 'ggml-org/llama.cpp@[0-9a-f]*' "$SRC/CHANGELOG.md" | cut -
 
 # GIT_EXECUTABLE points at a missing program so llama.cpp's build-info does not read an unrelated
 # enclosing repository; the commit is the one recorded in VERSION.
+# GGML_NATIVE compiles for this CPU (-march=native). Where the CPU reports AMX, that includes ggml's AMX tile
+# kernels (Q4_0 / Q8_0), which die with an illegal instruction where the kernel does not grant the process AMX
+# state (seen on a VM whose Xeon lists amx_tile: llama-diffusion-cli exited with SIGILL at tileloadd), and
+# -march=native cannot be told to leave them out. So on such a CPU, unless GGML_AMX=ON, the build names the
+# CPU's other x86 features one by one (from /proc/cpuinfo) instead of GGML_NATIVE.
+ISA=(-DGGML_NATIVE=ON)
+if [[ "${GGML_AMX:-OFF}" != "ON" ]] && grep -qw amx_tile /proc/cpuinfo 2>/dev/null; then
+  flag() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
+  ISA=(-DGGML_NATIVE=OFF -DGGML_AVX="$(flag avx)" -DGGML_AVX2="$(flag avx2)" -DGGML_FMA="$(flag fma)"
+       -DGGML_F16C="$(flag f16c)" -DGGML_BMI2="$(flag bmi2)" -DGGML_AVX_VNNI="$(flag avx_vnni)"
+       -DGGML_AVX512="$(flag avx512f)" -DGGML_AVX512_VBMI="$(flag avx512vbmi)"
+       -DGGML_AVX512_VNNI="$(flag avx512_vnni)" -DGGML_AVX512_BF16="$(flag avx512_bf16)")
+fi
+echo "isa=${ISA[*]}" >> "$ROOT/VERSION"
 nice -n "$NICE" cmake -S "$LLAMA" -B "$ROOT/build" -G Ninja \
-  -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
+  -DCMAKE_BUILD_TYPE=Release "${ISA[@]}" -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF \
   -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF \
   -DBUILD_SHARED_LIBS=OFF -DGIT_EXECUTABLE=/nonexistent
 nice -n "$NICE" cmake --build "$ROOT/build" -j "$JOBS" \

@@ -39,8 +39,10 @@ HELP = (
 )
 
 DEFAULT_MODEL = "tiny-llada"
-QUANTIZE_ALL = ("W8A16", "W4A16", "W3A16", "W8A8", "W4A4")
-"""``--quantize all``: the weight-only kinds (bf16 tile GEMMs on CPU) and the integer-GEMM kinds."""
+QUANTIZE_ALL = ("W8A16", "W4A16", "W3A16", "W8A8", "W8A8ch", "W8A8KV16ch", "W4A4")
+"""``--quantize all``: the weight-only kinds (bf16 tile GEMMs on CPU) and the integer-GEMM kinds, W8A8 with
+group-wise and with per-channel weights (SmoothQuant's, one integer GEMM per layer), with and without the
+attention's Q/K/V quantized."""
 SYNTHETIC_NAMES = ("llada-8b", "dream-7b", "llada-tiny", "dream-tiny")
 """``--synthetic`` names: each published shape and each architecture's tiny shape (the work module maps
 them to `dllm_bench.synthetic` arguments)."""
