@@ -1,5 +1,6 @@
 """Helpers for tests of code built on dllm_sampler: random tiny models with a character tokenizer, and
-`WriteFaults`, which makes one write of a checkpoint export fail.
+`WriteFaults`, which makes one write of a checkpoint export fail; `sharp_char_model` and `decision_margin`
+for token-parity fixtures that must not hinge on rounding.
 
 The tokenizer maps every printable ASCII character and the newline to one token, after the special
 tokens of the shipped tiny models (pad 0, bos 1, eos 2, ``<|mdm_mask|>`` 3, ``<unk>`` 4), so any text
@@ -11,6 +12,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -19,21 +21,29 @@ from typing import Any, Protocol
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from torch import nn
 
 from dllm_sampler.adapter import DiffusionLM
 from dllm_sampler.config import DreamConfig, LLaDAConfig
 from dllm_sampler.config_llada2 import LLaDA2MoeConfig
+from dllm_sampler.generate import generate
+from dllm_sampler.generate_dream import DreamGenerationConfig, dream_transfer_count
+from dllm_sampler.generate_llada import LLaDAGenerationConfig, linear_transfer_schedule
 from dllm_sampler.models.llada2_moe import LLaDA2Router
 from dllm_sampler.models.spec import arch_spec, tiny_config
+from dllm_sampler.step import StepState
 
 __all__ = [
     "CHAR_VOCAB",
+    "DECISIVE_MARGIN",
     "LLADA2_PARITY_CONFIGS",
     "WriteFaults",
     "char_model_config",
     "char_tokenizer",
+    "decision_margin",
     "random_char_model",
     "random_llada2",
+    "sharp_char_model",
     "weights_digest",
 ]
 
@@ -68,6 +78,105 @@ def random_char_model(
     return model_class.from_config(
         char_model_config(arch, **overrides), seed=seed, tokenizer=char_tokenizer()
     )
+
+
+DECISIVE_MARGIN = 1e-4
+"""The smallest relative `decision_margin` that token-parity fixtures accept: about 1000 float32 ulps, far
+above the float32 error of the tiny models' logits and scores (a few ulps), so no CPU, BLAS build or thread
+count can flip a decision."""
+
+
+def sharp_char_model(arch: str, seed: int = 0, scale: float = 10.0) -> DiffusionLM:
+    """`random_char_model` with every linear and embedding weight multiplied by ``scale`` (N(0, (0.02 *
+    scale)^2) instead of N(0, 0.02^2); norm gains stay 1), float32, CPU.
+
+    At the default init the attention is nearly uniform and the logits nearly flat, so the masked
+    positions' confidences (e.g. Dream's entropies, all close to -log V) differ by float32 rounding noise;
+    a sharper model can decide by margins well above that noise (`decision_margin`).
+    """
+    dlm = random_char_model(arch, seed=seed)
+    with torch.no_grad():
+        for module in dlm.model.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                module.weight.mul_(scale)
+    return dlm
+
+
+def _relative_gap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``|a - b| / max(|a|, |b|)`` elementwise (0 where both are 0)."""
+    scale = torch.maximum(a.abs(), b.abs())
+    return torch.where(scale > 0, (a - b).abs() / scale.clamp_min(torch.finfo(scale.dtype).tiny), 0.0)
+
+
+class _DecisionMargins:
+    """An ``on_step`` hook that collects the relative margins of a run's deterministic decisions."""
+
+    def __init__(self, config: DreamGenerationConfig | LLaDAGenerationConfig) -> None:
+        self.config = config
+        self.margins: list[float] = [math.inf]
+        self._schedule = torch.zeros(0)
+
+    def _selection_counts(self, state: StepState) -> torch.Tensor | None:
+        """``[B]`` how many positions the step selects by confidence rank, or None where no rank decides
+        (Dream's ``origin`` and ``alg_temp`` draws, LLaDA's random remasking)."""
+        cfg = self.config
+        if isinstance(cfg, DreamGenerationConfig):
+            if cfg.alg == "origin" or cfg.alg_temp > 0:
+                return None
+            times = torch.linspace(1, cfg.eps, cfg.steps + 1)
+            mean_masked = state.input_mask.sum() / state.input_mask.shape[0]
+            last = state.step == cfg.steps - 1
+            count = dream_transfer_count(mean_masked, times[state.step], times[state.step + 1], last)
+            return count.expand(state.input_mask.shape[0])
+        if cfg.remasking != "low_confidence":
+            return None
+        if state.step % cfg.steps_per_block == 0:
+            start = state.prompt_length + state.block * cfg.block_length
+            in_block = state.input_mask[:, start : start + cfg.block_length].sum(dim=1)
+            self._schedule = linear_transfer_schedule(in_block, cfg.steps_per_block)
+        return self._schedule[:, state.step % cfg.steps_per_block]
+
+    def __call__(self, state: StepState) -> None:
+        assert state.logits is not None, "decision margins need the step's logits (with_logits=True)"
+        if self.config.temperature == 0 and bool(state.committed.any()):
+            top2 = state.logits[state.committed].double().topk(2, dim=-1).values
+            gap = (top2[:, 0] - top2[:, 1]) / torch.maximum(top2.abs().amax(dim=-1), torch.ones(()))
+            self.margins.append(gap.min().item())
+        counts = self._selection_counts(state)
+        if counts is None:
+            return
+        for row, k in zip(state.confidence.double(), counts.tolist(), strict=True):
+            ranked = row[torch.isfinite(row)].sort(descending=True).values
+            if 0 < k < len(ranked):
+                self.margins.append(_relative_gap(ranked[k - 1], ranked[k]).item())
+
+
+def decision_margin(
+    model: DiffusionLM,
+    prompt: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: DreamGenerationConfig | LLaDAGenerationConfig,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float]:
+    """Run `generate` and measure how far its deterministic decisions were from ties.
+
+    Two kinds of decision are measured at every step: the argmax token of each committed position (when
+    ``temperature == 0``), as ``(top1 - top2) / max(|top1|, |top2|, 1)`` of its logits; and the rank
+    selection of the positions to commit (Dream ``maskgit_plus``/``topk_margin``/``entropy`` with
+    ``alg_temp == 0``, LLaDA ``low_confidence``), as the relative gap between the last selected and the
+    first unselected confidence of each row, ``|c_k - c_(k+1)| / max(|c_k|, |c_(k+1)|)`` (the sampler's
+    ``k``). Random draws are not decisions here. Run it on a float64 model to see margins free of float32
+    rounding: a margin well above the float32 error of the logits and scores means every float32 run on any
+    CPU makes the same decisions.
+
+    Returns:
+        ``(tokens [B, Lp + gen_length], smallest margin)``; the margin is ``inf`` when nothing was decided.
+    """
+    hook = _DecisionMargins(config)
+    tokens = generate(
+        model, prompt, attention_mask, config, on_step=hook, generator=generator, with_logits=True
+    )
+    return tokens, min(hook.margins)
 
 
 LLADA2_PARITY_CONFIGS: dict[str, dict[str, Any]] = {
