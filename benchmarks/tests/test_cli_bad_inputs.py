@@ -112,9 +112,10 @@ CASES = [
     (["calib", "build", "--builder", "plain", "--param", "gamma=2", *OUT], ["has no parameters ['gamma']"]),
     (
         ["calib", "build", "--builder", "plain", "--source", "{tmp}/none.txt", *OUT],
-        ["--source", "no such file"],
+        ["--source {tmp}/none.txt", "does not exist"],
     ),
-    (["calib", "build", "--builder", "plain", "--source", "data.csv", *OUT], ["use arithmetic, code"]),
+    (["calib", "build", "--builder", "plain", "--source", "c4=data.csv", *OUT], ["data.csv does not exist"]),
+    (["calib", "build", "--builder", "plain", "--split", "test", *OUT], ["--split describes a corpus"]),
     (["calib", "build", "--builder", "mcs", "--model", "{trunc}", *OUT], ["truncated or damaged"]),
     # dllmq methods
     (["methods", "frobnicate"], ["no registered methods ['frobnicate']"]),

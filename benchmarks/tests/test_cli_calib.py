@@ -63,6 +63,25 @@ def test_dllmq_format_is_a_calibration_set(tmp_path: Path) -> None:
     assert len(cset) == 6 and cset.provenance.builder == "mcs"
 
 
+def test_source_reads_a_local_corpus_as_quantize_calib_does(tmp_path: Path) -> None:
+    """``--source [CORPUS=]PATH`` takes the formats of ``dllmq quantize --calib`` (here a parquet file read
+    with WikiText-2's conventions): the windows come from that text."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    corpus = tmp_path / "wiki.parquet"
+    pq.write_table(pa.table({"text": [" = Title = \n", " 12 + 7 = 19 ; 3 * 4 = 12 ;\n"] * 200}), corpus)
+    out = tmp_path / "wiki"
+    argv = ["calib", "build", "--builder", "plain", "--out", str(out), "--samples", "2", "--seq-len", "16"]
+    assert main([*argv, "--source", f"wikitext2={corpus}", "--no-progress"]) == 0
+    meta = json.loads((out / "dllmq_calibration.json").read_text())
+    assert meta["source"] == f"wikitext2={corpus}"
+    assert meta["provenance"]["source"]["corpus"] == "wikitext2"
+    tokenizer = load("tiny-llada").tokenizer
+    rows = [json.loads(line) for line in (out / "train.jsonl").read_text().splitlines()]
+    assert all(set(tokenizer.decode(r["input_ids"])) <= set(" =Title\n0123456789+*;") for r in rows)
+
+
 @pytest.mark.parametrize("builder", ["plain", "mcs"])
 def test_an_existing_set_is_not_replaced(tmp_path: Path, builder: str, capsys) -> None:
     out = tmp_path / "set"

@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import tempfile
 from pathlib import Path
 
 __all__ = [
     "DTYPES",
     "add_device_and_dtype",
+    "calib_path",
+    "check_calib_path",
     "check_input_file",
     "check_model",
     "check_out_file",
@@ -132,3 +135,21 @@ def check_positive(args: argparse.Namespace, least: dict[str, int]) -> None:
         value = getattr(args, name)
         if value is not None and value < minimum:
             raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value}")
+
+
+def calib_path(spec: str) -> Path | None:
+    """The local path of ``--calib [CORPUS=]PATH`` (None for a shipped source name); the corpus name is
+    checked when the recipe is loaded (this runs before torch is imported)."""
+    if spec in ("arithmetic", "code"):
+        return None
+    named = re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*=(.*)", spec)
+    return Path(named.group(1) if named and not Path(spec).exists() else spec).expanduser()
+
+
+def check_calib_path(spec: str, flag: str = "--calib") -> None:
+    """Raise ``FileNotFoundError`` unless the path of ``flag`` (``--calib``, ``--source``) exists."""
+    path = calib_path(spec)
+    if path is not None and not path.exists():
+        raise FileNotFoundError(
+            f"{flag} {spec}: {path} does not exist; give a local corpus file or folder (hubs are not read)"
+        )

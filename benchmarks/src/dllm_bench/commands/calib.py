@@ -1,7 +1,7 @@
 """``dllmq calib build``: build a diffusion-aware calibration set and save it for dllmq or for other tools.
 
     dllmq calib build --builder tmas|mcs|plain|random --out DIR [--format hf|dllmq] [--model M]
-                      [--source arithmetic|code|FILE.txt|FILE.jsonl] [--samples N] [--seq-len N]
+                      [--source arithmetic|code|[CORPUS=]PATH] [--samples N] [--seq-len N]
                       [--prompts N] [--param KEY=VALUE ...] [--sampler KEY=VALUE ...]
 
 The builders are ``dllm_calib``'s (docs/methods.md): ``plain`` clean text windows, ``random`` windows
@@ -29,7 +29,7 @@ from typing import Any
 
 from dllm_bench.commands._checks import (
     add_device_and_dtype,
-    check_input_file,
+    check_calib_path,
     check_model,
     check_out_folder,
     check_positive,
@@ -74,9 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument(
         "--source",
         default="arithmetic",
-        help="text: arithmetic, code, or a .txt / .jsonl file (default arithmetic)",
+        help="text: arithmetic, code, or a local corpus [CORPUS=]PATH: a .txt / .jsonl / .parquet file, a "
+        "saved datasets folder or a folder of shards; CORPUS (wikitext2, pile, c4) reads it with that "
+        "corpus's conventions (default arithmetic)",
     )
-    build.add_argument("--field", default="text", help="text key of .jsonl records (default text)")
+    build.add_argument(
+        "--field", default="text", help="text field of .jsonl / parquet / dataset records (default text)"
+    )
+    build.add_argument("--split", help="split of a saved DatasetDict or shard folder (default: train)")
     build.add_argument("--samples", type=int, help="states to build (the builder's num_samples)")
     build.add_argument("--seq-len", type=int, help="tokens per window (plain, random, mcs)")
     build.add_argument("--prompts", type=int, help="tmas: prompts to run the sampler on (num_prompts)")
@@ -116,10 +121,9 @@ def check(args: argparse.Namespace) -> None:
     if args.builder != "tmas" and (args.prompts is not None or args.sampler):
         raise ValueError(f"--prompts and --sampler apply to the tmas builder, not {args.builder}")
     if args.source not in TEXT_SOURCES:
-        source = Path(args.source)
-        if source.suffix not in (".txt", ".jsonl"):
-            raise ValueError(f"--source {args.source!r}: use arithmetic, code, or a .txt / .jsonl file path")
-        check_input_file(source, "--source")
+        check_calib_path(args.source, "--source")
+    elif args.split is not None:
+        raise ValueError(f"--split describes a corpus folder; --source {args.source} is a shipped text")
     check_model(args.model)
     check_out_folder(args.out)
     if args.out.is_dir() and any(args.out.iterdir()):

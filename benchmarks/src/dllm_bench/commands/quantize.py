@@ -19,11 +19,11 @@ recipes without online rotations only.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from dllm_bench.commands._checks import (
     add_device_and_dtype,
+    check_calib_path,
     check_model,
     check_out_folder,
     check_positive,
@@ -121,24 +121,6 @@ def check(args: argparse.Namespace) -> None:
         check_calib_path(args.calib)
     elif args.calib_field is not None or args.calib_split is not None:
         raise ValueError("--calib-field and --calib-split describe a --calib corpus; pass --calib too")
-
-
-def calib_path(spec: str) -> Path | None:
-    """The local path of ``--calib [CORPUS=]PATH`` (None for a shipped source name); the corpus name is
-    checked when the recipe is loaded (this runs before torch is imported)."""
-    if spec in ("arithmetic", "code"):
-        return None
-    named = re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*=(.*)", spec)
-    return Path(named.group(1) if named and not Path(spec).exists() else spec).expanduser()
-
-
-def check_calib_path(spec: str) -> None:
-    """Raise ``FileNotFoundError`` unless ``--calib``'s path exists."""
-    path = calib_path(spec)
-    if path is not None and not path.exists():
-        raise FileNotFoundError(
-            f"--calib {spec}: {path} does not exist; give a local corpus file or folder (hubs are not read)"
-        )
 
 
 def run(args: argparse.Namespace) -> int:

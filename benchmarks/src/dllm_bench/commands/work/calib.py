@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dllm_calib import CalibrationSet
+from dllm_calib import CalibrationSet, parse_calib_spec
 from dllm_sampler import DiffusionLM
 from dllm_sampler.atomic import atomic_folder
 from pydantic import ValidationError
@@ -26,18 +26,20 @@ FORMAT_NAME = "dllmq-calibration-jsonl"
 
 
 def _spec(args: argparse.Namespace) -> CalibrationSpec:
-    """The recipe-style calibration spec the flags describe (validated like a recipe's)."""
+    """The recipe-style calibration spec the flags describe (validated like a recipe's); a ``--source``
+    ``[CORPUS=]PATH`` is read as ``dllmq quantize --calib`` reads it (`CalibrationSpec.with_corpus`)."""
     data = {
         "builder": args.builder,
         "params": builder_params(args),
-        "source": args.source,
         "field": args.field,
         "sampler": dict(args.sampler) or None,
     }
     try:
-        return CalibrationSpec.model_validate(data)
+        spec = CalibrationSpec.model_validate(data)
     except ValidationError as err:
         raise ValueError(validation_message(err, "dllmq calib build", CalibrationSpec)) from None
+    name, path = parse_calib_spec(args.source)
+    return spec.with_corpus(name, path, args.field, args.split)
 
 
 def _card(meta: dict[str, Any]) -> str:
