@@ -38,7 +38,8 @@ class MoEBlockTopology:
 
     Attributes:
         index: the block index.
-        names: role -> qualified linear name (see the module docstring for the roles).
+        names: role -> qualified module name: the linears (see the module docstring) and ``qk``, the
+            attention's query/key site after RoPE (``dllm_sampler.models.layers.QKSite``).
         groups: the linear roles grouped by the activation they read, in forward order.
         routes: routed expert role -> (qualified name of the block's `Routing` site, expert index).
         num_experts: routed experts in this block (0 for a dense layer).
@@ -64,7 +65,7 @@ class MoEBlockTopology:
         return [self.names[role] for role in self.linear_roles()]
 
     def module(self, role: str) -> nn.Module:
-        """The linear playing ``role``."""
+        """The module playing ``role``."""
         if role not in self.names:
             raise KeyError(f"unknown role {role!r} in block {self.index}; roles are {list(self.names)}")
         return self.model.get_submodule(self.names[role])
@@ -96,7 +97,7 @@ class MoETopology:
 
     def _block(self, n: MoETopologyNames, i: int, experts: int, shared_width: int) -> MoEBlockTopology:
         prefix = f"{n.blocks}.{i}."
-        names = {"qkv": prefix + n.qkv, "o": prefix + n.o}
+        names = {"qkv": prefix + n.qkv, "qk": prefix + n.qk, "o": prefix + n.o}
         groups: list[tuple[str, ...]] = [("qkv",), ("o",)]
         routes: dict[str, tuple[str, int]] = {}
         if not experts:
