@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dllm_bench.cli import main
 from dllm_bench.pipeline import ModelContext, expert_coverage, format_coverage, quantize_model
 from dllm_bench.pipeline.blocks import BlockRunner
 from dllm_bench.pipeline.calibration import prepare_calibration
@@ -13,7 +14,7 @@ from dllm_bench.pipeline.feed import HiddenCache
 from dllm_bench.recipes import Recipe, load_recipe
 from dllm_calib import ExpertPolicy, HessianStats, RoutedHessianCollector, collect
 from dllm_kernels import QuantSpec
-from dllm_sampler import BlockDiffusionConfig, DiffusionLM, generate_block
+from dllm_sampler import BlockDiffusionConfig, DiffusionLM, generate_block, save
 from dllm_sampler.models.llada2_moe import LLaDA2Router
 from dllm_sampler.models.spec import arch_spec
 from dllm_sampler.testing import CHAR_VOCAB, char_tokenizer, random_llada2
@@ -208,3 +209,12 @@ def test_end_to_end_quantized_moe_generates(name: str, scheme: str, calibration:
         out = generate_block(dlm, prompt, config=config, generator=torch.Generator().manual_seed(0))
     assert out.shape == float_out.shape and bool((out[:, prompt.shape[1] :] != dlm.mask_token_id).all())
     assert bool(result.coverage) == (name != "rtn")
+
+
+def test_dllmq_quantize_prints_the_expert_coverage(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    save(tiny_moe(), tmp_path / "float")
+    argv = ["quantize", "--model", str(tmp_path / "float"), "--out", str(tmp_path / "q"), "--no-progress"]
+    assert main([*argv, "--recipe", "gptq", "--scheme", "W4A16g16", "--calib-samples", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "expert coverage (calibration tokens per routed expert):" in out
+    assert "layer   1: 4 experts, tokens min" in out and "layer   2: 4 experts" in out
