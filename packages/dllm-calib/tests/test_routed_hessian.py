@@ -17,6 +17,8 @@ from dllm_calib import (
     routed_tokens,
 )
 from dllm_sampler.testing import random_llada2
+from hypothesis import given
+from hypothesis import strategies as st
 
 LENGTHS = (20, 14, 9, 17)
 
@@ -111,3 +113,20 @@ def test_token_weighting_applies_per_routed_token(setup) -> None:  # type: ignor
     for e, name in enumerate(routes):
         assert stats[name].tokens == counts[e]
         torch.testing.assert_close(stats[name].sum.double(), sums[e], rtol=1e-5, atol=1e-5)
+
+
+@given(
+    n=st.integers(1, 40),
+    experts=st.integers(2, 8),
+    k=st.integers(1, 3),
+    seed=st.integers(0, 2**16),
+)
+def test_routed_tokens_are_the_rows_the_moe_forward_hands_an_expert(
+    n: int, experts: int, k: int, seed: int
+) -> None:
+    k = min(k, experts)
+    gen = torch.Generator().manual_seed(seed)
+    choice = torch.rand(n, experts, generator=gen).topk(k, dim=-1).indices  # distinct experts per token
+    for e in range(experts):
+        token, _ = torch.nonzero(choice == e, as_tuple=True)  # LLaDA2SparseMoe.forward's selection
+        assert torch.equal(routed_tokens(choice, e), token)
