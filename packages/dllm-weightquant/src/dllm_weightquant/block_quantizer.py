@@ -15,7 +15,7 @@ Hessians collected after the earlier groups were quantized; otherwise all linear
 Mixture of experts: a routed expert's Hessian covers only the tokens routed to it (its coverage, the log
 row's ``tokens``). An expert with fewer than ``context.expert_policy.threshold(in_features)`` tokens is
 starved and is quantized as the policy says: ``"shared"``, with the pooled Hessian of the same linear of
-every routed expert of the layer (`dllm_calib.HessianStats.merge`); ``"rtn"``, round to nearest.
+every routed expert of the layer (their raw sums and masses added); ``"rtn"``, round to nearest.
 """
 
 from __future__ import annotations
@@ -70,27 +70,38 @@ def _units(context: MethodContext, with_data: bool) -> Iterator[tuple[int, Feed 
             yield index, None
 
 
-def _starved_hessian(
-    role: str,
-    holders: dict[str, str],
-    routed: set[str],
-    hessians: dict[str, HessianStats],
-    policy: ExpertPolicy,
-    in_features: int,
-) -> tuple[Tensor | None, str | None]:
-    """For a routed expert's linear: (the Hessian to use, None) when it has enough tokens, else the policy's
-    substitute and its label (a None Hessian means round to nearest)."""
-    own = hessians.get(holders[role])
-    if own is not None and own.tokens >= policy.threshold(in_features):
-        return own.hessian(), None
-    if policy.starved == "rtn":
-        return None, "starved:rtn"
-    part = role.rsplit(".", 1)[1]
-    pool = [hessians[holders[r]] for r in routed if r.rsplit(".", 1)[1] == part and holders[r] in hessians]
-    merged = HessianStats.merge(pool) if pool else None
-    if merged is None or merged.mass <= 0:
-        return None, "starved:rtn(empty pool)"
-    return merged.hessian(), "starved:shared"
+class _ExpertHessians:
+    """The Hessians of one group's routed expert linears, with the policy for starved ones; the pooled
+    Hessian of each part (gate, up, down) is summed once, on first use."""
+
+    def __init__(
+        self,
+        holders: dict[str, str],
+        routed: set[str],
+        hessians: dict[str, HessianStats],
+        policy: ExpertPolicy,
+    ) -> None:
+        self.holders, self.routed, self.hessians, self.policy = holders, routed, hessians, policy
+        self._pools: dict[str, Tensor | None] = {}
+
+    def _pooled(self, part: str) -> Tensor | None:
+        if part not in self._pools:
+            names = [self.holders[r] for r in sorted(self.routed) if r.rsplit(".", 1)[1] == part]
+            parts = [self.hessians[n] for n in names if n in self.hessians]
+            mass = sum(p.mass for p in parts)
+            self._pools[part] = sum(p.sum for p in parts) / mass if mass > 0 else None  # type: ignore[operator]
+        return self._pools[part]
+
+    def choose(self, role: str, in_features: int) -> tuple[Tensor | None, str | None]:
+        """(the Hessian to use, None) when ``role`` saw enough tokens, else the policy's substitute and its
+        label (a None Hessian means round to nearest)."""
+        own = self.hessians.get(self.holders[role])
+        if own is not None and own.tokens >= self.policy.threshold(in_features):
+            return own.hessian(), None
+        if self.policy.starved == "rtn":
+            return None, "starved:rtn"
+        pooled = self._pooled(role.rsplit(".", 1)[1])
+        return (None, "starved:rtn(empty pool)") if pooled is None else (pooled, "starved:shared")
 
 
 def quantize_linears(
@@ -133,6 +144,7 @@ def quantize_linears(
                 routes = {holders[r]: block.routes[r] for r in routed}
                 collector = RoutedHessianCollector(routes, weighting)
                 hessians = collect(feed, list(holders.values()), [collector])["hessian"]
+            experts = _ExpertHessians(holders, routed, hessians, context.expert_policy) if routed else None
             for role in chosen:
                 start = time.perf_counter()
                 name = holders[role]
@@ -140,9 +152,8 @@ def quantize_linears(
                 weight = check_weight(linear.weight, f"{name}.weight")
                 stats = hessians.get(name)
                 label, quantizer, h = method, fn, None
-                if feed is not None and role in routed:
-                    policy, width = context.expert_policy, weight.shape[1]
-                    h, starved = _starved_hessian(role, holders, routed, hessians, policy, width)
+                if feed is not None and experts is not None and role in routed:
+                    h, starved = experts.choose(role, weight.shape[1])
                     if starved is not None:
                         label = f"{method}({starved})" if h is not None else "rtn(starved)"
                         quantizer = fn if h is not None else _rtn
