@@ -17,7 +17,17 @@ from dllm_bench.recipes import (
 from dllm_kernels import QuantSpec
 from pydantic import ValidationError
 
-SHIPPED = {"rtn", "gptq", "awq", "smoothquant", "quarot", "duquant", "dllmquant", "quant-dllm"}
+SHIPPED = {
+    "rtn",
+    "gptq",
+    "awq",
+    "smoothquant",
+    "quarot",
+    "duquant",
+    "dllmquant",
+    "quant-dllm",
+    "dllmquant-moe",
+}
 PAPER_PRESETS = {
     "qdlm-gptq",
     "qdlm-awq",

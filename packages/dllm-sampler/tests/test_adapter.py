@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig, tiny_config
+from dllm_sampler import DiffusionLM, DreamConfig, LLaDAConfig, MoETopology, Topology, tiny_config
 from dllm_sampler.models import ARCH_SPECS, TopologyNames
 from tokenizers import Tokenizer, models, pre_tokenizers
 
@@ -105,8 +105,10 @@ def test_arch_specs_are_the_only_source_of_arch_facts() -> None:
     for name, spec in ARCH_SPECS.items():
         dlm = DiffusionLM.from_config(tiny_config(name), seed=0)
         assert dlm.spec is spec and dlm.arch == name and isinstance(dlm.model, spec.model_cls)
+        assert dlm.topology.spec is spec
         if isinstance(spec.names, TopologyNames):
-            assert dlm.topology.spec is spec
-        else:  # mixture of experts: the dense-block topology refuses it
+            assert isinstance(dlm.topology, Topology)
+        else:  # mixture of experts: its block map; the dense-block topology refuses the model
+            assert isinstance(dlm.topology, MoETopology)
             with pytest.raises(NotImplementedError, match="MoETopologyNames"):
-                dlm.topology  # noqa: B018 - the property raises
+                Topology(dlm.model)

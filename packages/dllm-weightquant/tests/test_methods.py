@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from dllm_calib import HessianCollector, Stage, get_method, registered_methods
+from dllm_calib import RoutedHessianCollector, Stage, get_method, registered_methods
 from dllm_kernels import QuantSpec
 from dllm_weightquant import (
     ABMPConfig,
@@ -58,7 +58,7 @@ def test_needs_state_the_statistics_each_method_reads() -> None:
     assert not get_method("rtn").needs(RTNConfig()).calibration
     gptq = get_method("gptq").needs(GPTQConfig())
     assert [(s.collector, s.roles) for s in gptq.statistics] == [
-        (HessianCollector, ("q", "k", "v", "o", "gate", "up", "down"))
+        (RoutedHessianCollector, ("q", "k", "v", "o", "gate", "up", "down"))
     ]
     assert not gptq.confidence
     cgq = get_method("cgq")

@@ -14,6 +14,7 @@
 from dllm_bench.pipeline.blocks import BlockRunner
 from dllm_bench.pipeline.calibration import load_calibration_list, prepare_calibration
 from dllm_bench.pipeline.context import BlockContext, ModelContext
+from dllm_bench.pipeline.coverage import LayerCoverage, expert_coverage, format_coverage
 from dllm_bench.pipeline.export import RECIPE_FILE, RUNTIME_FILE, export_model, restore_runtime
 from dllm_bench.pipeline.lock import LOCK_FILE, FolderBusyError, FolderLock
 from dllm_bench.pipeline.log import LOG_COLUMNS, LogRow, write_log
@@ -34,12 +35,15 @@ __all__ = [
     "BlockRunner",
     "FolderBusyError",
     "FolderLock",
+    "LayerCoverage",
     "LogRow",
     "ModelContext",
     "QuantizeResult",
     "SnapshotError",
     "WorkDir",
+    "expert_coverage",
     "export_model",
+    "format_coverage",
     "format_sites",
     "ignored_linears",
     "load_calibration_list",

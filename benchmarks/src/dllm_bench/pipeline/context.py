@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from dllm_calib import CalibrationSet, Feed
+from dllm_calib import CalibrationSet, ExpertPolicy, Feed
 from dllm_kernels import QuantSpec
 from dllm_sampler import DiffusionLM
 
@@ -34,6 +34,7 @@ class _Context:
     weight_spec: QuantSpec
     ignored: frozenset[str]
     true_sequential: bool
+    expert_policy: ExpertPolicy
     _deferred: list[Callable[[], None]] = field(default_factory=list, init=False, repr=False)
 
     @property
@@ -85,6 +86,7 @@ class ModelContext(_Context):
             self.weight_spec,
             self.ignored,
             self.true_sequential,
+            self.expert_policy,
             index=index,
             cache=cache,
         )

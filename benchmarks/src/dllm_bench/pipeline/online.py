@@ -76,7 +76,8 @@ def _activations(config: ActQuantConfig) -> tuple[QuantSpec | None, str | None]:
 def online_computation(dlm: DiffusionLM, runtime: RuntimeState) -> OnlineComputation:
     """``runtime`` (the stripped wrappers of ``dlm``) as the checkpoint's `OnlineComputation`."""
     record = runtime.record
-    v_of_o = {block.names["o"]: block.names["v"] for block in dlm.topology}
+    # the v projection whose output an o-input Hadamard may move to (none in a fused-QKV block)
+    v_of_o = {block.names["o"]: block.names["v"] for block in dlm.topology if "v" in block.names}
     activations: dict[str, QuantSpec] = {}
     hadamards: list[OnlineHadamard] = []
     reasons: set[str] = set()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from tqdm import tqdm
 from dllm_bench.pipeline.blocks import BlockRunner, offloaded
 from dllm_bench.pipeline.calibration import prepare_calibration, with_confidence
 from dllm_bench.pipeline.context import BlockContext, ModelContext
+from dllm_bench.pipeline.coverage import LayerCoverage, expert_coverage
 from dllm_bench.pipeline.feed import HiddenCache
 from dllm_bench.pipeline.lock import FolderLock
 from dllm_bench.pipeline.log import write_log
@@ -58,6 +59,8 @@ class QuantizeResult:
         rows: the per-module log (`dllm_bench.pipeline.log`).
         calibration: the calibration set's provenance plus ``num_states`` (None without calibration).
         seconds: wall time of the call.
+        coverage: per routed layer of a mixture-of-experts model, the calibration tokens each expert's
+            Hessian saw and the starved experts (`dllm_bench.pipeline.coverage`; empty otherwise).
     """
 
     dlm: DiffusionLM
@@ -65,6 +68,7 @@ class QuantizeResult:
     rows: list[LogRow]
     calibration: dict[str, Any] | None
     seconds: float = 0.0
+    coverage: list[LayerCoverage] = field(default_factory=list)
 
 
 def _fingerprint(dlm: DiffusionLM, recipe: Recipe, calibration: CalibrationSet | None) -> dict[str, Any]:
@@ -179,6 +183,7 @@ def quantize_model(
             recipe.scheme.weights.spec(),
             frozenset(ignored),
             recipe.true_sequential,
+            recipe.moe.policy(),
         )
         global_steps = [(m, c) for m, c in plan if m.stage is Stage.GLOBAL]
         rows = _global_stage(context, global_steps, work)
@@ -190,6 +195,7 @@ def quantize_model(
         )
         block_steps = [(m, c) for m, c in plan if m.stage is not Stage.GLOBAL]
         _block_loop(result, context, block_steps, work, progress, on_block_done)
+        result.coverage = expert_coverage(result.rows, dlm)
         if work is not None:
             write_log(result.rows, work.path / LOG_FILE)
     result.seconds = time.perf_counter() - start_time

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dllm_actquant import ActQuantLinear, OnlineRotation, attention_site_summary
 from dllm_kernels import QuantSpec
-from dllm_sampler import LINEAR_ROLES, DiffusionLM
+from dllm_sampler import DiffusionLM, Topology
 from dllm_weightquant import QuantLinear
 from torch import nn
 
@@ -42,8 +42,9 @@ def quantized_sites(dlm: DiffusionLM) -> dict[str, str]:
     weights: set[str] = set()
     inputs: set[str] = set()
     rotated: dict[str, set[str]] = {}
-    for block in dlm.topology:
-        for role in LINEAR_ROLES:
+    topology = dlm.topology
+    for block in topology:
+        for role in block.linear_roles():
             chain = _chain(dlm.model.get_submodule(block.names[role]))
             weights.add(_weight_text(chain[-1]))
             quantizers = [m for m in chain if isinstance(m, ActQuantLinear)]
@@ -56,7 +57,7 @@ def quantized_sites(dlm: DiffusionLM) -> dict[str, str]:
         "weights": _one(weights),
         "linear inputs": _one(inputs),
         "online rotations": rotations,
-        **attention_site_summary(dlm),
+        **(attention_site_summary(dlm) if isinstance(topology, Topology) else {}),
     }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import warnings
 
-from dllm_sampler import DiffusionLM
+from dllm_sampler import DiffusionLM, Topology
 
 from dllm_bench.recipes import IGNORE_ALIASES, Recipe
 
@@ -49,8 +49,9 @@ def ignored_linears(recipe: Recipe, dlm: DiffusionLM) -> set[str]:
 def check_fits(recipe: Recipe, dlm: DiffusionLM, ignored: set[str]) -> None:
     """Raise ``ValueError`` (naming the layer and the fix) if the scheme or a step cannot apply to ``dlm``.
 
-    Checks group sizes against every quantized linear's input width, then each planned step's own
-    model check (e.g. QuaRot's Hadamard orders).
+    Checks group sizes against every quantized linear's input width, that every step supports a
+    mixture-of-experts model (``Method.moe``) when the model is one, then each planned step's own model
+    check (e.g. QuaRot's Hadamard orders).
     """
     spec = recipe.scheme.weights.spec()
     if spec.granularity == "group":
@@ -63,5 +64,13 @@ def check_fits(recipe: Recipe, dlm: DiffusionLM, ignored: set[str]) -> None:
                     "a group size that divides every layer width (e.g. --scheme "
                     f"{recipe.scheme.label.split('g')[0]}g64), or ignore the layer"
                 )
+    dense_only = [m.name for m, _ in recipe.plan() if not m.moe]
+    if dense_only and not isinstance(dlm.topology, Topology):
+        raise ValueError(
+            f"step(s) {dense_only} of recipe {recipe.name!r} need the dense block topology and do not "
+            f"support the mixture-of-experts {dlm.spec.display_name}; use weight quantizers with dynamic "
+            "activations (e.g. --recipe gptq, rtn or dllmquant-moe) and keep attention in float with a "
+            "KV16 scheme (e.g. W8A8KV16)"
+        )
     for method, config in recipe.plan():
         method.check_model(config, dlm)

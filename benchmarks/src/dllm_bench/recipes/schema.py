@@ -35,6 +35,7 @@ from dllm_calib import (
     BUILDERS,
     CORPORA,
     BindContext,
+    ExpertPolicy,
     Method,
     Stage,
     builder_config,
@@ -47,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from dllm_bench.recipes.errors import validation_message
 from dllm_bench.recipes.scheme import Scheme, SchemeLabel
 
-__all__ = ["IGNORE_ALIASES", "SHIPPED_SOURCES", "CalibrationSpec", "PaperCorpus", "Recipe", "Step"]
+__all__ = ["IGNORE_ALIASES", "SHIPPED_SOURCES", "CalibrationSpec", "MoESpec", "PaperCorpus", "Recipe", "Step"]
 
 IGNORE_ALIASES = ("head", "embedding")
 """Symbolic ignore entries: the LM head and the token embedding (never block linears, never quantized)."""
@@ -277,6 +278,29 @@ class Step(BaseModel):
         return {"method": self.method, **self.params}
 
 
+class MoESpec(BaseModel):
+    """Mixture-of-experts settings (``moe:`` in a recipe; ignored by dense models): how Hessian quantizers
+    treat routed experts that calibration starves (`dllm_calib.ExpertPolicy`, docs/methods.md).
+
+    ``min_tokens``: an expert whose Hessian saw fewer calibration tokens is starved (null: the linear's
+    input width). ``starved``: ``shared`` (pooled Hessian of the layer's experts, the default) or ``rtn``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_tokens: int | None = Field(default=None, ge=0)
+    starved: str = "shared"
+
+    @model_validator(mode="after")
+    def _known(self) -> MoESpec:
+        self.policy()  # raises ValueError naming the known policies
+        return self
+
+    def policy(self) -> ExpertPolicy:
+        """The library policy object."""
+        return ExpertPolicy(self.min_tokens, self.starved)
+
+
 class Recipe(BaseModel):
     """A quantization recipe (see the module docstring). Construction validates everything that does not
     need the model: known methods and parameters, one weight quantizer, stage order, the scheme and the
@@ -292,6 +316,7 @@ class Recipe(BaseModel):
     ignore: list[str] = Field(default_factory=lambda: list(IGNORE_ALIASES))
     seed: int = Field(default=0, ge=0)
     true_sequential: bool = True
+    moe: MoESpec = Field(default_factory=lambda: MoESpec())
 
     @field_validator("ignore")
     @classmethod

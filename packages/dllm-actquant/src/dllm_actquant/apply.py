@@ -59,10 +59,14 @@ def quantize_activations(
     configs. ``weight_bits`` selects the integer kernels' weight width in ``mode="kernel"``.
     """
     topology = as_topology(model)
-    unknown = set(roles) - set(LINEAR_ROLES)
-    if unknown:
-        raise ValueError(f"unknown linear roles {sorted(unknown)}; roles are {list(LINEAR_ROLES)}")
     chosen = [topology.block(i) for i in blocks] if blocks is not None else list(topology)
+    for block in chosen:
+        unknown = set(roles) - set(block.linear_roles())
+        if unknown:
+            raise ValueError(
+                f"unknown linear roles {sorted(unknown)} in block {block.index}; its roles are "
+                f"{list(block.linear_roles())}"
+            )
     root = topology.model
     plan: list[tuple[str, str, ActQuantLinear]] = []
     for block in chosen:  # build (and validate) every wrapper before touching the model

@@ -116,7 +116,7 @@ def _act_quant_step(context: MethodContext, config: ActQuantConfig) -> list[LogR
     rows: list[LogRow] = []
     for index in context.blocks:
         block = context.dlm.topology.block(index)
-        roles = [r for r in LINEAR_ROLES if block.names[r] not in context.ignored]
+        roles = [r for r in block.linear_roles() if block.names[r] not in context.ignored]
         if not roles:
             continue
         start = time.perf_counter()
@@ -248,5 +248,6 @@ register_method(
         bind=_bind_act_quant,
         activation_only=True,
         scheme_default=True,
+        moe=True,
     )
 )

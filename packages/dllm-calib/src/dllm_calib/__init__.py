@@ -47,6 +47,7 @@ from dllm_calib.collectors import (
     InputSampleCollector,
     InputSamples,
     NonFiniteActivationError,
+    RoutedHessianCollector,
     TensorWeight,
     TokenWeighting,
     UniformWeight,
@@ -55,6 +56,7 @@ from dllm_calib.collectors import (
     attention_sites,
     collect,
     resolve_targets,
+    routed_tokens,
 )
 from dllm_calib.confidence import score_confidence
 from dllm_calib.corpora import (
@@ -71,7 +73,9 @@ from dllm_calib.export import to_calibration_list, to_hf_dataset
 from dllm_calib.feed import Feed, ModelFeed, TokenFeed
 from dllm_calib.methods import (
     ENTRY_POINT_GROUP,
+    STARVED_POLICIES,
     BindContext,
+    ExpertPolicy,
     LogRow,
     Method,
     MethodConfig,
@@ -110,6 +114,7 @@ __all__ = [
     "BUILDERS",
     "CORPORA",
     "ENTRY_POINT_GROUP",
+    "STARVED_POLICIES",
     "ArithmeticSource",
     "AttentionCollector",
     "AttentionResult",
@@ -128,6 +133,7 @@ __all__ = [
     "Corpus",
     "CorpusSource",
     "CorruptCalibrationSetError",
+    "ExpertPolicy",
     "Feed",
     "HFDatasetSource",
     "HessianCollector",
@@ -150,6 +156,7 @@ __all__ = [
     "PlainConfig",
     "Provenance",
     "RandomConfig",
+    "RoutedHessianCollector",
     "ShardFolderSource",
     "Stage",
     "Statistic",
@@ -193,6 +200,7 @@ __all__ = [
     "registered",
     "registered_methods",
     "resolve_targets",
+    "routed_tokens",
     "save_calibration_set",
     "score_confidence",
     "text_source",

@@ -15,11 +15,13 @@ from dllm_sampler.io import (
     write_weights,
 )
 from dllm_sampler.models import ArchSpec, DreamModel, LLaDA2MoeModelLM, LLaDAModelLM, tiny_config
+from dllm_sampler.moe_topology import EXPERT_PARTS, MoEBlockTopology, MoETopology
 from dllm_sampler.registry import available_models
 from dllm_sampler.rope import RopeFn, model_rope
 from dllm_sampler.topology import INPUT_GROUPS, LINEAR_ROLES, BlockTopology, Topology, weight_holder
 
 __all__ = [
+    "EXPERT_PARTS",
     "INPUT_GROUPS",
     "LINEAR_ROLES",
     "ArchSpec",
@@ -34,6 +36,8 @@ __all__ = [
     "LLaDA2MoeModelLM",
     "LLaDAConfig",
     "LLaDAModelLM",
+    "MoEBlockTopology",
+    "MoETopology",
     "RopeFn",
     "Topology",
     "atomic_folder",

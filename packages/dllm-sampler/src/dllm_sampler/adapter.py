@@ -14,7 +14,8 @@ from tokenizers import Tokenizer
 from torch import Tensor, nn
 
 from dllm_sampler.config import DreamConfig, LLaDAConfig
-from dllm_sampler.models.spec import ArchSpec, spec_for_config, spec_for_model
+from dllm_sampler.models.spec import ArchSpec, MoETopologyNames, spec_for_config, spec_for_model
+from dllm_sampler.moe_topology import MoETopology
 from dllm_sampler.topology import Topology
 
 __all__ = ["DiffusionLM"]
@@ -125,8 +126,11 @@ class DiffusionLM:
         return self.config.MAX_POSITIONS_KEY
 
     @property
-    def topology(self) -> Topology:
-        """The module map and invariance-preserving edits (built fresh, so it follows the model)."""
+    def topology(self) -> Topology | MoETopology:
+        """The module map (built fresh, so it follows the model): the dense `Topology` with its
+        invariance-preserving edits, or the block map of a mixture-of-experts model (`MoETopology`)."""
+        if isinstance(self.spec.names, MoETopologyNames):
+            return MoETopology(self.model)
         return Topology(self.model)
 
     @property

@@ -115,6 +115,20 @@ class BlockTopology:
             return self.mlp_norm, self.mlp_inputs
         raise ValueError(f"which must be 'attn' or 'mlp', got {which!r}")
 
+    @property
+    def routes(self) -> dict[str, tuple[str, int]]:
+        """Routed expert roles -> (routing site, expert): none in a dense block (see
+        `dllm_sampler.moe_topology.MoEBlockTopology.routes`)."""
+        return {}
+
+    def linear_roles(self) -> tuple[str, ...]:
+        """The block's linear roles, `LINEAR_ROLES`."""
+        return LINEAR_ROLES
+
+    def input_groups(self) -> tuple[tuple[str, ...], ...]:
+        """The linear roles grouped by the activation they read, `INPUT_GROUPS`."""
+        return INPUT_GROUPS
+
     def linear_names(self) -> list[str]:
         """Qualified names of the block's seven linears, in order q, k, v, o, gate, up, down."""
         return [self.names[r] for r in LINEAR_ROLES]

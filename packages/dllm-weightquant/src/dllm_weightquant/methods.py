@@ -20,6 +20,7 @@ from dllm_calib import (
     Method,
     MethodContext,
     Needs,
+    RoutedHessianCollector,
     Stage,
     Statistic,
     TokenWeighting,
@@ -84,7 +85,8 @@ def quantizer_method(
     needs_confidence: Callable[[Any], bool] | None = None,
     check: SpecCheck | None = None,
 ) -> Method:
-    """A weight-quantizer `Method` running ``fn`` on every block linear (`quantize_linears`).
+    """A weight-quantizer `Method` running ``fn`` on every block linear (`quantize_linears`; routed experts
+    included, each on its own Hessian, so ``moe=True``).
 
     Args:
         name: the recipe name.
@@ -103,7 +105,7 @@ def quantizer_method(
         if not needs_hessian:
             return Needs()
         return Needs(
-            statistics=(Statistic(HessianCollector, LINEAR_ROLES),),
+            statistics=(Statistic(RoutedHessianCollector, LINEAR_ROLES),),
             confidence=bool(needs_confidence and needs_confidence(config)),
         )
 
@@ -115,6 +117,7 @@ def quantizer_method(
         summary=summary,
         needs=needs,
         writes=lambda config: _ALL_WEIGHTS,
+        moe=True,
     )
     return method if check is None else dataclasses.replace(method, check=check)
 

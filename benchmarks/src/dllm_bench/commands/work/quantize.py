@@ -21,6 +21,7 @@ from dllm_bench.pipeline import (
     FolderLock,
     WorkDir,
     export_model,
+    format_coverage,
     format_sites,
     quantize_model,
     quantized_sites,
@@ -134,6 +135,9 @@ def run(args: argparse.Namespace) -> int:
         f"quantized sites (also in {folder / SITES_FILE}):" if args.format != "gguf" else "quantized sites:"
     )
     print("\n".join(format_sites(quantized_sites(result.dlm))))
+    if result.coverage:
+        print("expert coverage (calibration tokens per routed expert):")
+        print("\n".join(format_coverage(result.coverage)))
     if float_texts is not None:
         quantized = f"quantized ({recipe.name} {recipe.scheme.label})"
         width = max(len(quantized), 24)

@@ -17,6 +17,7 @@ from dllm_calib.collectors.driver import (
     resolve_targets,
 )
 from dllm_calib.collectors.hessian import HessianCollector, HessianStats
+from dllm_calib.collectors.routed import RoutedHessianCollector, routed_tokens
 from dllm_calib.collectors.samples import InputSampleCollector, InputSamples
 from dllm_calib.collectors.weights import CertaintyWeight, TensorWeight, TokenWeighting, UniformWeight
 
@@ -35,6 +36,7 @@ __all__ = [
     "InputSampleCollector",
     "InputSamples",
     "NonFiniteActivationError",
+    "RoutedHessianCollector",
     "TensorWeight",
     "TokenWeighting",
     "UniformWeight",
@@ -43,4 +45,5 @@ __all__ = [
     "attention_sites",
     "collect",
     "resolve_targets",
+    "routed_tokens",
 ]

@@ -7,7 +7,7 @@ from dllm_calib.methods.config import (
     check_positive_int,
     check_range,
 )
-from dllm_calib.methods.context import LogRow, MethodContext
+from dllm_calib.methods.context import STARVED_POLICIES, ExpertPolicy, LogRow, MethodContext
 from dllm_calib.methods.registry import (
     ENTRY_POINT_GROUP,
     BindContext,
@@ -26,7 +26,9 @@ from dllm_calib.methods.registry import (
 
 __all__ = [
     "ENTRY_POINT_GROUP",
+    "STARVED_POLICIES",
     "BindContext",
+    "ExpertPolicy",
     "LogRow",
     "Method",
     "MethodConfig",

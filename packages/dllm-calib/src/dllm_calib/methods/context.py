@@ -19,7 +19,7 @@ from dllm_sampler import DiffusionLM
 
 from dllm_calib.feed import Feed
 
-__all__ = ["LogRow", "MethodContext"]
+__all__ = ["STARVED_POLICIES", "ExpertPolicy", "LogRow", "MethodContext"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class LogRow:
             output error, IA-AQ's attention-weighted V error).
         rel_weight_error: ``|W - Q|_F^2 / |W|_F^2`` of a quantized weight.
         seconds: wall time spent on the module.
+        tokens: calibration tokens (nonzero weight) behind the module's Hessian, -1 without one; for a
+            routed expert's linear, the tokens routed to that expert (its coverage).
     """
 
     block: int
@@ -42,6 +44,39 @@ class LogRow:
     loss: float = math.nan
     rel_weight_error: float = math.nan
     seconds: float = 0.0
+    tokens: int = -1
+
+
+STARVED_POLICIES = ("shared", "rtn")
+"""What a weight quantizer does for a routed expert whose Hessian saw fewer than ``min_tokens`` tokens."""
+
+
+@dataclass(frozen=True)
+class ExpertPolicy:
+    """How Hessian quantizers treat routed experts that calibration starves.
+
+    Attributes:
+        min_tokens: an expert whose own Hessian saw fewer tokens is starved; None means the linear's input
+            width (fewer tokens than channels leave its Hessian rank-deficient).
+        starved: ``"shared"`` (default): quantize it with the pooled Hessian of the layer's routed experts
+            for the same linear (every routed token's input, the expert's own tokens included), so the
+            quantizer still sees the layer's activation correlations; ``"rtn"``: round to nearest.
+    """
+
+    min_tokens: int | None = None
+    starved: str = "shared"
+
+    def __post_init__(self) -> None:
+        if self.starved not in STARVED_POLICIES:
+            raise ValueError(
+                f"moe.starved {self.starved!r} is unknown; choose one of {list(STARVED_POLICIES)}"
+            )
+        if self.min_tokens is not None and self.min_tokens < 0:
+            raise ValueError(f"moe.min_tokens must be >= 0 or null (the input width), got {self.min_tokens}")
+
+    def threshold(self, in_features: int) -> int:
+        """The token count below which a linear of input width ``in_features`` is starved."""
+        return in_features if self.min_tokens is None else self.min_tokens
 
 
 class MethodContext(Protocol):
@@ -71,6 +106,11 @@ class MethodContext(Protocol):
     def true_sequential(self) -> bool:
         """Quantize a block's linears stage by stage (q/k/v, o, gate/up, down), each stage's statistics
         collected after the earlier stages were quantized."""
+        ...
+
+    @property
+    def expert_policy(self) -> ExpertPolicy:
+        """How quantizers treat starved routed experts (mixture-of-experts models only)."""
         ...
 
     def feeds(self) -> Iterator[tuple[int, Feed]]:

@@ -205,6 +205,9 @@ class Method:
         scheme_default: added with default parameters when the scheme quantizes its width (activations, or
             attention for an ``attention_only`` method) and the recipe lists no step of this method's stage
             and width (the dynamic activation quantizer, the attention quantizer).
+        moe: the method also handles mixture-of-experts blocks (fused QKV, routed and shared experts;
+            ``dllm_sampler.MoETopology``); transforms written against the dense block topology (norm ->
+            q/k/v, gate/up) leave it False and the pipeline refuses them on such models.
     """
 
     name: str
@@ -220,6 +223,7 @@ class Method:
     activation_only: bool = False
     attention_only: bool = False
     scheme_default: bool = False
+    moe: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.lower() or not self.name.replace("_", "").isalnum():
