@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from dllm_bench.cli import main
-from dllm_bench.pipeline import ModelContext, expert_coverage, format_coverage, quantize_model
+from dllm_bench.loading import load_any
+from dllm_bench.pipeline import ModelContext, expert_coverage, export_model, format_coverage, quantize_model
 from dllm_bench.pipeline.blocks import BlockRunner
 from dllm_bench.pipeline.calibration import prepare_calibration
 from dllm_bench.pipeline.feed import HiddenCache
@@ -16,9 +17,9 @@ from dllm_calib import ExpertPolicy, HessianStats, RoutedHessianCollector, colle
 from dllm_kernels import QuantSpec
 from dllm_sampler import BlockDiffusionConfig, DiffusionLM, generate_block, save
 from dllm_sampler.models.llada2_moe import LLaDA2Router
-from dllm_sampler.models.spec import arch_spec
+from dllm_sampler.models.spec import arch_spec, shared_input_groups
 from dllm_sampler.testing import CHAR_VOCAB, char_tokenizer, random_llada2
-from dllm_weightquant import QuantLinear, gptq_quantize, rtn_quantize
+from dllm_weightquant import QuantLinear, gptq_quantize, rtn_quantize, set_compute_dtype
 from dllm_weightquant.block_quantizer import quantize_linears
 from dllm_weightquant.gptq import GPTQConfig
 from dllm_weightquant.hessian import layer_objective
@@ -218,3 +219,29 @@ def test_dllmq_quantize_prints_the_expert_coverage(tmp_path, capsys) -> None:  #
     out = capsys.readouterr().out
     assert "expert coverage (calibration tokens per routed expert):" in out
     assert "layer   1: 4 experts, tokens min" in out and "layer   2: 4 experts" in out
+
+
+@pytest.mark.parametrize("scheme", ["W4A16g16", "W8A8KV16g16"])
+def test_a_quantized_llada2_folder_loads_back_and_generates(tmp_path, scheme) -> None:  # type: ignore[no-untyped-def]
+    """The pipeline's export of a quantized LLaDA2 is a folder ``load_any`` reads back (packed experts on the
+    kernels, each expert's gate/up sharing one GEMM) with the logits of the quantized model in memory (in
+    float32; W8A8KV16 runs integer GEMMs where the model in memory fake-quantizes); the block sampler
+    generates from it."""
+    dlm = tiny_moe()
+    save(dlm, tmp_path / "float")
+    quantized = quantize_model(dlm, recipe("gptq", scheme), progress=False)
+    folder = export_model(quantized, tmp_path / "q")
+    loaded = load_any(folder)
+    groups = shared_input_groups(loaded.model)
+    assert groups and all("shared_input_gemm" in loaded.model.get_submodule(g[0]).__dict__ for g in groups)
+    set_compute_dtype(loaded.model, torch.float32)  # the in-memory model computes in float32
+    ids = torch.randint(0, 60, (2, 9), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = quantized.dlm.model(ids), loaded.model(ids)
+    if scheme.startswith("W4A16"):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-5), (got - want).abs().max()
+    else:  # integer GEMMs against fake quantization: a float difference can move an activation code by one
+        assert float(torch.linalg.norm(got - want) / torch.linalg.norm(want)) < 1e-2
+    prompt = ids[:1, :5]
+    out = generate_block(loaded, prompt, config=BlockDiffusionConfig(gen_length=8, steps=8, block_length=4))
+    assert bool((out[:, prompt.shape[1] :] != loaded.mask_token_id).all())

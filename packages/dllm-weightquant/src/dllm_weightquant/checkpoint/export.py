@@ -17,7 +17,7 @@ import shutil
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from dllm_sampler import atomic_folder, write_weights
 from dllm_sampler.models import spec_for_model
@@ -155,7 +155,11 @@ def _copy_remote_code(config: dict[str, Any], source: Path, folder: Path) -> Non
 
 
 def _check_sglang(
-    model: nn.Module, formats: dict[str, ModuleFormat], online: OnlineComputation, compressed: bool
+    model: nn.Module,
+    formats: dict[str, ModuleFormat],
+    online: OnlineComputation,
+    compressed: bool,
+    strict: bool,
 ) -> None:
     if not compressed:
         warnings.warn(
@@ -167,11 +171,16 @@ def _check_sglang(
         return
     problems = sglang_problems(model, formats, online)
     if problems:
-        raise ValueError(
+        message = (
             "SGLang's LLaDA2 loader could not serve this compressed-tensors checkpoint:\n- "
             + "\n- ".join(problems)
-            + "\n(export_quantized(..., check_serving=False) writes it anyway; dllmq's loader reads it)"
         )
+        if strict:
+            raise ValueError(
+                message + "\n(export_quantized(..., check_serving=False or 'warn') writes it anyway; "
+                "dllmq's loader reads it)"
+            )
+        warnings.warn(message + "\n(dllmq's own loader reads it)", stacklevel=3)
     notes = sglang_shape_notes(model, formats)
     if notes:
         warnings.warn(
@@ -192,7 +201,7 @@ def export_quantized(
     extra: Callable[[Path], None] | None = None,
     online: OnlineComputation | None = None,
     source_folder: str | Path | None = None,
-    check_serving: bool = True,
+    check_serving: bool | Literal["warn"] = True,
 ) -> Path:
     """Write ``dlm`` (a model whose quantized Linears are ``QuantLinear``) to ``path``; returns the folder.
 
@@ -212,7 +221,8 @@ def export_quantized(
     in (``SGLANG_CONFIG_DEFAULTS``). With ``check_serving`` (default), a compressed-tensors export SGLang
     could not serve raises ``ValueError`` listing each rule it breaks and the fix, widths SGLang's Marlin
     kernels are not built for warn, and a ``dllmq``-format export warns that SGLang cannot load it;
-    ``check_serving=False`` writes the checkpoint anyway (dllmq's own loader reads it).
+    ``check_serving="warn"`` turns the refusal into a warning (``dllmq quantize`` exports so: a W8A8KV16
+    or g16 model is still a dllmq checkpoint) and ``False`` checks nothing.
     """
     if max_shard_bytes <= 0:
         raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes}")
@@ -226,7 +236,7 @@ def export_quantized(
     if llada2:
         ignore = sorted(ignore + sglang_extra_ignore([*ignore, *formats], formats))
         if check_serving:
-            _check_sglang(dlm.model, formats, online, as_compressed_tensors)
+            _check_sglang(dlm.model, formats, online, as_compressed_tensors, strict=check_serving is True)
     if as_compressed_tensors:
         qconfig = compressed_tensors_config(
             formats, ignore, use_library=use_compressed_tensors, online=online
