@@ -37,11 +37,11 @@ TMAS_CALIBRATION = {
 SPECIALS = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3}
 
 
-def tiny_moe(seed: int = 0) -> DiffusionLM:
+def tiny_moe(seed: int = 0, **overrides) -> DiffusionLM:  # type: ignore[no-untyped-def]
     """A random LLaDA2 with the character tokenizer: a dense first layer, then two routed layers of 4
     experts (top-2) with a shared expert."""
     vocab = dict.fromkeys(arch_spec("llada2").config_cls.VOCAB_KEYS, CHAR_VOCAB)
-    dlm = random_llada2(seed, first_k_dense_replace=1, num_hidden_layers=3, **vocab, **SPECIALS)
+    dlm = random_llada2(seed, first_k_dense_replace=1, num_hidden_layers=3, **vocab, **SPECIALS, **overrides)
     dlm.tokenizer = char_tokenizer()
     return dlm
 
@@ -210,6 +210,18 @@ def test_end_to_end_quantized_moe_generates(name: str, scheme: str, calibration:
         out = generate_block(dlm, prompt, config=config, generator=torch.Generator().manual_seed(0))
     assert out.shape == float_out.shape and bool((out[:, prompt.shape[1] :] != dlm.mask_token_id).all())
     assert bool(result.coverage) == (name != "rtn")
+
+
+def test_dllmq_quantize_runs_dllmquant_on_moe_as_its_moe_variant(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    """``--recipe dllmquant`` on an MoE model says so and runs ``dllmquant-moe`` (the pipeline itself refuses
+    dllmquant's QuaRot step there, see above)."""
+    save(tiny_moe(max_position_embeddings=512), tmp_path / "float")  # TMAS runs the 256-token sampler
+    argv = ["quantize", "--model", str(tmp_path / "float"), "--out", str(tmp_path / "q"), "--no-progress"]
+    argv += ["--recipe", "dllmquant", "--scheme", "W4A16g16", "--calib-samples", "4"]
+    assert main([*argv, "--eval-problems", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "recipe 'dllmquant' runs as 'dllmquant-moe'" in out and "with recipe 'dllmquant-moe'" in out
+    assert "expert coverage" in out
 
 
 def test_dllmq_quantize_prints_the_expert_coverage(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -5,7 +5,7 @@
 Python and ``recipe.to_yaml()`` writes it back.
 """
 
-from dllm_bench.recipes.loader import available_recipes, load_recipe
+from dllm_bench.recipes.loader import MOE_VARIANTS, available_recipes, load_recipe, moe_variant
 from dllm_bench.recipes.schema import IGNORE_ALIASES, CalibrationSpec, Recipe, Step
 from dllm_bench.recipes.scheme import (
     ACTIVATION_BITS,
@@ -19,6 +19,7 @@ from dllm_bench.recipes.scheme import (
 __all__ = [
     "ACTIVATION_BITS",
     "IGNORE_ALIASES",
+    "MOE_VARIANTS",
     "SCHEME_LABELS",
     "CalibrationSpec",
     "Recipe",
@@ -28,5 +29,6 @@ __all__ = [
     "WeightScheme",
     "available_recipes",
     "load_recipe",
+    "moe_variant",
     "parse_scheme",
 ]

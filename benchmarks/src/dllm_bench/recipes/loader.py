@@ -7,7 +7,11 @@ from pathlib import Path
 
 from dllm_bench.recipes.schema import Recipe
 
-__all__ = ["available_recipes", "load_recipe"]
+__all__ = ["MOE_VARIANTS", "available_recipes", "load_recipe", "moe_variant"]
+
+MOE_VARIANTS = {"dllmquant": "dllmquant-moe"}
+"""Shipped recipes whose steps edit the dense block topology -> the shipped recipe that applies their
+method to mixture-of-experts models (`moe_variant`)."""
 
 
 def available_recipes() -> list[str]:
@@ -39,3 +43,10 @@ def load_recipe(name_or_path: str | Path, scheme: str | None = None) -> Recipe:
         where, text = str(path), path.read_text(encoding="utf-8")
     recipe = Recipe.from_yaml(text, where)
     return recipe if scheme is None else recipe.with_scheme(scheme)
+
+
+def moe_variant(name: str) -> str | None:
+    """The shipped recipe that runs ``name``'s method on a mixture-of-experts model, or None when ``name``
+    runs on one as it is (or is not a shipped recipe): ``dllmquant`` -> ``dllmquant-moe`` (TMAS + CGQ
+    without the QuaRot, IA-AQ and K-quantization steps, which edit dense blocks)."""
+    return MOE_VARIANTS.get(name)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dllm_calib import parse_calib_spec
 from dllm_sampler import check_replaceable
+from dllm_sampler.moe_topology import MoETopology
 from dllm_sampler.tasks import character_accuracy, exact_accuracy, generate_answers, heldout_problems
 
 from dllm_bench.commands.quantize import DEFAULT_EVAL_PROBLEMS, default_out
@@ -27,7 +28,7 @@ from dllm_bench.pipeline import (
     quantized_sites,
 )
 from dllm_bench.pipeline.runner import QuantizeResult
-from dllm_bench.recipes import Recipe, load_recipe
+from dllm_bench.recipes import Recipe, load_recipe, moe_variant
 
 
 def _answers(dlm, n: int) -> list[str]:
@@ -88,16 +89,23 @@ def _write(args: argparse.Namespace, result: QuantizeResult, out: Path, overwrit
     return write_gguf(result.dlm, out, gguf_type=args.gguf_type, source_model=str(source))
 
 
-def run(args: argparse.Namespace) -> int:
-    device = parse_device(args.device)
-    recipe = load_recipe(args.recipe, scheme=args.scheme)
+def _recipe(args: argparse.Namespace, name: str) -> Recipe:
+    """Recipe ``name`` with the flags applied: the scheme, a ``--calib`` corpus, GGUF's grid, the
+    calibration sample count."""
+    recipe = load_recipe(name, scheme=args.scheme)
     if args.calib is not None:
-        name, path = parse_calib_spec(args.calib)
-        recipe = recipe.with_calibration_corpus(name, path, args.calib_field, args.calib_split)
+        corpus, path = parse_calib_spec(args.calib)
+        recipe = recipe.with_calibration_corpus(corpus, path, args.calib_field, args.calib_split)
     if args.format == "gguf":
         recipe = on_gguf_grid(recipe, args.gguf_type)
     if args.calib_samples is not None:
         recipe = recipe.with_calibration_samples(args.calib_samples)
+    return recipe
+
+
+def run(args: argparse.Namespace) -> int:
+    device = parse_device(args.device)
+    recipe = _recipe(args, args.recipe)
     out = args.out or default_out(args)
     overwrite = args.overwrite or args.out is None  # the default location is dllmq's own
     if args.format != "gguf":
@@ -105,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
     work = args.work_dir or out.with_name(f"{out.name}.work")
 
     dlm = load_any(args.model, dtype=compute_dtype(args.dtype, device))
+    variant = moe_variant(args.recipe) if isinstance(dlm.topology, MoETopology) else None
+    if variant is not None:
+        print(f"{args.model} is a mixture-of-experts model: recipe {args.recipe!r} runs as {variant!r}")
+        recipe = _recipe(args, variant)
     task = dlm.generation_defaults.get("dllmq_task")
     n_eval = args.eval_problems
     if n_eval is None:
