@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from dllm_kernels.cpu.ops import stacked_int_matmul
 from dllm_kernels.dispatch import fast_cpu_gemms
-from dllm_sampler.models.layers import hooked
+from dllm_sampler.models.layers import runner_applies
 from dllm_sampler.models.spec import attach_shared_input_runners
 from torch import Tensor, nn
 
@@ -47,12 +47,8 @@ class SharedInputIntGEMM:
         self.splits = [m.out_features for m in layers]
 
     def _serves(self, h: Tensor, linears: tuple[nn.Module, ...]) -> bool:
-        return (
-            len(linears) == len(self.layers)
-            and all(a is b for a, b in zip(linears, self.layers, strict=True))
-            and h.device.type == "cpu"
-            and fast_cpu_gemms()
-            and not any(hooked(m) or hooked(m.inner) for m in self.layers)
+        return fast_cpu_gemms() and runner_applies(
+            h, linears, self.layers, [*self.layers, *(m.inner for m in self.layers)]
         )
 
     def __call__(self, h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...] | None:

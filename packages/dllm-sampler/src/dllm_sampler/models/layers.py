@@ -33,12 +33,12 @@ __all__ = [
     "decoder_forward",
     "embedding",
     "gated_mlp",
-    "hooked",
     "init_weights",
     "linears_on",
     "position_ids",
     "rope_cos_sin",
     "rope_tables",
+    "runner_applies",
     "self_attention",
 ]
 
@@ -208,9 +208,18 @@ def gated_mlp(h: Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> Ten
     return down(F.silu(g) * u)
 
 
-def hooked(module: nn.Module) -> bool:
-    """True if ``module`` has forward (pre-)hooks, which a shared-input runner would bypass."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
+def runner_applies(
+    h: Tensor, linears: tuple[nn.Module, ...], layers: tuple[nn.Module, ...], watched: Sequence[nn.Module]
+) -> bool:
+    """True when a shared-input runner built for ``layers`` may serve ``linears_on(h, linears)``: the same
+    layers in the same order, ``h`` on the CPU, and no forward (pre-)hook on any module of ``watched`` (the
+    layers and whatever they wrap), since one fused call would bypass the hooks."""
+    return (
+        len(linears) == len(layers)
+        and all(a is b for a, b in zip(linears, layers, strict=True))
+        and h.device.type == "cpu"
+        and not any(m._forward_hooks or m._forward_pre_hooks for m in watched)
+    )
 
 
 def linears_on(h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...]:
@@ -219,7 +228,7 @@ def linears_on(h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...]:
     Layers that can share one GEMM (quantized layers on the CPU, grouped by
     `dllm_weightquant.fuse_shared_inputs` and `dllm_actquant.fuse_act_quant_inputs`) carry a
     ``shared_input_gemm`` runner; it computes all the outputs at once, or returns None when it cannot serve
-    this call (other layers, `hooked` layers, another device), and the layers then run one by one."""
+    this call (`runner_applies`), and the layers then run one by one."""
     runner = getattr(linears[0], "shared_input_gemm", None)
     if runner is not None:
         outs = runner(h, linears)
