@@ -21,6 +21,8 @@ TOY += ["--code-batch", "2", "--code-every", "2", "--steps", "4", "--eval-every"
 
 
 def _script():
+    if str(SCRIPT.parent) not in sys.path:  # train_tiny imports its sibling tools/tiny_llada2.py
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("train_tiny", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -4,9 +4,11 @@
 
 For each model (a packaged name or a checkpoint folder): exact-match accuracy on the first ``--n`` held-out
 arithmetic problems with the architecture's default sampler (answer length, steps and block set to the
-answer and its EOS, ``ANSWER_TOKENS + 1`` tokens; see ``dllm_sampler.tasks.evaluate``), overall and by
+answer and its EOS, ``ANSWER_TOKENS + 1`` tokens; LLaDA2's block sampler keeps its blocks of 32 and
+takes up to one step per token; see ``dllm_sampler.tasks.evaluate``), overall and by
 difficulty, in float32 and in the stored bf16; the held-out stdlib code ELBO NLL per token (the model's
-own estimator); the accuracy of every digit of the generated answers (fp32), by part of the answer; and the
+own estimator, a bidirectional forward: for LLaDA2, trained block-causally, a number to compare with
+itself only); the accuracy of every digit of the generated answers (fp32), by part of the answer; and the
 accuracy-vs-steps curve from the ``train_log.jsonl`` saved next to the checkpoint.
 Results also go to ``--json``.
 """

@@ -1,6 +1,7 @@
-"""Train a tiny reference dLLM (LLaDA or Dream layout) from scratch on CPU.
+"""Train a tiny reference dLLM (LLaDA, Dream or LLaDA2 layout) from scratch on CPU.
 
     uv run python tools/train_tiny.py --arch llada --out runs/tiny-llada [--steps N] [--minutes M] [--seed S]
+    OMP_NUM_THREADS=1 uv run python tools/train_tiny.py --arch llada2 --out runs/tiny-llada2
 
 With no other option this is the shipped recipe (``RECIPES``); the shipped checkpoint is ``OUT-ema``.
 
@@ -19,6 +20,16 @@ teacher-forced accuracy of each computed token and the free-running accuracy of 
 on 64 problems that are not among the 500 of the final evaluation. The checkpoint is written by
 ``dllm_sampler.save`` in bf16; with ``--ema`` a moving average of the weights is saved beside it
 (``OUT-ema``).
+
+LLaDA2 (``--arch llada2``, an `LLaDA2MoeConfig` with routed experts; see `model_config`) is trained by
+block diffusion instead (``tools/tiny_llada2.py``): blocks of ``--block`` tokens, a mask ratio per block,
+the noisy blocks seeing the clean earlier blocks under the block-causal mask, as its sampler
+(`generate_block`) uses the model. No focus, copy or answer-only rows (``--focus``, ``--copy-focus`` and
+``--aux-batch`` are ignored); the routers' ``expert_bias`` follows
+the loads (`ExpertBalance`, ``--bias-rate``); the teacher-forced monitor (a bidirectional forward) is
+skipped. ``--checkpoint-every`` writes ``OUT.resume.pt`` (model, optimizer, average, step; atomic) and
+``--resume`` continues from it (the data streams are reseeded at the resumed step, so a resumed run is not
+bit-identical to an uninterrupted one).
 """
 
 from __future__ import annotations
@@ -32,8 +43,9 @@ import time
 from pathlib import Path
 
 import torch
-from dllm_sampler import DreamConfig, LLaDAConfig, forward_noise, llada_loss
+from dllm_sampler import DreamConfig, LLaDA2MoeConfig, LLaDAConfig, forward_noise, llada_loss
 from dllm_sampler.adapter import DiffusionLM
+from dllm_sampler.atomic import atomic_file
 from dllm_sampler.tasks import (
     ANSWER_TOKENS,
     Problem,
@@ -50,7 +62,12 @@ from dllm_sampler.tasks import (
     train_split,
 )
 from dllm_sampler.tasks.tokenizer import BOS, EOS, MASK, PAD, train_tokenizer
+from tiny_llada2 import ExpertBalance, block_diffusion_batch
 from tokenizers import Tokenizer
+
+LLADA2_STEPS = 2000
+"""The tiny-llada2 step cap: what one idle thread of the dev box runs in 38 minutes (1.05 steps/s alone;
+about half that beside other jobs, so its schedule follows the wall clock, ``--schedule wall``)."""
 
 _SHIPPED_RECIPE: dict[str, float | int | str] = {
     "minutes": 45.0,
@@ -65,6 +82,16 @@ _SHIPPED_RECIPE: dict[str, float | int | str] = {
 RECIPES: dict[str, dict[str, float | int | str]] = {
     "llada": {**_SHIPPED_RECIPE, "seed": 2},
     "dream": {**_SHIPPED_RECIPE, "seed": 3},
+    "llada2": {
+        **_SHIPPED_RECIPE,
+        "minutes": 38.0,
+        "steps": LLADA2_STEPS,
+        "schedule": "wall",
+        "threads": 1,
+        "focus": 0.0,
+        "copy_focus": 0.0,
+        "seed": 5,
+    },
 }
 """Per-layout defaults: the options the shipped checkpoints were trained with (docs/tiny_models.md). A
 45-minute stop on a 4,600-step schedule that follows the step count (repeatable on one machine and thread
@@ -83,9 +110,35 @@ learning (docs/tiny_models.md); the evaluated 2-3 digit operands are used from t
 
 def model_config(
     arch: str, vocab: int, ids: dict[str, int], args: argparse.Namespace
-) -> LLaDAConfig | DreamConfig:
-    """The tiny shapes: hidden 256, head_dim 64 (4 heads), MLP 768 (3 * 2^8); Dream with GQA 4/2."""
+) -> LLaDAConfig | DreamConfig | LLaDA2MoeConfig:
+    """The tiny shapes: hidden 256, head_dim 64 (4 heads), MLP 768 (3 * 2^8); Dream with GQA 4/2.
+
+    LLaDA2 keeps the released layout at a small scale: GQA 4/2, fused qkv, q/k RMSNorm, RoPE on half of
+    each head, the first layer dense (MLP 768), then 8 routed experts of width 128, top-2 within 2 of 4
+    groups, sigmoid scores with ``expert_bias``, weights renormalised and scaled by 2.5, one shared expert
+    of width 128."""
     common = {"mask_token_id": ids[MASK], "eos_token_id": ids[EOS], "pad_token_id": ids[PAD]}
+    if arch == "llada2":
+        return LLaDA2MoeConfig(
+            hidden_size=args.hidden,
+            num_hidden_layers=args.layers,
+            num_attention_heads=args.hidden // 64,
+            num_key_value_heads=args.hidden // 128,
+            head_dim=64,
+            intermediate_size=args.mlp,
+            moe_intermediate_size=args.mlp // 6,
+            num_experts=8,
+            num_experts_per_tok=2,
+            n_group=4,
+            topk_group=2,
+            num_shared_experts=1,
+            first_k_dense_replace=1,
+            vocab_size=vocab,
+            max_position_embeddings=512,
+            rope_theta=10000.0,
+            bos_token_id=ids[BOS],
+            **common,
+        )
     if arch == "llada":
         return LLaDAConfig(
             d_model=args.hidden,
@@ -114,15 +167,18 @@ def model_config(
     )
 
 
-def generation_defaults(arch: str) -> dict:
+def generation_defaults(arch: str, block: int = 32) -> dict:
     """generation_config.json of a tiny model: the sampler length the evaluation uses (one step per answer
-    token, one block) and the prompt conventions `dllmq generate` applies."""
-    length = {"steps": ANSWER_TOKENS + 1}
-    length |= (
-        {"gen_length": ANSWER_TOKENS + 1, "block_length": ANSWER_TOKENS + 1}
-        if arch == "llada"
-        else {"max_new_tokens": ANSWER_TOKENS + 1}
-    )
+    token, one block; LLaDA2: blocks of ``block``, at most one step per token, the model card's threshold
+    algorithm) and the prompt conventions `dllmq generate` applies."""
+    length: dict = {"steps": ANSWER_TOKENS + 1}
+    if arch == "llada":
+        length |= {"gen_length": ANSWER_TOKENS + 1, "block_length": ANSWER_TOKENS + 1}
+    elif arch == "llada2":
+        length = {"gen_length": ANSWER_TOKENS + 1, "block_length": block, "steps": block}
+        length |= {"algorithm": "threshold", "threshold": 0.95, "temperature": 0.0}
+    else:
+        length |= {"max_new_tokens": ANSWER_TOKENS + 1}
     prompt = {"dllmq_prompt_template": "{prompt}\nA:", "dllmq_add_bos": True, "dllmq_task": "arithmetic"}
     return length | prompt
 
@@ -284,7 +340,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--arch", choices=("llada", "dream"), required=True)
+    parser.add_argument("--arch", choices=("llada", "dream", "llada2"), required=True)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint folder (created)")
     parser.add_argument(
         "--steps", type=int, default=None, help="optimizer steps, the LR schedule's length (default: RECIPES)"
@@ -366,6 +422,14 @@ def main() -> None:
         default=64,
         help="extra answer-only rows per arithmetic step ([bos] answer eos, operands given, computed masked)",
     )
+    parser.add_argument("--block", type=int, default=32, help="llada2: block length of block diffusion")
+    parser.add_argument(
+        "--bias-rate", type=float, default=5e-3, help="llada2: expert_bias step per optimizer step"
+    )
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between OUT.resume.pt writes (0: none)"
+    )
+    parser.add_argument("--resume", action="store_true", help="continue from OUT.resume.pt")
     args = parser.parse_args()
     for key, value in RECIPES[args.arch].items():
         if getattr(args, key) is None:
@@ -379,7 +443,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     log_path = args.out.with_name(args.out.name + ".train_log.jsonl")
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = log_path.open("w")
+    log_file = log_path.open("a" if args.resume else "w")
 
     def log(record: dict) -> None:
         line = json.dumps(record)
@@ -411,9 +475,23 @@ def main() -> None:
         betas=(0.9, 0.98),
     )
     average = WeightAverage(dlm.model, args.ema) if args.ema > 0 else None
+    balance = ExpertBalance(dlm.model, args.bias_rate) if args.arch == "llada2" else None
+    special = {"pad": ids[PAD], "eos": ids[EOS], "mask": ids[MASK]}
+    resume_path = args.out.with_name(args.out.name + ".resume.pt")
     start = time.time()
     tokens_seen, done = 0, 0
-    for step in range(args.steps):
+    if args.resume:
+        state = torch.load(resume_path, weights_only=False)
+        dlm.model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if average is not None:
+            average.shadow, average.updates = state["average"], state["average_updates"]
+        done, start = state["step"], start - state["elapsed_s"]
+        streams = {d: train_split(args.seed * 1000 + done + i, d) for i, (_, d) in enumerate(CURRICULUM)}
+        code_rng = random.Random(args.seed + done)
+        noise_gen.manual_seed(args.seed + done)
+        log({"event": "resume", "step": done})
+    for step in range(done, args.steps):
         budget_used = (time.time() - start) / (args.minutes * 60)
         if budget_used >= 1.0:
             log({"event": "time_cap", "step": step, "minutes": args.minutes})
@@ -434,48 +512,67 @@ def main() -> None:
             x0, prompt_mask, attention_mask = sft_batch(tokenizer, problems)
             attention_mask = attention_mask.to(args.device)
         x0, prompt_mask = x0.to(args.device), prompt_mask.to(args.device)
-        t = stratified_t(x0.shape[0], noise_gen).to(args.device)
-        noisy, masked, p_mask = forward_noise(x0, t, ids[MASK], prompt_mask)
-        if not is_code and args.focus + args.copy_focus > 0:
-            noisy, masked = arithmetic_noise(
-                x0,
-                masked,
-                t,
-                answer_columns(x0, focus_positions),
-                args.focus,
-                args.copy_focus,
-                ids[MASK],
-                noise_gen,
-            )
-        aux = None
-        if not is_code and args.aux_batch > 0:
-            aux_problems = [next(streams[digits]) for _ in range(args.aux_batch)]
-            aux = [
-                r.to(args.device)
-                for r in answer_only_rows(tokenizer, aux_problems, focus_positions, ids, noise_gen)
-            ]
-        with torch.autocast(
+        autocast = torch.autocast(
             device_type=x0.device.type, dtype=torch.bfloat16, enabled=args.autocast == "bf16"
-        ):
-            logits = dlm.logits(noisy, attention_mask)
-            aux_logits = None if aux is None else dlm.logits(aux[1])
-        if args.loss == "llada":
-            loss = llada_loss(logits, x0, masked, p_mask, "tokens" if is_code else "answer", prompt_mask)
+        )
+        if args.arch == "llada2":
+            shift = 0 if is_code else int(torch.randint(args.block, (), generator=noise_gen))
+            batch = block_diffusion_batch(
+                x0, prompt_mask, attention_mask, special, args.block, shift, noise_gen
+            )
+            with autocast:
+                logits = dlm.model(batch.input_ids, allowed=batch.allowed, positions=batch.positions)
+            loss = masked_mean_loss(logits[:, batch.clean_length :], batch.target, batch.masked)
         else:
-            weight = None
-            if not is_code and args.copy_weight != 1.0:
-                weight = copy_weights(x0, answer_columns(x0, copy_positions), args.copy_weight)
-            loss = masked_mean_loss(logits, x0, masked, weight)
-        if aux is not None:
-            loss = loss + masked_mean_loss(aux_logits, aux[0], aux[2])
+            t = stratified_t(x0.shape[0], noise_gen).to(args.device)
+            noisy, masked, p_mask = forward_noise(x0, t, ids[MASK], prompt_mask)
+            if not is_code and args.focus + args.copy_focus > 0:
+                noisy, masked = arithmetic_noise(
+                    x0,
+                    masked,
+                    t,
+                    answer_columns(x0, focus_positions),
+                    args.focus,
+                    args.copy_focus,
+                    ids[MASK],
+                    noise_gen,
+                )
+            aux = None
+            if not is_code and args.aux_batch > 0:
+                aux_problems = [next(streams[digits]) for _ in range(args.aux_batch)]
+                aux = [
+                    r.to(args.device)
+                    for r in answer_only_rows(tokenizer, aux_problems, focus_positions, ids, noise_gen)
+                ]
+            with autocast:
+                logits = dlm.logits(noisy, attention_mask)
+                aux_logits = None if aux is None else dlm.logits(aux[1])
+            if args.loss == "llada":
+                loss = llada_loss(logits, x0, masked, p_mask, "tokens" if is_code else "answer", prompt_mask)
+            else:
+                weight = None
+                if not is_code and args.copy_weight != 1.0:
+                    weight = copy_weights(x0, answer_columns(x0, copy_positions), args.copy_weight)
+                loss = masked_mean_loss(logits, x0, masked, weight)
+            if aux is not None:
+                loss = loss + masked_mean_loss(aux_logits, aux[0], aux[2])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dlm.model.parameters(), 1.0)
         optimizer.step()
+        if balance is not None:
+            balance.update()
         if average is not None:
             average.update(dlm.model)
         tokens_seen += x0.numel()
         done = step + 1
+        if args.checkpoint_every > 0 and done % args.checkpoint_every == 0:
+            with atomic_file(resume_path, "wb") as handle:
+                state = {"model": dlm.model.state_dict(), "optimizer": optimizer.state_dict(), "step": done}
+                state["elapsed_s"] = time.time() - start
+                if average is not None:
+                    state["average"], state["average_updates"] = average.shadow, average.updates
+                torch.save(state, handle)
 
         if step % args.log_every == 0:
             elapsed = time.time() - start
@@ -489,11 +586,12 @@ def main() -> None:
                     "steps_per_s": round((step + 1) / elapsed, 3),
                     "tokens_per_s": round(tokens_seen / elapsed, 1),
                 }
+                | ({} if balance is None else {"expert_load": balance.report()})
             )
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             dlm.model.eval()
             texts = generate_answers(dlm, monitor)
-            forced = teacher_forced(dlm, tokenizer, monitor, ids[MASK])
+            forced = None if args.arch == "llada2" else teacher_forced(dlm, tokenizer, monitor, ids[MASK])
             dlm.model.train()
             exact = exact_accuracy(texts, monitor)
             log(
@@ -512,7 +610,7 @@ def main() -> None:
     from dllm_sampler import save
 
     dlm.to(torch.bfloat16)
-    dlm.tokenizer_files["generation_config.json"] = generation_defaults(args.arch)
+    dlm.tokenizer_files["generation_config.json"] = generation_defaults(args.arch, args.block)
     save(dlm, args.out, overwrite=True)
     shutil.copy(log_path, args.out / "train_log.jsonl")
     if average is not None:

@@ -109,3 +109,12 @@ def test_other_architectures_are_refused_with_the_fix() -> None:
 
     with pytest.raises(TypeError, match="use the model's own sampler"):
         generate_block(random_char_model("llada"), PROMPT, config=BlockDiffusionConfig(gen_length=4))
+
+
+@pytest.mark.parametrize(
+    ("gen_length", "steps", "per_block"), [(35, 35, 32), (64, 16, 8), (35, 1, 1), (8, 64, 32)]
+)
+def test_with_length_keeps_the_block_and_scales_the_steps(gen_length, steps, per_block):
+    config = BlockDiffusionConfig(threshold=0.9).with_length(gen_length, steps)
+    assert (config.gen_length, config.block_length, config.steps) == (gen_length, 32, per_block)
+    assert config.threshold == 0.9

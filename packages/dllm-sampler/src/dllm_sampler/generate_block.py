@@ -28,7 +28,7 @@ positions (cumsum of the attention mask), so a batch of one prompt reproduces th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -96,6 +96,14 @@ class BlockDiffusionConfig:
     def steps_per_block(self) -> int:
         """Steps of the threshold schedule: ``min(steps, gen_length // minimal_topk)`` (at least 1)."""
         return max(1, min(self.steps, self.gen_length // self.minimal_topk))
+
+    def with_length(self, gen_length: int, steps: int) -> BlockDiffusionConfig:
+        """A copy that generates ``gen_length`` tokens at the rate of ``steps`` steps for them: the block
+        length (the model's) is kept and the threshold schedule gets ``steps * block_length / gen_length``
+        steps per block (rounded up, within ``[1, block_length]``); ``steps == gen_length`` is one token per
+        step at least, like the other samplers' ``with_length``."""
+        per_block = min(self.block_length, max(1, -(-steps * self.block_length // gen_length)))
+        return replace(self, gen_length=gen_length, steps=per_block)
 
     def sample(
         self, model: MaskPredictor, prompt: Tensor, attention_mask: Tensor | None = None, **kwargs: Any

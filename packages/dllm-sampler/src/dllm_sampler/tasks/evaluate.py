@@ -1,8 +1,9 @@
 """Task metrics of a DiffusionLM: arithmetic exact-match accuracy with the real samplers, code ELBO NLL.
 
 Generation uses each architecture's default sampler (`default_generation_config`: LLaDA low-confidence
-remasking at temperature 0; Dream's ``entropy`` algorithm at temperature 0) with the answer length set to
-``ANSWER_TOKENS + 1`` tokens (the scratchpad answer and an EOS), one step per token and a single block.
+remasking at temperature 0; Dream's ``entropy`` algorithm at temperature 0; LLaDA2's block diffusion with
+the threshold algorithm) with the answer length set to ``ANSWER_TOKENS + 1`` tokens (the scratchpad answer
+and an EOS), one step per token and a single block (LLaDA2: blocks of 32, up to 32 steps each).
 """
 
 from __future__ import annotations
@@ -45,8 +46,9 @@ GEN_LENGTH = ANSWER_TOKENS + 1
 
 
 def answer_generation_config(arch: str, gen_length: int = GEN_LENGTH) -> GenerationConfig:
-    """The arch's default sampler config with ``gen_length`` tokens, ``gen_length`` steps, one block
-    (``with_length``)."""
+    """The arch's default sampler config with ``gen_length`` tokens and ``gen_length`` steps
+    (``with_length``): one block for LLaDA; LLaDA2's block sampler keeps its blocks (32) with one step per
+    block position."""
     return default_generation_config(arch).with_length(gen_length, gen_length)
 
 
