@@ -76,6 +76,6 @@ class SharedInputIntGEMM:
 
 def fuse_act_quant_inputs(model: nn.Module) -> int:
     """Attach a `SharedInputIntGEMM` to every group of `dllm_sampler.models.spec.shared_input_groups` that
-    qualifies (see the class);
-    other groups are left as they are. Returns how many groups were fused. Idempotent."""
+    qualifies (see the class); other groups are left as they are. Returns how many groups were fused.
+    Idempotent."""
     return attach_shared_input_runners(model, SharedInputIntGEMM)

@@ -120,8 +120,12 @@ class HessianCollector(Collector):
         return incs
 
     def observe(self, point: HookPoint, tensor: Tensor, batch: Batch) -> None:
-        slots = self._stats.setdefault(point.module, [None] * (self.num_buckets or 1))
-        for bucket, inc, mass, tokens in self._increments(tensor):
+        self._accumulate(point.module, self._increments(tensor))
+
+    def _accumulate(self, module: str, increments: list[tuple[int, Tensor, float, int]]) -> None:
+        """Add ``(bucket, X^T X increment, weight mass, tokens)`` entries to ``module``'s per-bucket stats."""
+        slots = self._stats.setdefault(module, [None] * (self.num_buckets or 1))
+        for bucket, inc, mass, tokens in increments:
             slot = slots[bucket]
             if slot is None:
                 slots[bucket] = HessianStats(inc.clone(), mass, tokens)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from dllm_calib.batching import Batch
 from dllm_calib.collectors.base import HookPoint
-from dllm_calib.collectors.hessian import HessianCollector, HessianStats
+from dllm_calib.collectors.hessian import HessianCollector
 from dllm_calib.collectors.weights import TokenWeighting
 
 __all__ = ["RoutedHessianCollector", "routed_tokens"]
@@ -71,15 +71,7 @@ class RoutedHessianCollector(HessianCollector):
             raise RuntimeError(
                 f"{point.module}: its routing site {site!r} did not fire before the expert ran"
             )
-        slots = self._stats.setdefault(point.module, [None] * (self.num_buckets or 1))
-        for bucket, inc, mass, tokens in self._routed_increments(tensor, self._routing[site], expert):
-            slot = slots[bucket]
-            if slot is None:
-                slots[bucket] = HessianStats(inc.clone(), mass, tokens)
-            else:
-                slot.sum += inc
-                slot.mass += mass
-                slot.tokens += tokens
+        self._accumulate(point.module, self._routed_increments(tensor, self._routing[site], expert))
 
     def _routed_increments(
         self, x: Tensor, experts: Tensor, expert: int
