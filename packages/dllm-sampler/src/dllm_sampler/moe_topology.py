@@ -18,13 +18,12 @@ not defined here.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from dllm_sampler.models.spec import ArchSpec, MoETopologyNames, spec_for_model
-from dllm_sampler.topology import weight_holder
+from dllm_sampler.topology import BlockMap, weight_holder
 
 __all__ = ["EXPERT_PARTS", "MoEBlockTopology", "MoETopology"]
 
@@ -79,7 +78,7 @@ class MoEBlockTopology:
         return f"expert.{expert}.{part}"
 
 
-class MoETopology:
+class MoETopology(BlockMap[MoEBlockTopology]):
     """The block map of an MoE model (see the module docstring); holds no weights of its own."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -117,49 +116,3 @@ class MoETopology:
                 tuple(f"{owner}.down" for owner in owners),
             ]
         return MoEBlockTopology(i, names, tuple(groups), routes, experts, self.model)
-
-    @property
-    def arch(self) -> str:
-        return self.spec.name
-
-    @property
-    def embedding_name(self) -> str:
-        return self.spec.names.embedding
-
-    @property
-    def head_name(self) -> str | None:
-        """Qualified name of the LM head, None when it is tied to the embedding."""
-        return None if self.head is None else self.spec.names.head
-
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.model.get_submodule(self.embedding_name)  # type: ignore[return-value]
-
-    @property
-    def head(self) -> nn.Linear | None:
-        return self.model.head  # type: ignore[return-value]
-
-    def __iter__(self) -> Iterator[MoEBlockTopology]:
-        return iter(self.blocks)
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def block(self, block: int | MoEBlockTopology) -> MoEBlockTopology:
-        """A block by index (negative counts from the end) or the block itself."""
-        if isinstance(block, MoEBlockTopology):
-            return block
-        if not -len(self.blocks) <= block < len(self.blocks):
-            raise IndexError(f"block {block} out of range for a model with {len(self.blocks)} blocks")
-        return self.blocks[block]
-
-    def linear_names(self, include_head: bool = False) -> list[str]:
-        """Qualified names of every block linear (block order, then `MoEBlockTopology.linear_roles`)."""
-        names = [name for b in self.blocks for name in b.linear_names()]
-        if include_head and self.head_name is not None:
-            names.append(self.head_name)
-        return names
-
-    def weight_holders(self, include_head: bool = False) -> dict[str, str]:
-        """`linear_names` -> the module holding each weight through wrappers."""
-        return {name: weight_holder(self.model, name) for name in self.linear_names(include_head)}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -199,7 +200,71 @@ def _check_orthogonal(q: Tensor, n: int, what: str) -> Tensor:
     return q64
 
 
-class Topology:
+B = TypeVar("B")
+"""A block map's block type (`BlockTopology`, `dllm_sampler.moe_topology.MoEBlockTopology`)."""
+
+
+class BlockMap(Generic[B]):
+    """What every model's block map offers (`Topology`, `dllm_sampler.moe_topology.MoETopology`): the model,
+    its ``ArchSpec``, ``blocks`` (one per transformer block, in order), the embedding and head, and the
+    qualified names of the block linears. Subclasses build ``blocks``."""
+
+    model: nn.Module
+    spec: ArchSpec
+    blocks: list[B]
+
+    @property
+    def arch(self) -> str:
+        """The architecture's `ArchSpec` name ("llada", "dream", "llada2")."""
+        return self.spec.name
+
+    @property
+    def embedding_name(self) -> str:
+        return self.spec.names.embedding
+
+    @property
+    def head_name(self) -> str | None:
+        """Qualified name of the LM head, None when it is tied to the embedding."""
+        return None if self.head is None else self.spec.names.head
+
+    @property
+    def embedding(self) -> nn.Embedding:
+        return self.model.get_submodule(self.embedding_name)  # type: ignore[return-value]
+
+    @property
+    def head(self) -> nn.Linear | None:
+        """The LM head module, None when tied (logits then use the embedding matrix)."""
+        return self.model.head  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[B]:
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def block(self, block: int | B) -> B:
+        """A block by index (negative counts from the end) or the block itself."""
+        if not isinstance(block, int):
+            return block
+        if not -len(self.blocks) <= block < len(self.blocks):
+            raise IndexError(f"block {block} out of range for a model with {len(self.blocks)} blocks")
+        return self.blocks[block]
+
+    def linear_names(self, include_head: bool = False) -> list[str]:
+        """Qualified names of every block linear (block order, then each block's `linear_roles` order:
+        q, k, v, o, gate, up, down for a dense block). The LM head is listed last only with
+        ``include_head=True`` (and only when untied)."""
+        names = [name for b in self.blocks for name in b.linear_names()]
+        if include_head and self.head_name is not None:
+            names.append(self.head_name)
+        return names
+
+    def weight_holders(self, include_head: bool = False) -> dict[str, str]:
+        """`linear_names` -> the name of the module holding each weight through wrappers (`weight_holder`)."""
+        return {name: weight_holder(self.model, name) for name in self.linear_names(include_head)}
+
+
+class Topology(BlockMap[BlockTopology]):
     """The topology of a ``LLaDAModelLM`` or ``DreamModel`` plus invariance-preserving edits.
 
     Built from the model's ``ArchSpec``; holds no weights of its own, so it always reflects the model.
@@ -230,63 +295,12 @@ class Topology:
     # ----- model-level structure -------------------------------------------------------------------
 
     @property
-    def arch(self) -> str:
-        """ "llada" or "dream"."""
-        return self.spec.name
-
-    @property
-    def embedding_name(self) -> str:
-        return self.spec.names.embedding
-
-    @property
     def final_norm_name(self) -> str:
         return self.spec.names.final_norm
 
     @property
-    def head_name(self) -> str | None:
-        """Qualified name of the LM head, None when it is tied to the embedding."""
-        return None if self.head is None else self.spec.names.head
-
-    @property
-    def embedding(self) -> nn.Embedding:
-        return self.model.get_submodule(self.embedding_name)  # type: ignore[return-value]
-
-    @property
     def final_norm(self) -> RMSNorm:
         return self.model.get_submodule(self.final_norm_name)  # type: ignore[return-value]
-
-    @property
-    def head(self) -> nn.Linear | None:
-        """The LM head module, None when tied (logits then use the embedding matrix)."""
-        return self.model.head  # type: ignore[return-value]
-
-    def __iter__(self) -> Iterator[BlockTopology]:
-        return iter(self.blocks)
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def block(self, block: int | BlockTopology) -> BlockTopology:
-        """A block by index (negative counts from the end) or the block itself."""
-        if isinstance(block, BlockTopology):
-            return block
-        if not -len(self.blocks) <= block < len(self.blocks):
-            raise IndexError(f"block {block} out of range for a model with {len(self.blocks)} blocks")
-        return self.blocks[block]
-
-    def linear_names(self, include_head: bool = False) -> list[str]:
-        """Qualified names of every block linear (block order, then q, k, v, o, gate, up, down).
-
-        The LM head is listed last only with ``include_head=True`` (and only when untied).
-        """
-        names = [name for b in self.blocks for name in b.linear_names()]
-        if include_head and self.head_name is not None:
-            names.append(self.head_name)
-        return names
-
-    def weight_holders(self, include_head: bool = False) -> dict[str, str]:
-        """`linear_names` -> the name of the module holding each weight through wrappers (`weight_holder`)."""
-        return {name: weight_holder(self.model, name) for name in self.linear_names(include_head)}
 
     def untie_head(self) -> None:
         """Give a tied model its own head (a copy of the embedding); edits to the head need this."""
