@@ -7,6 +7,7 @@ from dllm_sampler.config import ConfigError, DreamConfig, LLaDAConfig
 from dllm_sampler.config_llada2 import LLaDA2MoeConfig
 from dllm_sampler.io import (
     CheckpointError,
+    all_finite,
     atomic_folder,
     check_finite,
     describe_nonfinite,
@@ -40,6 +41,7 @@ __all__ = [
     "MoETopology",
     "RopeFn",
     "Topology",
+    "all_finite",
     "atomic_folder",
     "available_models",
     "check_finite",

@@ -73,10 +73,17 @@ class CheckpointError(ValueError):
     """A checkpoint folder whose files are missing, corrupt or do not match the architecture."""
 
 
+def all_finite(tensor: Tensor) -> bool:
+    """True if the floating ``tensor`` holds no NaN or Inf. A finite sum proves it in one reduction (any NaN
+    or Inf makes the sum non-finite); only a non-finite sum, which large finite values can also produce, pays
+    for the element-wise check."""
+    return bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
 def describe_nonfinite(tensor: Tensor) -> str:
     """How many NaN and Inf values ``tensor`` holds, e.g. "3 NaN values" or "2 NaN and 1 Inf values"; ""
     for a finite tensor or one that is not floating point."""
-    if not tensor.is_floating_point() or bool(torch.isfinite(tensor).all()):
+    if not tensor.is_floating_point() or all_finite(tensor):
         return ""
     counts = {"NaN": int(torch.isnan(tensor).sum()), "Inf": int(torch.isinf(tensor).sum())}
     found = " and ".join(f"{n} {kind}" for kind, n in counts.items() if n)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import torch
 from dllm_kernels import QuantSpec
-from dllm_sampler import describe_nonfinite
+from dllm_sampler import all_finite, describe_nonfinite
 from torch import Tensor
 
 __all__ = ["check_hessian", "check_uniform_spec", "check_weight", "n_groups"]
@@ -40,7 +39,7 @@ def check_hessian(hessian: object, in_features: int, name: str = "hessian") -> T
             f"{name} must have shape [{in_features}, {in_features}] (the weight's input width), "
             f"got {list(hessian.shape)}"
         )
-    if not bool(torch.isfinite(hessian).all()):
+    if not all_finite(hessian):
         raise ValueError(
             f"{name} contains NaN or Inf values; recollect the statistics (an overflow in float16 "
             "activations is the usual cause: accumulate in float64)"

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import torch
 from dllm_calib import MethodConfig, check_choice, check_positive_int, check_range
 from dllm_kernels import GGUFSpec, QuantSpec, torch_grid
+from dllm_kernels.cpu.gptq_block import gptq_block
 from torch import Tensor
 
 from dllm_weightquant._checks import check_hessian, check_uniform_spec, check_weight, n_groups
@@ -226,7 +227,7 @@ def gptq_sweep(
         if config.scales != "dynamic":
             params.fill_all(w)
     if config.actorder == "static":
-        w, h = w[:, perm], h[perm][:, perm]
+        w, h = w[:, perm], h.index_select(0, perm).index_select(1, perm)
 
     u, damp, failures = inverse_hessian_factor(h, config.damp_percent, config.damp_retries)
     if u is None:
@@ -268,11 +269,28 @@ def _solve(
     out, inp = w.shape
     wt = w.T.contiguous()
     codes = torch.empty(inp, out, dtype=torch.int8, device=w.device)
+    fixed = _fixed_grid(params, w)
     for i1 in range(0, inp, block_size):
         i2 = min(i1 + block_size, inp)
         w1 = wt[i1:i2].clone()
         err1 = torch.zeros_like(w1)
         u1 = u[i1:i2, i1:i2]
+        if fixed is not None:
+            scale_t, zero_t, groups = fixed
+            rows = groups[i1:i2]
+            gptq_block(
+                w1.numpy(),
+                u1.contiguous().numpy(),
+                scale_t.index_select(0, rows).numpy(),
+                zero_t.index_select(0, rows).numpy(),
+                params.spec.bits,
+                min(out, 16),
+                codes[i1:i2].numpy(),
+                err1.numpy(),
+            )
+            wt[i2:] -= u[i1:i2, i2:].T @ err1
+            wt[i1:i2] = w1
+            continue
         for i in range(i2 - i1):
             g = params.position_group[i1 + i]
             if not params.done[g]:
@@ -287,6 +305,16 @@ def _solve(
         wt[i2:] -= u[i1:i2, i2:].T @ err1
         wt[i1:i2] = w1
     return codes.T, wt.T
+
+
+def _fixed_grid(params: _GroupParams | GGUFGroupParams, w: Tensor) -> tuple[Tensor, Tensor, Tensor] | None:
+    """``(scale_t [groups, out] float32, zero_t as float32, group of each processed column)`` when the sweep
+    can run block by block in the CPU kernel (`dllm_kernels.cpu.gptq_block`): a CPU weight and every group's
+    grid fixed before the sweep (static policies). None otherwise (the per-column torch loop)."""
+    if w.device.type != "cpu" or not isinstance(params, _GroupParams) or not all(params.done):
+        return None
+    zero = torch.zeros_like(params.scale_t) if params.zero_t is None else params.zero_t.float()
+    return params.scale_t, zero, torch.tensor(params.position_group, dtype=torch.int64)
 
 
 def _current_columns(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from dllm_calib import MethodConfig, check_positive_int, check_range
 from dllm_kernels import torch_grid
+from dllm_kernels.cpu.clip_search import clip_search
 from torch import Tensor
 
 __all__ = ["ClipSearch", "search_params"]
@@ -58,8 +59,14 @@ def search_params(
 
     Returns scale float32 ``[...]`` and the signed int32 zero ``[...]`` (None if symmetric): min/max
     parameters when ``clip`` is None, else the clip search's best per cell (the first of equal errors).
-    The search runs over chunks of whole cells, every ratio on one chunk before the next, in place.
+    On CPU the search is one Numba kernel (`dllm_kernels.cpu.clip_search`: every ratio on one cell while it
+    is in cache); elsewhere it runs over chunks of whole cells, every ratio on one chunk before the next.
     """
+    if clip is not None and cells.device.type == "cpu" and cells.numel():
+        n = cells.shape[-1]
+        scale, zero = clip_search(cells.reshape(-1, n), bits, symmetric, clip.ratios(), clip.norm)
+        shape = cells.shape[:-1]
+        return scale.reshape(shape), None if zero is None else zero.reshape(shape)
     lo, hi = torch.aminmax(cells.float(), dim=-1)
     if clip is None:
         return torch_grid.scale_zero(lo, hi, bits, symmetric)

@@ -9,6 +9,7 @@ build it from an in-memory activation matrix (tests, benchmarks, small studies) 
 from __future__ import annotations
 
 import torch
+from dllm_sampler import all_finite
 from torch import Tensor
 
 from dllm_weightquant._checks import check_hessian, check_weight
@@ -57,14 +58,14 @@ def inverse_hessian_factor(
     ``retries`` times. Returns ``(U, damp used, failed attempts)``; ``U`` is None when every attempt failed
     (H far from positive definite), with the last damping tried.
     """
-    n = hessian.shape[0]
-    eye = torch.eye(n, dtype=hessian.dtype, device=hessian.device)
     damp = float(damp_percent * hessian.diagonal().mean())
     for attempt in range(retries + 1):
-        chol, info = torch.linalg.cholesky_ex(hessian + damp * eye)
+        damped = hessian.clone()
+        damped.diagonal().add_(damp)
+        chol, info = torch.linalg.cholesky_ex(damped)
         if int(info) == 0:
             u, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(chol), upper=True)
-            if int(info) == 0 and bool(torch.isfinite(u).all()):
+            if int(info) == 0 and all_finite(u):
                 return u, damp, attempt
         if attempt < retries:
             damp *= 10.0
