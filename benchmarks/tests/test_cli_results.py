@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from dllm_bench.cli import main
 from dllm_bench.commands.results import MARKER
-from dllm_bench.results import default_cells
+from dllm_bench.results import default_cells, moe_cells
 
 SMALL = ["--problems", "6", "--code-chunks", "2", "--mc-num", "2"]
 
@@ -43,6 +43,30 @@ def test_results_rewrites_the_generated_section(tmp_path: Path, capsys: pytest.C
         assert cell["kl"] >= 0.0 and cell["seconds"] > 0.0
     assert raw["floats"]["tiny-llada"]["kl"] is None
     assert "[2/2] tiny-llada rtn W8A8" in capsys.readouterr().out
+
+
+def test_the_moe_matrix_compares_the_moe_methods_on_one_grid() -> None:
+    cells = moe_cells()
+    assert {c.model for c in cells} == {"tiny-llada2"}
+    assert {c.recipe for c in cells} == {"rtn", "gptq", "dllmquant"}
+    assert {"W4A16g128", "W4A16ch", "W3A16g128", "W3A16ch", "W8A8KV16ch"} <= {c.setting for c in cells}
+    assert len(set(cells)) == len(cells)
+
+
+def test_the_moe_matrix_runs_dllmquant_as_its_moe_variant(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """tiny-llada2 (trained, confident) under its threshold sampler skips most mask ratios; the MoE recipe's
+    calibration sampler (threshold 1.0) must still fill TMAS's quotas, and the page must name the run."""
+    out = tmp_path / "moe.md"
+    argv = ["results", "--matrix", "moe", "--methods", "dllmquant", "--settings", "W4A16ch"]
+    assert main([*argv, *SMALL, "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "uv run dllmq results --matrix moe --methods dllmquant --settings W4A16ch" in text
+    assert "## tiny-llada2" in text and "| dllmquant | W4A16ch |" in text
+    raw = json.loads(out.with_suffix(".json").read_text())
+    assert raw["matrix"] == "moe" and list(raw["floats"]) == ["tiny-llada2"]
+    assert raw["cells"][0]["kl"] >= 0.0
 
 
 def test_results_rejects_an_empty_selection(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -21,12 +21,18 @@ from dllm_bench.commands._checks import check_input_file, check_model, check_out
 HELP = "Quantize the tiny models with every method at every bit setting and rewrite docs/results.md."
 
 MARKER = "<!-- generated -->"
-OUT = {"main": Path("docs/results.md"), "qdlm": Path("docs/results-qdlm.md")}
+OUT = {
+    "main": Path("docs/results.md"),
+    "qdlm": Path("docs/results-qdlm.md"),
+    "moe": Path("docs/results-llada2.md"),
+}
 """The page each ``--matrix`` rewrites by default."""
+MODELS = {"main": ["tiny-llada", "tiny-dream"], "qdlm": ["tiny-llada", "tiny-dream"], "moe": ["tiny-llada2"]}
+"""The models each ``--matrix`` runs on by default."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", default=["tiny-llada", "tiny-dream"])
+    parser.add_argument("--models", nargs="+", help="models (default: the matrix's, see MODELS)")
     parser.add_argument("--methods", nargs="+", help="only these recipes (default: all of the matrix)")
     parser.add_argument("--settings", nargs="+", help="only these bit settings (default: all six)")
     parser.add_argument("--problems", type=int, help="held-out problems (default 128)")
@@ -38,7 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=sorted(OUT),
         default="main",
         help="main: every method at every bit setting (docs/results.md); qdlm: the seed study's presets "
-        "(docs/results-qdlm.md)",
+        "(docs/results-qdlm.md); moe: the methods that quantize mixture-of-experts models on tiny-llada2 "
+        "(docs/results-llada2.md)",
     )
     parser.add_argument("--out", type=Path, help="markdown file to update (default: the matrix's page)")
     parser.add_argument("--json", type=Path, help="raw numbers (default: --out with .json)")
@@ -61,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> None:
     check_positive(args, {"problems": 1, "code_chunks": 1, "mc_num": 1, "calib_samples": 1})
     args.out = args.out or OUT[args.matrix]
+    args.models = args.models or MODELS[args.matrix]
     check_out_file(args.out, "--out")
     if args.from_json is not None:
         for path in args.from_json:

@@ -16,6 +16,7 @@ from dllm_bench.results.matrix import (
     EvalSettings,
     default_cells,
     measure,
+    moe_cells,
     qdlm_cells,
     run_cell,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "EvalSettings",
     "default_cells",
     "measure",
+    "moe_cells",
     "qdlm_cells",
     "render_results",
     "run_cell",

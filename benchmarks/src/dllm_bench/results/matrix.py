@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 from dllm_sampler import DiffusionLM
+from dllm_sampler.moe_topology import MoETopology
 from dllm_sampler.tasks import (
     character_accuracy,
     code_nll,
@@ -24,11 +25,14 @@ from dllm_sampler.tasks import (
 from dllm_bench.evaluation import mask_ratio_fidelity
 from dllm_bench.loading import load_any
 from dllm_bench.pipeline import quantize_model
-from dllm_bench.recipes import load_recipe
+from dllm_bench.recipes import load_recipe, moe_variant
 
 __all__ = [
     "ACTIVATION_METHODS",
     "ACTIVATION_SETTINGS",
+    "MOE_ACTIVATION_SETTINGS",
+    "MOE_METHODS",
+    "MOE_WEIGHT_SETTINGS",
     "QDLM_ACTIVATION_METHODS",
     "QDLM_ACTIVATION_SETTINGS",
     "QDLM_WEIGHT_ONLY_METHODS",
@@ -39,6 +43,7 @@ __all__ = [
     "EvalSettings",
     "default_cells",
     "measure",
+    "moe_cells",
     "qdlm_cells",
     "run_cell",
 ]
@@ -60,6 +65,15 @@ QDLM_ACTIVATION_METHODS = ("qdlm-smoothquant", "qdlm-quarot", "qdlm-duquant", "d
 QDLM_ACTIVATION_SETTINGS = ("W8A8", "W4A4", "W4A4KV16")
 """W4A4 quantizes each preset's Q/K/V sites; W4A4KV16 is the same run with them in float, so the pair
 shows what quantizing the attention activations costs."""
+
+MOE_METHODS = ("rtn", "gptq", "dllmquant")
+"""The methods that quantize mixture-of-experts models (dllmquant runs as its MoE variant, dllmquant-moe:
+CGQ on TMAS states without the QuaRot host); the rotation and smoothing methods refuse MoE blocks."""
+MOE_WEIGHT_SETTINGS = ("W4A16g128", "W4A16ch", "W3A16g128", "W3A16ch")
+"""Groups of 128 and per channel named explicitly: the recipes' own defaults differ (gptq groups, dllmquant
+channels), and the MoE page compares them on the same grid."""
+MOE_ACTIVATION_SETTINGS = ("W8A8KV16ch", "W4A8KV16ch")
+"""Dynamic per-token activations on the linears, attention in float (MoE models keep Q/K/V unquantized)."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +147,12 @@ def default_cells(models: tuple[str, ...] = ("tiny-llada", "tiny-dream")) -> lis
     return cells
 
 
+def moe_cells(models: tuple[str, ...] = ("tiny-llada2",)) -> list[Cell]:
+    """The cells of docs/results-llada2.md (mixture-of-experts models), in table order."""
+    settings = MOE_WEIGHT_SETTINGS + MOE_ACTIVATION_SETTINGS
+    return [Cell(model, m, setting) for model in models for setting in settings for m in MOE_METHODS]
+
+
 def qdlm_cells(models: tuple[str, ...] = ("tiny-llada", "tiny-dream")) -> list[Cell]:
     """The cells of docs/results-qdlm.md (the seed study's presets), in table order."""
     cells = []
@@ -167,11 +187,13 @@ def measure(
 
 def run_cell(cell: Cell, settings: EvalSettings, reference: DiffusionLM) -> CellResult:
     """Quantize a fresh float32 copy of ``cell.model`` with ``cell.recipe`` at ``cell.setting`` and score it
-    against ``reference`` (the float model, left untouched)."""
-    recipe = load_recipe(cell.recipe, scheme=cell.setting)
+    against ``reference`` (the float model, left untouched). On a mixture-of-experts model a recipe with an
+    MoE variant (``dllmquant``) runs as that variant, as ``dllmq quantize`` does."""
+    dlm = load_any(cell.model, dtype=torch.float32)
+    variant = moe_variant(cell.recipe) if isinstance(dlm.topology, MoETopology) else None
+    recipe = load_recipe(variant or cell.recipe, scheme=cell.setting)
     if settings.calib_samples is not None:
         recipe = recipe.with_calibration_samples(settings.calib_samples)
-    dlm = load_any(cell.model, dtype=torch.float32)
     start = time.perf_counter()
     quantize_model(dlm, recipe, device="cpu", progress=False)
     seconds = time.perf_counter() - start

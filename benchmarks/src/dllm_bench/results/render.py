@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dllm_bench.results.matrix import (
     ACTIVATION_METHODS,
     ACTIVATION_SETTINGS,
+    MOE_ACTIVATION_SETTINGS,
+    MOE_METHODS,
+    MOE_WEIGHT_SETTINGS,
     QDLM_ACTIVATION_METHODS,
     QDLM_ACTIVATION_SETTINGS,
     QDLM_WEIGHT_ONLY_METHODS,
@@ -22,6 +25,7 @@ _DLLM_METHODS = {"dllmquant", "dllmquant-awq", "quant-dllm"}
 _GRIDS = {
     "main": (WEIGHT_ONLY_METHODS, WEIGHT_ONLY_SETTINGS, ACTIVATION_METHODS, ACTIVATION_SETTINGS),
     "qdlm": (QDLM_WEIGHT_ONLY_METHODS, ("W4A16",), QDLM_ACTIVATION_METHODS, QDLM_ACTIVATION_SETTINGS),
+    "moe": (MOE_METHODS, MOE_WEIGHT_SETTINGS, MOE_METHODS, MOE_ACTIVATION_SETTINGS),
 }
 """Per matrix: the weight-only methods and settings, then the weight-and-activation ones."""
 
@@ -94,7 +98,8 @@ def render_results(
         results: every quantized cell, any order (grouped by model here, in run order).
         problems: held-out arithmetic problems each cell was scored on.
         header: markdown put first (command, machine, date, budget).
-        matrix: ``"main"`` (docs/results.md) or ``"qdlm"`` (docs/results-qdlm.md): which grids to draw.
+        matrix: ``"main"`` (docs/results.md), ``"qdlm"`` (docs/results-qdlm.md) or ``"moe"``
+            (docs/results-llada2.md): which grids to draw.
     """
     weight_methods, weight_settings, act_methods, act_settings = _GRIDS[matrix]
     out = [header, ""]

@@ -14,7 +14,7 @@ import torch
 from dllm_sampler.atomic import atomic_file
 from tqdm import tqdm
 
-from dllm_bench.commands.results import MARKER, OUT, add_arguments
+from dllm_bench.commands.results import MARKER, MODELS, OUT, add_arguments
 from dllm_bench.loading import load_any
 from dllm_bench.results import (
     Cell,
@@ -22,6 +22,7 @@ from dllm_bench.results import (
     EvalSettings,
     default_cells,
     measure,
+    moe_cells,
     qdlm_cells,
     render_results,
     run_cell,
@@ -79,7 +80,8 @@ def _flags(args: argparse.Namespace) -> list[str]:
         "calib_samples",
     ):
         value = getattr(args, key)
-        if value != getattr(defaults, key):
+        default = MODELS[args.matrix] if key == "models" else getattr(defaults, key)
+        if value != default:
             shown = " ".join(map(str, value)) if isinstance(value, list) else str(value)
             flags.append(f"--{key.replace('_', '-')} {shown}")
     return flags
@@ -92,7 +94,7 @@ def _defaults() -> argparse.Namespace:
 
 
 def _cells(args: argparse.Namespace) -> list[Cell]:
-    cells = (qdlm_cells if args.matrix == "qdlm" else default_cells)(tuple(args.models))
+    cells = {"main": default_cells, "qdlm": qdlm_cells, "moe": moe_cells}[args.matrix](tuple(args.models))
     if args.methods:
         cells = [c for c in cells if c.recipe in args.methods]
     if args.settings:
@@ -223,6 +225,7 @@ def _render(raw: dict, out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     args.out = args.out or OUT[args.matrix]
+    args.models = args.models or MODELS[args.matrix]
     if args.from_json is not None:
         raws = [json.loads(path.read_text(encoding="utf-8")) for path in args.from_json]
         _render(merge_runs(raws), args.out)
