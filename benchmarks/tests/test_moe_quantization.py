@@ -165,6 +165,67 @@ def test_starved_experts_follow_the_policy(starved: str) -> None:
     assert non_routed and all(row.method == "gptq" for row in non_routed)
 
 
+def _block_one_feed(dlm: DiffusionLM, r: Recipe, cset):  # type: ignore[no-untyped-def]
+    """A feed of float block 1 on the states of ``cset``."""
+    runner = BlockRunner(dlm)
+    cache = HiddenCache.embed(runner, cset, r.calibration.batch_size).propagate(runner, 0)
+    spec = r.scheme.weights.spec()
+    model = ModelContext(runner, cset, r.calibration.batch_size, spec, frozenset(), False, ExpertPolicy())
+    (_, feed), *_ = list(model.at_block(1, cache).feeds())
+    return feed
+
+
+def test_reserve_states_reach_only_the_reserve_accumulators() -> None:
+    dlm = tiny_moe()
+    r = recipe("gptq", "W4A16g16")
+    cset = prepare_calibration(r.calibration, dlm, r.seed)  # 6 states; the last 2 are the reserve
+    block = dlm.topology.block(1)
+    routes = {block.names[role]: block.routes[role] for role in block.routes}
+    targets = [*sorted(routes), block.names["qkv"]]
+    with_reserve = RoutedHessianCollector(routes, reserve_from=4)
+    main = collect(_block_one_feed(dlm, r, cset), targets, [with_reserve])["hessian"]
+    alone = collect(_block_one_feed(dlm, r, cset.subset(range(4))), targets, [RoutedHessianCollector(routes)])
+    full = collect(_block_one_feed(dlm, r, cset), targets, [RoutedHessianCollector(routes)])["hessian"]
+    reserve = with_reserve.reserve_results()
+    assert set(reserve) <= set(routes) and reserve  # only routed experts keep reserve statistics
+    for name in targets:
+        assert main[name].tokens == alone["hessian"][name].tokens, name
+        torch.testing.assert_close(main[name].sum, alone["hessian"][name].sum)
+        extra = reserve.get(name)
+        both = main[name] if extra is None else HessianStats.merge([main[name], extra])
+        if name in routes:  # main + reserve is every token the router sent the expert
+            assert both.tokens == full[name].tokens, name
+            torch.testing.assert_close(both.sum, full[name].sum)
+
+
+def test_targeted_experts_get_their_reserve_tokens() -> None:
+    dlm = tiny_moe()
+    moe = {"starved": "targeted", "reserve": 6, "min_tokens": 60}
+    result = quantize_model(dlm, recipe("gptq", "W4A16g16", moe=moe), progress=False)
+    assert result.calibration is not None and result.calibration["num_states"] == 12
+    assert any("reserve of starved: targeted" in note for note in result.calibration["notes"])
+    routed = [row for row in result.rows if ".experts." in row.module]
+    assert routed
+    for row in routed:
+        if row.tokens >= 60:
+            assert row.method == "gptq"
+        else:
+            assert row.method.startswith("gptq(starved:targeted"), row
+    assert any("(+" in row.method for row in routed)  # some starved expert was filled from the reserve
+    shared = [row for row in result.rows if "shared_experts" in row.module]
+    assert shared and all(row.tokens == 6 * 24 for row in shared)  # dense Hessians skip the reserve
+
+
+def test_targeted_needs_a_reserve_and_dense_models_ignore_it() -> None:
+    with pytest.raises(ValueError, match=r"set moe\.reserve"):
+        ExpertPolicy(starved="targeted")
+    with pytest.raises(ValueError, match="only applies to starved: targeted"):
+        ExpertPolicy(starved="shared", reserve=4)
+    r = recipe("gptq", "W4A16g16", moe={"starved": "targeted", "reserve": 4})
+    result = quantize_model(load_any("tiny-llada"), r, progress=False)
+    assert result.calibration is not None and result.calibration["num_states"] == 6
+
+
 def test_unknown_starved_policy_is_refused_with_the_known_ones() -> None:
     with pytest.raises(ValidationError, match="'shared', 'rtn'"):
         recipe("gptq", "W4A16g16", moe={"starved": "borrow"})

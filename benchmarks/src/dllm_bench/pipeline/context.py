@@ -50,6 +50,11 @@ class _Context:
         for action in actions:
             action()
 
+    @property
+    def reserve_from(self) -> int | None:
+        reserve = self.expert_policy.reserve
+        return None if self.cset is None or reserve == 0 else len(self.cset) - reserve
+
     def _require_calibration(self) -> CalibrationSet:
         if self.cset is None:
             raise ValueError(

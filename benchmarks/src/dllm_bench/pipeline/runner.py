@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from dllm_calib import CalibrationSet, LogRow, Method, Stage
+from dllm_calib import CalibrationSet, ExpertPolicy, LogRow, Method, Stage
 from dllm_sampler import DiffusionLM
+from dllm_sampler.moe_topology import MoETopology
 from tqdm import tqdm
 
 from dllm_bench.pipeline.blocks import BlockRunner, offloaded
@@ -101,6 +102,7 @@ def _calibration(
     work: WorkDir | None,
     device: torch.device,
     needs_confidence: bool,
+    policy: ExpertPolicy,
     progress: bool,
 ) -> CalibrationSet:
     saved = work.calibration() if work is not None else None
@@ -112,11 +114,32 @@ def _calibration(
             if given is not None
             else prepare_calibration(recipe.calibration, dlm, recipe.seed, progress)
         )
+        if policy.reserve:
+            cset = _with_reserve(cset, recipe, dlm, policy.reserve, progress)
         if needs_confidence:
             cset = with_confidence(dlm, cset, recipe.calibration.batch_size)
     if work is not None:
         work.save_calibration(cset)
     return cset
+
+
+def _with_reserve(
+    cset: CalibrationSet, recipe: Recipe, dlm: DiffusionLM, reserve: int, progress: bool
+) -> CalibrationSet:
+    """``cset`` followed by ``reserve`` states of the recipe's builder drawn with the next seed (the reserve
+    of ``starved: targeted``; its draws may repeat some of the main set's states)."""
+    spec = recipe.calibration
+    if spec.path is not None:
+        raise ValueError(
+            "moe.starved 'targeted' draws extra calibration states with the recipe's builder, but this "
+            "recipe reads a saved calibration set (calibration.path); use starved: shared or rtn, or a "
+            "builder"
+        )
+    params = spec.params if "seed" not in spec.params else {**spec.params, "seed": spec.params["seed"] + 1}
+    extra_spec = spec.model_copy(update={"params": params}).with_samples(reserve)
+    extra = prepare_calibration(extra_spec, dlm, recipe.seed + 1, progress)
+    note = f"the last {len(extra)} states are the reserve of starved: targeted (seed + 1)"
+    return cset.with_states((*cset.states, *extra.states)).subset(range(len(cset) + len(extra)), note)
 
 
 def _global_stage(context: ModelContext, steps: Plan, work: WorkDir | None) -> list[LogRow]:
@@ -173,9 +196,10 @@ def quantize_model(
         runner = BlockRunner(dlm, device)
         needs = [method.needs(config) for method, config in plan]
         cset = None
+        policy = recipe.moe.policy() if isinstance(dlm.topology, MoETopology) else ExpertPolicy()
         if any(n.calibration for n in needs):
             confidence = any(n.confidence for n in needs)
-            cset = _calibration(dlm, recipe, calibration, work, device, confidence, progress)
+            cset = _calibration(dlm, recipe, calibration, work, device, confidence, policy, progress)
         context = ModelContext(
             runner,
             cset,
@@ -183,7 +207,7 @@ def quantize_model(
             recipe.scheme.weights.spec(),
             frozenset(ignored),
             recipe.true_sequential,
-            recipe.moe.policy(),
+            policy,
         )
         global_steps = [(m, c) for m, c in plan if m.stage is Stage.GLOBAL]
         rows = _global_stage(context, global_steps, work)

@@ -283,13 +283,16 @@ class MoESpec(BaseModel):
     treat routed experts that calibration starves (`dllm_calib.ExpertPolicy`, docs/methods.md).
 
     ``min_tokens``: an expert whose Hessian saw fewer calibration tokens is starved (null: the linear's
-    input width). ``starved``: ``shared`` (pooled Hessian of the layer's experts, the default) or ``rtn``.
+    input width). ``starved``: ``shared`` (pooled Hessian of the layer's experts, the default), ``rtn``, or
+    ``targeted`` (the tokens routed to it from ``reserve`` extra states of the recipe's builder, then
+    ``shared`` if still short).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     min_tokens: int | None = Field(default=None, ge=0)
     starved: str = "shared"
+    reserve: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _known(self) -> MoESpec:
@@ -298,7 +301,7 @@ class MoESpec(BaseModel):
 
     def policy(self) -> ExpertPolicy:
         """The library policy object."""
-        return ExpertPolicy(self.min_tokens, self.starved)
+        return ExpertPolicy(self.min_tokens, self.starved, self.reserve)
 
 
 class Recipe(BaseModel):

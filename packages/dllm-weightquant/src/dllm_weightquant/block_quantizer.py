@@ -15,7 +15,9 @@ Hessians collected after the earlier groups were quantized; otherwise all linear
 Mixture of experts: a routed expert's Hessian covers only the tokens routed to it (its coverage, the log
 row's ``tokens``). An expert with fewer than ``context.expert_policy.threshold(in_features)`` tokens is
 starved and is quantized as the policy says: ``"shared"``, with the pooled Hessian of the same linear of
-every routed expert of the layer (their raw sums and masses added); ``"rtn"``, round to nearest.
+every routed expert of the layer (their raw sums and masses added); ``"rtn"``, round to nearest;
+``"targeted"``, its own tokens plus those routed to it from the calibration set's reserve states
+(``context.reserve_from`` on, which no other Hessian reads), and ``"shared"`` if that is still short.
 """
 
 from __future__ import annotations
@@ -80,8 +82,10 @@ class _ExpertHessians:
         routed: set[str],
         hessians: dict[str, HessianStats],
         policy: ExpertPolicy,
+        reserve: dict[str, HessianStats],
     ) -> None:
         self.holders, self.routed, self.hessians, self.policy = holders, routed, hessians, policy
+        self.reserve = reserve
         self._pools: dict[str, Tensor | None] = {}
 
     def _pooled(self, part: str) -> Tensor | None:
@@ -96,12 +100,19 @@ class _ExpertHessians:
         """(the Hessian to use, None) when ``role`` saw enough tokens, else the policy's substitute and its
         label (a None Hessian means round to nearest)."""
         own = self.hessians.get(self.holders[role])
-        if own is not None and own.tokens >= self.policy.threshold(in_features):
+        need = self.policy.threshold(in_features)
+        if own is not None and own.tokens >= need:
             return own.hessian(), None
         if self.policy.starved == "rtn":
             return None, "starved:rtn"
+        extra = self.reserve.get(self.holders[role])
+        if self.policy.starved == "targeted" and extra is not None:
+            merged = extra if own is None else HessianStats.merge([own, extra])
+            if merged.tokens >= need:
+                return merged.hessian(), f"starved:targeted(+{extra.tokens})"
         pooled = self._pooled(role.rsplit(".", 1)[1])
-        return (None, "starved:rtn(empty pool)") if pooled is None else (pooled, "starved:shared")
+        fallback = "starved:shared" if self.policy.starved == "shared" else "starved:targeted->shared"
+        return (None, "starved:rtn(empty pool)") if pooled is None else (pooled, fallback)
 
 
 def quantize_linears(
@@ -140,11 +151,15 @@ def quantize_linears(
             holders = {r: block.weight_holder(r) for r in chosen}
             routed = {r for r in chosen if r in block.routes}
             hessians: dict[str, HessianStats] = {}
+            reserve: dict[str, HessianStats] = {}
             if feed is not None:
                 routes = {holders[r]: block.routes[r] for r in routed}
-                collector = RoutedHessianCollector(routes, weighting)
+                collector = RoutedHessianCollector(routes, weighting, reserve_from=context.reserve_from)
                 hessians = collect(feed, list(holders.values()), [collector])["hessian"]
-            experts = _ExpertHessians(holders, routed, hessians, context.expert_policy) if routed else None
+                reserve = collector.reserve_results()
+            experts = (
+                _ExpertHessians(holders, routed, hessians, context.expert_policy, reserve) if routed else None
+            )
             for role in chosen:
                 start = time.perf_counter()
                 name = holders[role]

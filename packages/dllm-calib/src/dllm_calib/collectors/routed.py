@@ -19,7 +19,7 @@ from torch import Tensor
 
 from dllm_calib.batching import Batch
 from dllm_calib.collectors.base import HookPoint
-from dllm_calib.collectors.hessian import HessianCollector
+from dllm_calib.collectors.hessian import HessianCollector, HessianStats
 from dllm_calib.collectors.weights import TokenWeighting
 
 __all__ = ["RoutedHessianCollector", "routed_tokens"]
@@ -37,6 +37,9 @@ class RoutedHessianCollector(HessianCollector):
         routes: holder name of each routed expert linear -> (qualified name of its `Routing` site, expert
             index). Targets not in ``routes`` are ordinary ``[B, L, C]`` inputs.
         weighting, num_buckets, dtype, name: as `HessianCollector`.
+        reserve_from: states with this index or above (``Batch.indices``) are a reserve (``starved:
+            targeted``): no target's `results` reads them; `reserve_results` holds each routed expert's
+            accumulators over them (buckets merged). None: no reserve.
     """
 
     def __init__(
@@ -46,10 +49,15 @@ class RoutedHessianCollector(HessianCollector):
         num_buckets: int | None = None,
         dtype: torch.dtype = torch.float32,
         name: str = "hessian",
+        reserve_from: int | None = None,
     ) -> None:
         super().__init__(weighting, num_buckets, dtype, name)
         self.routes = dict(routes)
+        self.reserve_from = reserve_from
         self._routing: dict[str, Tensor] = {}
+        self._reserve_weights: Tensor | None = None
+        self._reserve_last: tuple[Tensor, int, list[tuple[int, Tensor, float, int]]] | None = None
+        self._reserve: dict[str, HessianStats] = {}
 
     def hook_points(self, targets: Sequence[str]) -> list[HookPoint]:
         sites = dict.fromkeys(self.routes[t][0] for t in targets if t in self.routes)
@@ -58,6 +66,14 @@ class RoutedHessianCollector(HessianCollector):
     def begin_batch(self, batch: Batch) -> None:
         super().begin_batch(batch)
         self._routing = {}
+        self._reserve_weights, self._reserve_last = None, None
+        if self.reserve_from is not None and self._weights is not None:
+            reserve = torch.tensor(
+                [i >= self.reserve_from for i in batch.indices], device=self._weights.device
+            )
+            if bool(reserve.any()):
+                self._reserve_weights = self._weights * reserve[:, None]
+                self._weights = self._weights * ~reserve[:, None]
 
     def observe(self, point: HookPoint, tensor: Tensor, batch: Batch) -> None:
         if point.module not in self.routes:
@@ -71,30 +87,60 @@ class RoutedHessianCollector(HessianCollector):
             raise RuntimeError(
                 f"{point.module}: its routing site {site!r} did not fire before the expert ran"
             )
-        self._accumulate(point.module, self._routed_increments(tensor, self._routing[site], expert))
+        experts = self._routing[site]
+        assert self._weights is not None
+        incs, self._last = self._routed_increments(
+            tensor, experts, expert, self._weights, self._groups, self._last
+        )
+        self._accumulate(point.module, incs)
+        if self._reserve_weights is not None:
+            everything = [(0, torch.arange(self._reserve_weights.shape[0]))]
+            incs, self._reserve_last = self._routed_increments(
+                tensor, experts, expert, self._reserve_weights, everything, self._reserve_last
+            )
+            for _, inc, mass, tokens in incs:
+                slot = self._reserve.get(point.module)
+                if slot is None:
+                    self._reserve[point.module] = HessianStats(inc.clone(), mass, tokens)
+                else:
+                    slot.sum += inc
+                    slot.mass += mass
+                    slot.tokens += tokens
+
+    def reserve_results(self) -> dict[str, HessianStats]:
+        """Per routed expert linear that received reserve tokens, its accumulators over them."""
+        return dict(self._reserve)
 
     def _routed_increments(
-        self, x: Tensor, experts: Tensor, expert: int
-    ) -> list[tuple[int, Tensor, float, int]]:
-        # gate/up of one expert read the same tensor: reuse its increments (as the dense path does).
-        if self._last is not None:
-            prev, version, incs = self._last
+        self,
+        x: Tensor,
+        experts: Tensor,
+        expert: int,
+        weights: Tensor,
+        groups: list[tuple[int, Tensor]],
+        last: tuple[Tensor, int, list[tuple[int, Tensor, float, int]]] | None,
+    ) -> tuple[
+        list[tuple[int, Tensor, float, int]], tuple[Tensor, int, list[tuple[int, Tensor, float, int]]]
+    ]:
+        """The ``(bucket, X^T X, mass, tokens)`` increments of one expert's input ``x`` under ``weights
+        [B, L]`` and the cache entry to keep; gate/up of one expert read the same tensor, so ``last`` (the
+        previous entry) is reused when ``x`` is the same data (as the dense path does)."""
+        if last is not None:
+            prev, version, incs = last
             if prev.data_ptr() == x.data_ptr() and prev.shape == x.shape and x._version == version:
-                return incs
-        assert self._weights is not None
+                return incs, last
         token = routed_tokens(experts, expert).to(x.device)
         if token.numel() != x.shape[0]:
             raise RuntimeError(
                 f"expert {expert} received {x.shape[0]} rows but its routing chose {token.numel()} tokens"
             )
-        length = self._weights.shape[1]
-        w = self._weights.to(x.device).reshape(-1)[token]
+        length = weights.shape[1]
+        w = weights.to(x.device).reshape(-1)[token]
         row = token // length
         incs = []
-        for bucket, rows in self._groups:
+        for bucket, rows in groups:
             keep = torch.isin(row, rows.to(x.device)) & (w > 0)
             xk, wk = x[keep], w[keep]
             xw = xk.to(self.dtype) * wk.to(self.dtype)[:, None]
             incs.append((bucket, xw.T @ xw, float((wk.double() ** 2).sum()), int(wk.numel())))
-        self._last = (x, x._version, incs)
-        return incs
+        return incs, (x, x._version, incs)

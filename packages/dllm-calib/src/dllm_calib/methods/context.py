@@ -47,7 +47,7 @@ class LogRow:
     tokens: int = -1
 
 
-STARVED_POLICIES = ("shared", "rtn")
+STARVED_POLICIES = ("shared", "rtn", "targeted")
 """What a weight quantizer does for a routed expert whose Hessian saw fewer than ``min_tokens`` tokens."""
 
 
@@ -60,11 +60,16 @@ class ExpertPolicy:
             width (fewer tokens than channels leave its Hessian rank-deficient).
         starved: ``"shared"`` (default): quantize it with the pooled Hessian of the layer's routed experts
             for the same linear (every routed token's input, the expert's own tokens included), so the
-            quantizer still sees the layer's activation correlations; ``"rtn"``: round to nearest.
+            quantizer still sees the layer's activation correlations; ``"rtn"``: round to nearest;
+            ``"targeted"``: add the tokens the router sends it from ``reserve`` extra calibration states,
+            which run through the model with the others but count only in starved experts' Hessians, and
+            fall back to ``"shared"`` if it is still short.
+        reserve: the number of extra states ``"targeted"`` draws (> 0 there, 0 for the other policies).
     """
 
     min_tokens: int | None = None
     starved: str = "shared"
+    reserve: int = 0
 
     def __post_init__(self) -> None:
         if self.starved not in STARVED_POLICIES:
@@ -73,6 +78,15 @@ class ExpertPolicy:
             )
         if self.min_tokens is not None and self.min_tokens < 0:
             raise ValueError(f"moe.min_tokens must be >= 0 or null (the input width), got {self.min_tokens}")
+        if self.starved == "targeted" and self.reserve < 1:
+            raise ValueError(
+                "moe.starved 'targeted' draws extra calibration states for starved experts; set moe.reserve "
+                f"to their number (e.g. 128), got {self.reserve}"
+            )
+        if self.starved != "targeted" and self.reserve != 0:
+            raise ValueError(
+                f"moe.reserve only applies to starved: targeted (this policy is {self.starved!r}); drop it"
+            )
 
     def threshold(self, in_features: int) -> int:
         """The token count below which a linear of input width ``in_features`` is starved."""
@@ -111,6 +125,13 @@ class MethodContext(Protocol):
     @property
     def expert_policy(self) -> ExpertPolicy:
         """How quantizers treat starved routed experts (mixture-of-experts models only)."""
+        ...
+
+    @property
+    def reserve_from(self) -> int | None:
+        """Index of the first reserve state of the calibration set (``ExpertPolicy.reserve`` states at its
+        end, drawn for ``starved: targeted``): only starved experts' Hessians read states from there on.
+        None when the set has no reserve."""
         ...
 
     def feeds(self) -> Iterator[tuple[int, Feed]]:
