@@ -192,7 +192,7 @@ def gptq_quantize(
     A ``GGUFSpec`` gives a ``GGUFWeight``: the sweep encodes and decodes on the GGUF grid
     (``gguf.GGUFGroupParams``), with the format's scale rounding inside the error compensation.
     """
-    return gptq_sweep(weight, hessian, spec, config)[0]
+    return _sweep(weight, hessian, spec, config, keep_values=False)[0]
 
 
 def gptq_sweep(
@@ -201,6 +201,15 @@ def gptq_sweep(
     """:func:`gptq_quantize` plus the values ``[out, in]`` (compute dtype, original column order, on the
     weight's device) that the sweep rounded each column to and compensated the error of; the quantized
     weight dequantizes to exactly these values."""
+    quantized, values = _sweep(weight, hessian, spec, config, keep_values=True)
+    assert values is not None
+    return quantized, values
+
+
+def _sweep(
+    weight: Tensor, hessian: Tensor, spec: QuantSpec, config: GPTQConfig | None, keep_values: bool
+) -> tuple[QuantizedWeight, Tensor | None]:
+    """The GPTQ sweep; the values come back (un-permuted, a full ``[out, in]`` gather) only if asked."""
     config = config or GPTQConfig()
     w_in = check_weight(weight)
     out, inp = w_in.shape
@@ -250,7 +259,7 @@ def gptq_sweep(
 
     codes, values = _solve(w, u, params, config.block_size)
     inv = torch.argsort(perm)
-    codes, values = codes[:, inv], values[:, inv]
+    codes, values = codes[:, inv], values[:, inv] if keep_values else None
     if isinstance(params, GGUFGroupParams):
         return params.weight(codes), values
     scale, zero = params.result()

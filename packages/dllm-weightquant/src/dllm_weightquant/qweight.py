@@ -148,8 +148,13 @@ class QuantizedWeight:
         zero = self.zero
         if zero is not None and self.spec.granularity == "tensor":
             zero = zero.reshape(1, 1).expand(out, 1)
+        codes = self.codes
+        if self.g_idx is None:  # contiguous groups: broadcast each group's scale instead of gathering it
+            cells = codes.reshape(out, scale.shape[1], -1)
+            values = torch_grid.decode(cells, scale[:, :, None], None if zero is None else zero[:, :, None])
+            return values.reshape(out, -1)
         groups = self.column_groups()
-        return torch_grid.decode(self.codes, scale[:, groups], None if zero is None else zero[:, groups])
+        return torch_grid.decode(codes, scale[:, groups], None if zero is None else zero[:, groups])
 
     def kernel_layout(self) -> tuple[Tensor, Tensor, Tensor | None, int | None, Tensor | None]:
         """Arguments for ``dllm_kernels.wna16_gemm``: ``(packed, scale [out, G'], zero, group_size, perm)``.
