@@ -297,7 +297,7 @@ def _solve(
                 codes[i1:i2].numpy(),
                 err1.numpy(),
             )
-            wt[i2:] -= u[i1:i2, i2:].T @ err1
+            wt[i2:].addmm_(u[i1:i2, i2:].T, err1, alpha=-1.0)
             wt[i1:i2] = w1
             continue
         for i in range(i2 - i1):
@@ -311,7 +311,7 @@ def _solve(
             err = torch.sub(col, q, out=err1[i]).div_(u1[i, i])
             w1[i:].addr_(u1[i, i:], err, alpha=-1.0)
             w1[i] = q
-        wt[i2:] -= u[i1:i2, i2:].T @ err1
+        wt[i2:].addmm_(u[i1:i2, i2:].T, err1, alpha=-1.0)
         wt[i1:i2] = w1
     return codes.T, wt.T
 
