@@ -20,7 +20,7 @@ import numba
 import numpy as np
 import torch
 
-from dllm_kernels.cpu.tiles import _RINT_MAGIC
+from dllm_kernels.cpu.tiles import _RINT_MAGIC, grid_params
 
 __all__ = ["clip_search", "clip_search_cells"]
 
@@ -38,29 +38,6 @@ def clip_search(
     r = np.asarray(ratios, dtype=np.float32)
     clip_search_cells(x, lo, hi, bits, symmetric, r, float(norm), chunks, scale, zero)
     return torch.from_numpy(scale), None if symmetric else torch.from_numpy(zero)
-
-
-@numba.njit(cache=True, inline="always", error_model="numpy")
-def _params(
-    lo: np.float32, hi: np.float32, p: np.float32, bits: int, symmetric: bool
-) -> tuple[np.float32, np.float32]:
-    """(scale, zero as float32) of the range ``[lo, hi]`` (already clamped around 0) shrunk by ``p``."""
-    half = np.float32(1 << (bits - 1))
-    q_range = np.float32((1 << bits) - 1)
-    lo_p = lo * p
-    hi_p = hi * p
-    z = np.float32(0)
-    if symmetric:
-        s = max(abs(lo_p), hi_p) / (q_range / np.float32(2))
-    else:
-        s = (hi_p - lo_p) / q_range
-        if s != 0:
-            v = min(max(-half - lo_p / s, -half), half - np.float32(1))
-            z = (v + _RINT_MAGIC) - _RINT_MAGIC
-    if s == 0:
-        s = np.float32(np.finfo(np.float32).eps)
-        z = np.float32(0)
-    return s, z
 
 
 @numba.njit(cache=True, error_model="numpy")
@@ -113,12 +90,10 @@ def clip_search_cells(
     for c in numba.prange(chunks):
         buf = np.empty(n, dtype=np.float32)
         for r in range(c * cells // chunks, (c + 1) * cells // chunks):
-            lo_r = min(lo[r], np.float32(0))
-            hi_r = max(hi[r], np.float32(0))
             best = np.inf
             row = x[r]
             for i in range(ratios.shape[0]):
-                s, z = _params(lo_r, hi_r, ratios[i], bits, symmetric)
+                s, z = grid_params(lo[r], hi[r], ratios[i], bits, symmetric)
                 _abs_errors(row, s, z, half, buf)
                 err = _sum_squares(buf) if square else _sum_powers(buf, power)
                 if err < best:

@@ -26,7 +26,14 @@ import numpy as np
 
 from dllm_kernels.reference.gemm import _extract  # one value of a packed row (any width)
 
-__all__ = ["dequantize_bf16", "dequantize_f32", "quantize_rows", "scale_accumulate", "unpack_int8"]
+__all__ = [
+    "dequantize_bf16",
+    "dequantize_f32",
+    "grid_params",
+    "quantize_rows",
+    "scale_accumulate",
+    "unpack_int8",
+]
 
 
 @numba.njit(cache=True, inline="always")
@@ -185,6 +192,31 @@ _RINT_MAGIC = np.float32(12582912.0)
 the addition rounds at the units place; unlike ``np.rint`` (a libm call) it vectorizes."""
 
 
+@numba.njit(cache=True, inline="always", error_model="numpy")
+def grid_params(
+    mn: np.float32, mx: np.float32, ratio: np.float32, bits: int, symmetric: bool
+) -> tuple[np.float32, np.float32]:
+    """(scale, zero as a float32 integer) of a cell with minimum ``mn`` and maximum ``mx``, its range
+    ``[min(mn, 0), max(mx, 0)]`` shrunk by ``ratio``: the grid of :mod:`dllm_kernels.reference.grid`, the
+    same float32 operations (the zero point rounded with `_RINT_MAGIC`, exactly ``np.rint``)."""
+    half = np.float32(1 << (bits - 1))
+    q_range = np.float32((1 << bits) - 1)
+    lo = min(mn, np.float32(0)) * ratio
+    hi = max(mx, np.float32(0)) * ratio
+    z = np.float32(0)
+    if symmetric:
+        s = max(abs(lo), hi) / (q_range / np.float32(2))
+    else:
+        s = (hi - lo) / q_range
+        if s != 0:
+            v = min(max(-half - lo / s, -half), half - np.float32(1))
+            z = (v + _RINT_MAGIC) - _RINT_MAGIC
+    if s == 0:
+        s = np.float32(np.finfo(np.float32).eps)
+        z = np.float32(0)
+    return s, z
+
+
 @numba.njit(cache=True, parallel=True)
 def quantize_rows(
     x: np.ndarray,
@@ -206,24 +238,11 @@ def quantize_rows(
     flat_c = codes.reshape(codes.size)
     qmin = np.float32(-(1 << (bits - 1)))
     qmax = np.float32((1 << (bits - 1)) - 1)
-    q_range = np.float32((1 << bits) - 1)
-    eps = np.float32(np.finfo(np.float32).eps)
     for c in numba.prange(chunks):
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             base = np.uint64(r) * np.uint64(k_cols)
             mn, mx = _min_max(flat_x[base : base + np.uint64(k_cols)])
-            lo = min(mn, np.float32(0)) * clip_ratio
-            hi = max(mx, np.float32(0)) * clip_ratio
-            z = np.float32(0)
-            if symmetric:
-                s = max(abs(lo), hi) / (q_range / np.float32(2))
-            else:
-                s = (hi - lo) / q_range
-                if s != 0:
-                    z = np.float32(np.rint(min(max(qmin - lo / s, qmin), qmax)))
-            if s == 0:
-                s = eps
-                z = np.float32(0)
+            s, z = grid_params(mn, mx, clip_ratio, bits, symmetric)
             scale[r] = s
             zero[r] = np.int32(z)
             for k in range(np.uint64(k_cols)):
