@@ -1,4 +1,5 @@
-"""The fast CPU backend: Numba tile kernels (:mod:`.tiles`) feeding torch's CPU GEMMs (:mod:`.ops`)."""
+"""The fast CPU backend: Numba tile kernels (:mod:`.tiles`) feeding torch's CPU GEMMs (:mod:`.ops`), and the
+Numba kernels of GPTQ's hot loops on CPU tensors (:mod:`.clip_search`, :mod:`.gptq_block`)."""
 
 from __future__ import annotations
 
