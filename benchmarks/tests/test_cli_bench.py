@@ -6,6 +6,9 @@ Timings are only checked for consistency between the table, the JSON and each ot
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -162,3 +165,18 @@ def test_llama_cpp_rows_read_the_cli_timing_and_the_gguf_sizes(
     assert f32["memory"]["bits_per_weight"] == 32.0
     assert q8["memory"]["bits_per_weight"] == pytest.approx(8.5)  # 32 int8 codes + one fp16 scale
     assert q4["memory"]["bits_per_weight"] == pytest.approx(4.5)
+
+
+def test_threads_hold_in_a_fresh_process(tmp_path: Path) -> None:
+    """``--threads 1`` in a fresh process (where Numba's threading layer starts during the run) is the thread
+    count the rows run with and the report states: starting Numba's OpenMP layer after torch's setting
+    used to put torch back on every core."""
+    report = tmp_path / "bench.json"
+    code = (
+        "import sys; from dllm_bench.cli import main; "
+        f"sys.exit(main(['bench', *{TINY!r}, '--threads', '1', '--json', {str(report)!r}]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(report.read_text())["settings"]["threads"] == 1

@@ -254,8 +254,10 @@ def _set_threads(threads: int | None) -> None:
         return
     import numba
 
-    torch.set_num_threads(threads)
+    # Numba first: starting its OpenMP threading layer resets the OpenMP thread count torch reads, so a
+    # torch setting made before it is lost (measured: torch went back to 2 threads after --threads 1).
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> int:
