@@ -12,6 +12,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import dllm_kernels
 import numpy as np
 import pytest
@@ -206,3 +210,16 @@ def test_stacked_gemms_refuse_weights_of_another_shape() -> None:
         ops.stacked_matmul([a, b], torch.zeros(2, 32))
     with pytest.raises(ValueError, match="in_features"):
         ops.stacked_int_matmul([a, b], torch.zeros(2, 32, dtype=torch.int8), torch.ones(2))
+
+
+def test_numba_kernels_keep_torchs_thread_count_in_a_fresh_process() -> None:
+    """Starting Numba's OpenMP layer inside a kernel used to reset torch to every core; importing
+    ``dllm_kernels.cpu`` starts it up front. Run in a fresh process without ``OMP_NUM_THREADS``."""
+    code = (
+        "import torch; torch.set_num_threads(1); from dllm_kernels.cpu.clip_search import clip_search; "
+        "clip_search(torch.randn(64, 128), 4, True, [1.0, 0.9], 2.0); print(torch.get_num_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "1"

@@ -1,13 +1,29 @@
 """The fast CPU backend: Numba tile kernels (:mod:`.tiles`) feeding torch's CPU GEMMs (:mod:`.ops`), and the
-Numba kernels of GPTQ's hot loops on CPU tensors (:mod:`.clip_search`, :mod:`.gptq_block`)."""
+Numba kernels of GPTQ's hot loops on CPU tensors (:mod:`.clip_search`, :mod:`.gptq_block`).
+
+Importing it starts Numba's threading layer, keeping torch's thread count. When the layer (OpenMP) first
+starts inside a parallel kernel, it can put torch back on every core and undo an earlier
+``torch.set_num_threads``: measured with the clip-search kernel, 1 -> 2 threads on a 2-core machine unless
+``OMP_NUM_THREADS`` is set.
+"""
 
 from __future__ import annotations
 
 import functools
 
+import numba
 import torch
 
 __all__ = ["native_bf16"]
+
+
+def _start_numba_threads() -> None:
+    threads = torch.get_num_threads()
+    numba.get_num_threads()  # starts the threading layer now, outside any kernel
+    torch.set_num_threads(threads)
+
+
+_start_numba_threads()
 
 
 @functools.cache
