@@ -3,11 +3,13 @@ ratios are >= 1 and equal a direct computation with a forward hook on one layer.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from dllm_bench.evaluation import INPUT_ROLES, activation_outliers, outlier_states
 from dllm_calib import mask_ratio_buckets
-from dllm_sampler import DiffusionLM, tiny_config
+from dllm_sampler import DiffusionLM, load, tiny_config
 from dllm_sampler.testing import random_char_model
 
 
@@ -71,3 +73,34 @@ def test_the_default_states_need_a_tokenizer() -> None:
     dlm = DiffusionLM.from_config(tiny_config("dream"), seed=0)
     with pytest.raises(ValueError, match="no tokenizer"):
         activation_outliers(dlm)
+
+
+@pytest.mark.parametrize("shared", [1, 0])
+def test_llada2_rows_use_the_fused_qkv_and_the_shared_expert(shared: int) -> None:
+    """LLaDA2: the fused qkv stands for the attention input; a routed layer's MLP rows come from its shared
+    expert, and without one the routed layer has no MLP rows (each expert reads a subset of the tokens)."""
+    dlm = load("tiny-llada2")
+    if not shared:  # the same weights without the shared experts
+        config = dataclasses.replace(dlm.config, num_shared_experts=0)
+        stripped = DiffusionLM.from_config(config, seed=0)
+        state = {k: v for k, v in dlm.model.state_dict().items() if ".shared_experts." not in k}
+        stripped.model.load_state_dict(state)
+        stripped.tokenizer = dlm.tokenizer
+        dlm = stripped
+    states = outlier_states(dlm, problems=2, num_buckets=2, seed=0)
+    rows = activation_outliers(dlm, states, num_buckets=2, batch_size=4)
+    routed = {b.index for b in dlm.topology if b.routes}
+    expected = {
+        (b.index, role)
+        for b in dlm.topology
+        for role in INPUT_ROLES
+        if shared or b.index not in routed or role in ("qkv", "o")
+    }
+    assert routed and {(r.layer, r.role) for r in rows} == expected
+    block = dlm.topology.block(min(routed))
+    modules = {r.role: r.module for r in rows if r.layer == block.index}
+    assert modules["qkv"] == block.names["qkv"]
+    if shared:
+        assert (
+            modules["gate_up"] == block.names["shared.up"] and modules["down"] == block.names["shared.down"]
+        )

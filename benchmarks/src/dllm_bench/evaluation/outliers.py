@@ -37,8 +37,16 @@ from torch import Tensor
 
 __all__ = ["INPUT_ROLES", "OutlierRow", "activation_outliers", "outlier_states"]
 
-INPUT_ROLES: dict[str, str] = {"qkv": "q", "o": "o", "gate_up": "up", "down": "down"}
-"""Role label of each distinct block Linear input -> the Linear role (`BlockTopology.names`) hooked."""
+INPUT_ROLES: dict[str, tuple[str, ...]] = {
+    "qkv": ("q", "qkv"),
+    "o": ("o",),
+    "gate_up": ("up", "shared.up"),
+    "down": ("down", "shared.down"),
+}
+"""Role label of each distinct block Linear input -> the Linear roles (`BlockTopology.names`) that read it,
+the first one a block has is hooked: dense blocks (LLaDA, Dream, LLaDA2's dense layers) and LLaDA2's fused
+qkv and shared expert. A routed layer without a shared expert has no MLP rows: each routed expert reads
+only the tokens sent to it, not the ``[B, L, C]`` activation the statistic is defined on."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +155,14 @@ def outlier_states(
 
 
 def _hooked_modules(model: DiffusionLM) -> list[tuple[int, str, str]]:
-    """``(layer, role label, module name)`` of every distinct block Linear input."""
-    return [(b.index, role, b.names[linear]) for b in model.topology for role, linear in INPUT_ROLES.items()]
+    """``(layer, role label, module name)`` of every distinct block Linear input (see `INPUT_ROLES`)."""
+    hooked = []
+    for block in model.topology:
+        for label, roles in INPUT_ROLES.items():
+            role = next((r for r in roles if r in block.names), None)
+            if role is not None:
+                hooked.append((block.index, label, block.names[role]))
+    return hooked
 
 
 def _bucket_interval(bucket: int, num_buckets: int) -> tuple[float, float]:
