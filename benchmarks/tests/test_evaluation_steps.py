@@ -9,7 +9,8 @@ import itertools
 import pytest
 import torch
 from dllm_bench.evaluation import compare_logits, step_error, step_error_on_prompts
-from dllm_sampler import DiffusionLM, generate, tiny_config
+from dllm_bench.evaluation.steps import fixed_schedule
+from dllm_sampler import DiffusionLM, generate, load, tiny_config
 from dllm_sampler.tasks import answer_generation_config, heldout_problems
 from dllm_sampler.testing import CHAR_VOCAB, random_char_model
 
@@ -101,3 +102,24 @@ def test_bad_inputs_name_the_problem() -> None:
         step_error(other, dlm, 1)
     with pytest.raises(ValueError, match="at least one problem"):
         step_error(dlm, dlm, [])
+
+
+def test_llada2_block_diffusion_runs_one_token_per_step() -> None:
+    """LLaDA2's threshold decoding takes a model-dependent number of steps; the analysis runs it at threshold
+    1.0, so a model and a perturbed copy line up step by step, and the free-running comparison only reads
+    the answer positions the blocks have reached."""
+    dlm = load("tiny-llada2")
+    noisy = load("tiny-llada2")
+    with torch.no_grad():
+        weight = noisy.topology.block(1).module("qkv").weight
+        weight.add_(
+            0.3 * weight.std() * torch.randn(weight.shape, generator=torch.Generator().manual_seed(1))
+        )
+    config = answer_generation_config("llada2")
+    assert fixed_schedule(config).threshold == 1.0 and fixed_schedule(
+        fixed_schedule(config)
+    ) == fixed_schedule(config)
+    same = step_error(dlm, dlm, 1)
+    assert all(r.kl == 0.0 and r.divergence == 0.0 for r in same)
+    rows = step_error(noisy, dlm, 1)
+    assert len(rows) == len(same) and sum(r.kl for r in rows) > 0.0

@@ -15,22 +15,32 @@ separate the per-step error from its accumulation:
 Both runs use the same sampler config (by default the arithmetic task's, `answer_generation_config`) and
 the same seeded generator, so with the default temperature-0 samplers a model compared with itself gives
 zeros everywhere. With classifier-free guidance (LLaDA's ``cfg_scale``) the teacher-forced comparison is
-on the conditional logits.
+on the conditional logits. Block diffusion's threshold decoding (LLaDA2) takes as many steps as the
+model's confidence allows, so the two runs would not line up step by step: it runs with threshold 1.0, one
+committed token per step (`fixed_schedule`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
-from dllm_sampler import DiffusionLM, GenerationConfig, StepState, generate
+from dllm_sampler import BlockDiffusionConfig, DiffusionLM, GenerationConfig, StepState, generate
 from dllm_sampler.tasks import Problem, answer_generation_config, generation_prompts, heldout_problems
 from torch import Tensor
 
 from dllm_bench.evaluation.fidelity import check_comparable, compare_logits
 
-__all__ = ["StepRow", "step_error", "step_error_on_prompts"]
+__all__ = ["StepRow", "fixed_schedule", "step_error", "step_error_on_prompts"]
+
+
+def fixed_schedule(config: GenerationConfig) -> GenerationConfig:
+    """``config`` with a step count that does not depend on the model: block diffusion's threshold decoding
+    at threshold 1.0 (no proposal passes it, so every step commits one token); other configs unchanged."""
+    if isinstance(config, BlockDiffusionConfig) and config.algorithm == "threshold":
+        return replace(config, threshold=1.0)
+    return config
 
 
 @dataclass(frozen=True)
@@ -146,8 +156,11 @@ def _free_running(
     totals: list[_Totals] = []
 
     def hook(state: StepState) -> None:
-        committed = ~state.mask[:, state.prompt_length :]
-        differ = committed & (state.tokens[:, state.prompt_length :] != target)
+        # block diffusion's sequence holds the blocks started so far, the last one whole (it may run past
+        # the answer's end, which the sampler cuts off): compare the positions both have
+        n = min(state.tokens.shape[1] - state.prompt_length, target.shape[1])
+        committed = ~state.mask[:, state.prompt_length :][:, :n]
+        differ = committed & (state.tokens[:, state.prompt_length :][:, :n] != target[:, :n])
         totals.append(_Totals(committed=int(committed.sum()), differ=int(differ.sum())))
         tick()
 
@@ -198,7 +211,7 @@ def step_error_on_prompts(
         One `StepRow` per sampler step, in step order.
     """
     check_comparable(model, reference)
-    config = config or answer_generation_config(reference.arch)
+    config = fixed_schedule(config or answer_generation_config(reference.arch))
     totals = _step_totals(model, reference, prompt, attention_mask, config, seed)
     return [t.row(i) for i, t in enumerate(totals)]
 
@@ -224,7 +237,7 @@ def step_error(
         raise ValueError(f"need at least one problem and batch_size >= 1, got {len(problems)}, {batch_size}")
     if reference.tokenizer is None:
         raise ValueError("the reference has no tokenizer; load a checkpoint folder that holds tokenizer.json")
-    config = config or answer_generation_config(reference.arch)
+    config = fixed_schedule(config or answer_generation_config(reference.arch))
     total = -(-len(problems) // batch_size) * 2 * config.steps
     done = 0
 
