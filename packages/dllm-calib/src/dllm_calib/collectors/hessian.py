@@ -122,9 +122,16 @@ class HessianCollector(Collector):
     def observe(self, point: HookPoint, tensor: Tensor, batch: Batch) -> None:
         self._accumulate(point.module, self._increments(tensor))
 
-    def _accumulate(self, module: str, increments: list[tuple[int, Tensor, float, int]]) -> None:
-        """Add ``(bucket, X^T X increment, weight mass, tokens)`` entries to ``module``'s per-bucket stats."""
-        slots = self._stats.setdefault(module, [None] * (self.num_buckets or 1))
+    def _accumulate(
+        self,
+        module: str,
+        increments: list[tuple[int, Tensor, float, int]],
+        store: dict[str, list[HessianStats | None]] | None = None,
+    ) -> None:
+        """Add ``(bucket, X^T X increment, weight mass, tokens)`` entries to ``module``'s per-bucket stats in
+        ``store`` (default: the collector's own)."""
+        store = self._stats if store is None else store
+        slots = store.setdefault(module, [None] * (self.num_buckets or 1))
         for bucket, inc, mass, tokens in increments:
             slot = slots[bucket]
             if slot is None:

@@ -57,7 +57,7 @@ class RoutedHessianCollector(HessianCollector):
         self._routing: dict[str, Tensor] = {}
         self._reserve_weights: Tensor | None = None
         self._reserve_last: tuple[Tensor, int, list[tuple[int, Tensor, float, int]]] | None = None
-        self._reserve: dict[str, HessianStats] = {}
+        self._reserve: dict[str, list[HessianStats | None]] = {}  # bucket 0 only: buckets merged
 
     def hook_points(self, targets: Sequence[str]) -> list[HookPoint]:
         sites = dict.fromkeys(self.routes[t][0] for t in targets if t in self.routes)
@@ -98,18 +98,11 @@ class RoutedHessianCollector(HessianCollector):
             incs, self._reserve_last = self._routed_increments(
                 tensor, experts, expert, self._reserve_weights, everything, self._reserve_last
             )
-            for _, inc, mass, tokens in incs:
-                slot = self._reserve.get(point.module)
-                if slot is None:
-                    self._reserve[point.module] = HessianStats(inc.clone(), mass, tokens)
-                else:
-                    slot.sum += inc
-                    slot.mass += mass
-                    slot.tokens += tokens
+            self._accumulate(point.module, incs, self._reserve)
 
     def reserve_results(self) -> dict[str, HessianStats]:
         """Per routed expert linear that received reserve tokens, its accumulators over them."""
-        return dict(self._reserve)
+        return {module: slots[0] for module, slots in self._reserve.items() if slots[0] is not None}
 
     def _routed_increments(
         self,
