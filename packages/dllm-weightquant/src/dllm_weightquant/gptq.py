@@ -297,20 +297,18 @@ def _solve(
                 codes[i1:i2].numpy(),
                 err1.numpy(),
             )
-            wt[i2:].addmm_(u[i1:i2, i2:].T, err1, alpha=-1.0)
-            wt[i1:i2] = w1
-            continue
-        for i in range(i2 - i1):
-            g = params.position_group[i1 + i]
-            if not params.done[g]:
-                params.fill(g, _current_columns(wt, w1, err1, u, i1, i, params.members[g]).T)
-            col = w1[i]
-            c = params.encode(g, col)
-            codes[i1 + i] = c
-            q = params.decode(g, c).to(w.dtype)
-            err = torch.sub(col, q, out=err1[i]).div_(u1[i, i])
-            w1[i:].addr_(u1[i, i:], err, alpha=-1.0)
-            w1[i] = q
+        else:
+            for i in range(i2 - i1):
+                g = params.position_group[i1 + i]
+                if not params.done[g]:
+                    params.fill(g, _current_columns(wt, w1, err1, u, i1, i, params.members[g]).T)
+                col = w1[i]
+                c = params.encode(g, col)
+                codes[i1 + i] = c
+                q = params.decode(g, c).to(w.dtype)
+                err = torch.sub(col, q, out=err1[i]).div_(u1[i, i])
+                w1[i:].addr_(u1[i, i:], err, alpha=-1.0)
+                w1[i] = q
         wt[i2:].addmm_(u[i1:i2, i2:].T, err1, alpha=-1.0)
         wt[i1:i2] = w1
     return codes.T, wt.T
