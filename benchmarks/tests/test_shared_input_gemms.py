@@ -82,3 +82,21 @@ def test_a_hooked_layer_runs_alone(rtn_folders: tuple[Path, Path]) -> None:
     finally:
         handle.remove()
     assert seen == [1]
+
+
+def test_the_runner_sees_a_changed_bias_and_a_moved_weight(tmp_path: Path) -> None:
+    """The runner keeps its concatenated bias and its weight stack between calls: a bias changed in place
+    and a layer moved (a new prepared weight) are seen at the next call."""
+    model = load_any(_quantized(tmp_path, "dream", "W8A16g16")).model
+    names = shared_input_groups(model)[0]  # q/k/v, with biases
+    layers = tuple(model.get_submodule(n) for n in names)
+    runner = layers[0].shared_input_gemm
+    h = torch.randn(1, 3, layers[0].in_features)
+    with torch.no_grad():
+        runner(h, layers)
+        layers[1].bias.add_(1.0)
+        layers[2].float()  # _apply: the layer prepares its CPU weight anew
+        got = runner(h, layers)
+        want = tuple(m(h) for m in layers)
+    for a, b in zip(got, want, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5)

@@ -63,7 +63,7 @@ def test_dequantize_tiles_equal_the_reference_weights(shape, bits, symmetric, gr
     tiles.dequantize_f32(pw.packed, pw.scale, pw.zero, pw.has_zero, bits, pw.group, 0, 3, f32)
     assert torch.equal(torch.from_numpy(f32), want)
     b16 = np.empty((n, k), dtype=np.uint16)
-    tiles.dequantize_bf16(pw.packed, pw.scale, pw.zero, pw.has_zero, bits, pw.group, 0, 2, b16)
+    pw.dequantize_into(b16)
     assert torch.equal(torch.from_numpy(b16).view(torch.bfloat16), want.to(torch.bfloat16))
     int8 = np.empty((n, k), dtype=np.int8)
     if symmetric:
@@ -199,6 +199,51 @@ def test_stacked_gemms_give_each_weights_own_numbers(outs, m, bits, group, seed)
     xq, xs, _ = dllm_kernels.quantize_per_token(x, 8)
     want = torch.cat([w.int_matmul(xq, xs) for w in weights], 1)
     assert torch.equal(ops.stacked_int_matmul(weights, xq, xs), want)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 13), st.sampled_from([2, 3, 4, 8]), st.booleans(), st.sampled_from([8, 24])),
+        min_size=1,
+        max_size=4,
+    ),
+    st.integers(0, 12),
+    st.integers(1, 20),
+    st.integers(0, 2**16),
+)
+def test_a_stack_dequantizes_every_members_rows_and_rounds_x_like_torch(members, n0, rows, seed) -> None:
+    """`tiles.dequantize_stack_bf16` on any row range of weights of mixed widths, zero points and group
+    sizes stacked along N: each row is its own weight's reference value rounded to bf16 (torch's rounding);
+    the float32 activations of the same launch are torch's ``x.bfloat16()``, NaN and infinities included."""
+    k = 48  # a multiple of both group sizes; 4-bit rows of even and odd offsets into the tile
+    weights, rows_want = [], []
+    for i, (n, bits, symmetric, group) in enumerate(members):
+        codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed + i)
+        weights.append(PackedWeight.from_tensors(packed, scale, zero, bits, group, k))
+        rows_want.append(dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba").bfloat16())
+    want = torch.cat(rows_want)
+    n0 = min(n0, len(want) - 1)
+    rows = min(rows, len(want) - n0)
+    x = torch.randn(5, k, generator=torch.Generator().manual_seed(seed)) * 1e3
+    x[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.3e38])
+    x_bf16 = np.empty((5, k), dtype=np.uint16)
+    tile = np.empty((rows, k), dtype=np.uint16)
+    ops.WeightStack.of(weights).dequantize_into(tile, n0, x.numpy(), x_bf16)
+    assert torch.equal(torch.from_numpy(tile).view(torch.bfloat16), want[n0 : n0 + rows])
+    got_x = torch.from_numpy(x_bf16).view(torch.bfloat16)
+    assert got_x[0, 0].isnan() and torch.equal(got_x.flatten()[1:], x.bfloat16().flatten()[1:])
+
+
+@given(st.integers(1, 9), st.sampled_from([3, 4, 8]), st.sampled_from([16, None]), st.integers(0, 2**16))
+def test_bf16_gemm_of_float32_x_is_the_gemm_of_x_rounded_first(m, bits, group, seed) -> None:
+    """``matmul(x, torch.bfloat16)`` rounds float32 ``x`` inside the dequantization launch: the same bits as
+    converting ``x`` with torch first."""
+    k = (group or 40) * 2
+    _, scale, zero, packed, _ = _weight(11, k, bits, False, group, seed)
+    weight = PackedWeight.from_tensors(packed, scale, zero, bits, group, k)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed))
+    got = weight.matmul(x, torch.bfloat16)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, weight.matmul(x.bfloat16()))
 
 
 def test_stacked_gemms_refuse_weights_of_another_shape() -> None:

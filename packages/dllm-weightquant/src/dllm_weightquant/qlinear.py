@@ -35,7 +35,7 @@ from dllm_weightquant.gguf.weight import GGUFWeight
 from dllm_weightquant.multibinary import MultiBinaryWeight
 from dllm_weightquant.qweight import QuantizedWeight
 
-__all__ = ["MODES", "QuantLinear", "replace_linear", "set_compute_dtype"]
+__all__ = ["MODES", "QuantLinear", "add_bias", "replace_linear", "set_compute_dtype"]
 
 MODES = ("kernel", "fake")
 QWeight = QuantizedWeight | MultiBinaryWeight | GGUFWeight
@@ -55,6 +55,14 @@ _EXACT_BUFFERS = (
     "_kernel_zero",
     "_kernel_perm",
 )
+
+
+def add_bias(y: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """A GEMM result ``y [M, N]`` (bfloat16 or float32) plus ``bias [N]`` added in float32, in ``dtype``: one
+    pass (the bf16 result promotes to float32 in the addition) and a cast only where ``dtype`` differs."""
+    if bias is not None:
+        y = torch.add(y, bias.float())
+    return y.to(dtype)
 
 
 class QuantLinear(nn.Module):
@@ -246,13 +254,11 @@ class QuantLinear(nn.Module):
         if self.mode == "fake":
             bias = None if self.bias is None else self.bias.to(self.weight.dtype)
             return F.linear(x.to(self.weight.dtype), self.weight, bias).to(x.dtype)
-        x2 = x.reshape(-1, self.in_features).to(self.gemm_dtype(x))
+        x2 = x.reshape(-1, self.in_features)
         if self._kernel_perm is not None:
             x2 = x2[:, self._kernel_perm]
-        y = self._kernel_gemm(x2.contiguous())
-        if self.bias is not None:
-            y = y.float() + self.bias.float()
-        return y.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        y = add_bias(self._kernel_gemm(x2, self.gemm_dtype(x)), self.bias, x.dtype)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def cpu_weight(self) -> PackedWeight:
         """Kernel mode's weight prepared once for the fast CPU GEMMs (`dllm_kernels.cpu.ops.PackedWeight`:
@@ -277,15 +283,16 @@ class QuantLinear(nn.Module):
         """Kernel mode's input column order (act-order weights) or None: the GEMM sees x[:, kernel_perm]."""
         return self._buffers.get("_kernel_perm")
 
-    def _kernel_gemm(self, x2: Tensor) -> Tensor:
-        """``x2 [M, in] @ dequant(W)^T`` -> ``[M, out]``: on the CPU through the weight prepared once for the
-        fast CPU GEMMs (no per-call validation; the result in the GEMM's precision, bfloat16 for bfloat16
-        ``x2``), elsewhere through the dispatcher (float32)."""
+    def _kernel_gemm(self, x2: Tensor, dtype: torch.dtype) -> Tensor:
+        """``x2 [M, in] @ dequant(W)^T`` -> ``[M, out]`` with the GEMM's input precision ``dtype``: on the
+        CPU through the weight prepared once for the fast CPU GEMMs (no per-call validation; float32 ``x2``
+        is rounded to bfloat16 inside the dequantization launch; the result in ``dtype``), elsewhere through
+        the dispatcher (float32)."""
         if x2.device.type == "cpu" and fast_cpu_gemms():
-            return self.cpu_weight().matmul(x2)
+            return self.cpu_weight().matmul(x2, dtype)
         group, bits = self._meta["kernel_group_size"], self._meta["spec"].bits  # type: ignore[attr-defined]
         return dllm_kernels.wna16_gemm(
-            x2,
+            x2.to(dtype).contiguous(),
             self._kernel_packed,
             self._kernel_scale,
             self._kernel_zero,

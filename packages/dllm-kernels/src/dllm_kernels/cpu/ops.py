@@ -2,12 +2,13 @@
 tile by the Numba kernels of :mod:`dllm_kernels.cpu.tiles` (parallel over rows) into a reused scratch tile,
 multiplied by torch's CPU GEMMs (MKL / oneDNN, multi-threaded):
 
-* `wna16_gemm` (`PackedWeight.matmul` for a weight prepared once) computes in the activations'
-  precision: bfloat16 activations meet bfloat16 weight tiles (each weight ``float32(u - z) * scale``
-  rounded to the nearest bf16) in a bf16 GEMM with float32 accumulation, result rounded to bf16 (what a
-  W4A16 layer does in a bf16 model; native on CPUs with AVX512-BF16 or AMX); float32 (or fp16 / float64,
-  computed in float32) activations meet the exact float32 weights of the reference. Only the accumulation
-  order differs from :func:`dllm_kernels.reference.gemm.wna16_gemm`.
+* `wna16_gemm` (`PackedWeight.matmul` for a weight prepared once, `WeightStack.matmul` for weights that
+  read one input) computes in the GEMM's precision: bfloat16 activations meet bfloat16 weight tiles (each
+  weight ``float32(u - z) * scale`` rounded to the nearest bf16) in a bf16 GEMM with float32 accumulation,
+  result rounded to bf16 (what a W4A16 layer does in a bf16 model; native on CPUs with AVX512-BF16 or AMX);
+  float32 activations bound for a bf16 GEMM are rounded inside the launch that dequantizes the weights;
+  float32 (or fp16 / float64, computed in float32) activations meet the exact float32 weights of the
+  reference. Only the accumulation order differs from :func:`dllm_kernels.reference.gemm.wna16_gemm`.
 * `quantize_per_token` quantizes activations per token in one fused pass, bit-identical to the reference;
 * `int8_gemm`, `w4a8_gemm`, `w4a4_gemm` run ``torch._int_mm`` (int8 x int8 -> int32, exact) and the
   reference's float32 epilogue ``(float32(acc) * x_scale[m]) * w_scale[n]``: bit-identical to the Numba
@@ -33,6 +34,7 @@ from dllm_kernels.cpu import tiles
 __all__ = [
     "TILE_BYTES",
     "PackedWeight",
+    "WeightStack",
     "int8_gemm",
     "quantize_per_token",
     "stacked_int_matmul",
@@ -72,23 +74,10 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
 
-def _gemm_input(x: torch.Tensor) -> tuple[torch.Tensor, type]:
-    """``x`` in the GEMM's precision and the NumPy dtype of its weight tiles: bfloat16 stays (uint16 bf16
-    tiles), anything else becomes float32 (float32 tiles)."""
-    if x.dtype == torch.bfloat16:
-        return x, np.uint16
-    return x.to(torch.float32), np.float32
-
-
 def _as_tensor(tile: np.ndarray) -> torch.Tensor:
     """A weight tile as the GEMM's operand (uint16 bit patterns viewed as bfloat16)."""
     weight = torch.from_numpy(tile)
     return weight.view(torch.bfloat16) if tile.dtype == np.uint16 else weight
-
-
-def _fits_one_tile(weights: Sequence[PackedWeight], x: torch.Tensor) -> bool:
-    itemsize = 2 if x.dtype == torch.bfloat16 else 4
-    return sum(w.out_features for w in weights) * weights[0].in_features * itemsize <= TILE_BYTES
 
 
 @dataclass(frozen=True)
@@ -136,27 +125,19 @@ class PackedWeight:
         """N, the weight's rows."""
         return self.packed.shape[0]
 
+    @functools.cached_property
+    def stack(self) -> WeightStack:
+        """This weight as a one-member `WeightStack` (what its float GEMMs run through)."""
+        return WeightStack.of((self,))
+
     def dequantize_into(self, tile: np.ndarray, n0: int = 0) -> None:
         """Rows ``n0 .. n0 + len(tile)`` of the dequantized weight into ``tile [rows, K]``: float32 values
         for a float32 tile, bf16 bit patterns (round to nearest even) for a uint16 tile."""
-        kernel = tiles.dequantize_bf16 if tile.dtype == np.uint16 else tiles.dequantize_f32
-        chunks = _chunks(len(tile))
-        kernel(self.packed, self.scale, self.zero, self.has_zero, self.bits, self.group, n0, chunks, tile)
+        self.stack.dequantize_into(tile, n0)
 
-    def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        """``x [M, K] @ W^T`` -> ``[M, N]``: bfloat16 in and out for bfloat16 ``x`` (bf16-rounded weights,
-        float32 accumulation), else float32 (``x`` cast to float32, exact float32 weights)."""
-        if _fits_one_tile((self,), x):
-            return stacked_matmul((self,), x)
-        x, np_dtype = _gemm_input(x)
-        n, k = self.out_features, self.in_features
-        step = _tile_rows(n, k, np.dtype(np_dtype).itemsize)
-        parts = []
-        for n0 in range(0, n, step):
-            tile = _tile(min(step, n - n0), k, np_dtype)
-            self.dequantize_into(tile, n0)
-            parts.append(F.linear(x, _as_tensor(tile)))
-        return torch.cat(parts, dim=1)
+    def matmul(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x [M, K] @ W^T`` -> ``[M, N]`` in the GEMM's precision ``dtype`` (see `WeightStack.matmul`)."""
+        return self.stack.matmul(x, dtype)
 
     def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times this
@@ -197,24 +178,123 @@ class PackedWeight:
         return (torch.from_numpy(self.scale) * sums).sum(1)
 
 
-def stacked_matmul(weights: Sequence[PackedWeight], x: torch.Tensor) -> torch.Tensor:
+_NO_ROWS = np.empty((0, 0), dtype=np.float32)
+_NO_ROWS_BF16 = np.empty((0, 0), dtype=np.uint16)
+
+
+@dataclass(frozen=True, eq=False)
+class WeightStack:
+    """Packed weights with one K stacked along N (q/k/v, gate/up, or one weight alone), held as the
+    arguments of `tiles.dequantize_stack_bf16`, built once by whoever runs the stack repeatedly.
+
+    Attributes:
+        weights: the members, in column-block order; packed, scale, zero: their arrays as tuples;
+            meta: int64 ``[members, 4]`` rows of (first stacked row, bits, group, has_zero).
+    """
+
+    weights: tuple[PackedWeight, ...]
+    packed: tuple[np.ndarray, ...]
+    scale: tuple[np.ndarray, ...]
+    zero: tuple[np.ndarray, ...]
+    meta: np.ndarray
+
+    @classmethod
+    def of(cls, weights: Sequence[PackedWeight]) -> WeightStack:
+        """The stack of ``weights``. Raises ``ValueError`` if their ``in_features`` differ."""
+        weights = tuple(weights)
+        k = weights[0].in_features
+        if any(w.in_features != k for w in weights):
+            raise ValueError(
+                f"stacked weights must share in_features, got {[w.in_features for w in weights]}"
+            )
+        starts = np.cumsum([0] + [w.out_features for w in weights[:-1]])
+        meta = np.array(
+            [(s, w.bits, w.group, w.has_zero) for s, w in zip(starts, weights, strict=True)], dtype=np.int64
+        )
+        return cls(
+            weights,
+            tuple(w.packed for w in weights),
+            tuple(w.scale for w in weights),
+            tuple(w.zero for w in weights),
+            meta,
+        )
+
+    @property
+    def in_features(self) -> int:
+        """K, shared by the members."""
+        return self.weights[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        """N, the members' rows together."""
+        return int(self.meta[-1, 0]) + self.weights[-1].out_features
+
+    def dequantize_into(
+        self, tile: np.ndarray, n0: int = 0, x: np.ndarray = _NO_ROWS, x_bf16: np.ndarray = _NO_ROWS_BF16
+    ) -> None:
+        """Stacked rows ``n0 .. n0 + len(tile)`` into ``tile [rows, K]``: bf16 bit patterns for a uint16
+        tile (and, in the same launch, float32 ``x [M, K]`` rounded to bf16 into ``x_bf16``), exact
+        float32 values for a float32 tile."""
+        if tile.dtype == np.uint16:
+            tiles.dequantize_stack_bf16(
+                self.packed, self.scale, self.zero, self.meta, n0, x, x_bf16, _chunks(len(tile)), tile
+            )
+            return
+        end = n0 + len(tile)
+        for (start, *_), w in zip(self.meta, self.weights, strict=True):
+            lo, hi = max(n0, start), min(end, start + w.out_features)
+            if lo < hi:
+                part = tile[lo - n0 : hi - n0]
+                tiles.dequantize_f32(
+                    w.packed,
+                    w.scale,
+                    w.zero,
+                    w.has_zero,
+                    w.bits,
+                    w.group,
+                    lo - start,
+                    _chunks(len(part)),
+                    part,
+                )
+
+    def matmul(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``x [M, K]`` times every member, in one GEMM per tile of rows: ``[M, N_1 + N_2 + ...]``, column
+        blocks in member order. ``dtype`` is the GEMM's precision (default: bfloat16 for bfloat16 ``x``,
+        else float32). bfloat16: ``x`` and the weights rounded to bf16, float32 accumulation, a bf16 result;
+        float32 ``x`` is rounded inside the dequantization launch. float32: exact float32 weights, a float32
+        result. Tiles hold at most `TILE_BYTES`; a small stack is one tile and one GEMM."""
+        if dtype is None:
+            dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
+        if dtype not in (torch.bfloat16, torch.float32):
+            raise ValueError(f"the GEMM precision must be torch.bfloat16 or torch.float32, got {dtype}")
+        n, k = self.out_features, self.in_features
+        np_dtype = np.uint16 if dtype == torch.bfloat16 else np.float32
+        x_in, x_bf16 = _NO_ROWS, _NO_ROWS_BF16
+        if dtype == torch.float32 or x.dtype == torch.bfloat16:
+            x = x.to(dtype).contiguous()
+        elif x.dtype == torch.float32:
+            x_in, x = _np(x), torch.empty(x.shape, dtype=torch.bfloat16)
+            x_bf16 = x.view(torch.int16).numpy().view(np.uint16)
+        else:
+            x = x.to(torch.bfloat16).contiguous()
+        step = _tile_rows(n, k, np.dtype(np_dtype).itemsize)
+        parts = []
+        for n0 in range(0, n, step):
+            tile = _tile(min(step, n - n0), k, np_dtype)
+            self.dequantize_into(tile, n0, x_in, x_bf16)
+            x_in, x_bf16 = _NO_ROWS, _NO_ROWS_BF16  # converted with the first tile
+            parts.append(F.linear(x, _as_tensor(tile)))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
+def stacked_matmul(
+    weights: Sequence[PackedWeight], x: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """``x [M, K]`` times several weights of the same K stacked along N, in one GEMM: ``[M, N_1 + N_2 +
     ...]``, column blocks in the order of ``weights``, each block the numbers ``weights[i].matmul(x)`` gives
-    (bfloat16 for bfloat16 ``x``, else float32). Layers that read the same input (q/k/v, gate/up) share the
-    input conversion and one larger GEMM. Each weight is dequantized into its rows of one scratch tile;
-    stacks larger than `TILE_BYTES` run weight by weight."""
-    k = weights[0].in_features
-    if any(w.in_features != k for w in weights):
-        raise ValueError(f"stacked weights must share in_features, got {[w.in_features for w in weights]}")
-    if not _fits_one_tile(weights, x):
-        return torch.cat([w.matmul(x) for w in weights], dim=1)
-    x, np_dtype = _gemm_input(x)
-    tile = _tile(sum(w.out_features for w in weights), k, np_dtype)
-    r0 = 0
-    for w in weights:
-        w.dequantize_into(tile[r0 : r0 + w.out_features])
-        r0 += w.out_features
-    return F.linear(x, _as_tensor(tile))
+    (`WeightStack.matmul`). Layers that read the same input (q/k/v, gate/up) share the input conversion
+    and one larger GEMM; a caller that runs the same stack repeatedly keeps its `WeightStack` instead."""
+    return WeightStack.of(weights).matmul(x, dtype)
 
 
 def _grouped_int_mm(

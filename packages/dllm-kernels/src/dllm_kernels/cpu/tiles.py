@@ -7,8 +7,9 @@ into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba
 
 * `dequantize_f32`: ``float32(u - z) * scale[n, k // group]``, bit-identical to the reference GEMM's
   dequantization (:func:`dllm_kernels.reference.gemm.wna16_gemm`);
-* `dequantize_bf16`: the same float32 value rounded to the nearest bfloat16 (ties to even), written as the
-  bf16 bit pattern into a uint16 tile (NumPy has no bfloat16; torch views the tile as ``torch.bfloat16``);
+* `dequantize_stack_bf16`: the same float32 value rounded to the nearest bfloat16 (ties to even), written as
+  the bf16 bit pattern into a uint16 tile (NumPy has no bfloat16; torch views the tile as ``torch.bfloat16``),
+  for several weights stacked along N and the GEMM's float32 activations in one launch;
 * `unpack_int8`: the signed code ``u - offset`` as int8, for the integer GEMMs;
 * `quantize_rows`: dynamic per-token activation quantization for those GEMMs, and `scale_accumulate` their
   float32 epilogue.
@@ -23,12 +24,14 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from numba.core import types
+from numba.extending import intrinsic
 
 from dllm_kernels.reference.gemm import _extract  # one value of a packed row (any width)
 
 __all__ = [
-    "dequantize_bf16",
     "dequantize_f32",
+    "dequantize_stack_bf16",
     "grid_params",
     "quantize_rows",
     "scale_accumulate",
@@ -120,34 +123,124 @@ def dequantize_f32(
             _dequantize_row(packed, row_bytes, scale, zero, has_zero, bits, group, n0 + r, codes, out[r])
 
 
-@numba.njit(cache=True, parallel=True)
-def dequantize_bf16(
+@intrinsic
+def _f32_bits(typingctx, x):  # type: ignore[no-untyped-def]
+    """The bit pattern of a float32 scalar as uint32 (an LLVM bitcast: stays in a register, vectorizes)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):  # type: ignore[no-untyped-def]
+        return builder.bitcast(args[0], context.get_value_type(types.uint32))
+
+    return types.uint32(types.float32), codegen
+
+
+@numba.njit(cache=True, inline="always")
+def _bf16_bits(v: np.float32) -> np.uint32:
+    """``v`` rounded to the nearest bfloat16, ties to even, as its 16-bit pattern (in a uint32); finite
+    ``v`` only (NaN payloads may round into the sign bit)."""
+    b = _f32_bits(v)
+    return (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+
+
+@numba.njit(cache=True, inline="always")
+def _bf16_row(
     packed: np.ndarray,
     scale: np.ndarray,
     zero: np.ndarray,
     has_zero: bool,
     bits: int,
     group: int,
+    n: int,
+    codes: np.ndarray,
+    out16: np.ndarray,
+    base: np.uint64,
+) -> None:
+    """Weight row ``n`` as bf16 bit patterns into ``out16[base : base + K]`` (``codes`` is an int32
+    scratch row of K values). 8-bit codes are read straight from their bytes; 4-bit pairs (even group
+    sizes) are written as one uint32 per byte; other widths unpack the row into ``codes`` first."""
+    k_cols = codes.shape[0]
+    row_bytes = packed.reshape(packed.size).view(np.uint8)
+    src = np.uint64(n) * np.uint64(packed.shape[1] * 4)
+    offset = np.float32(1 << (bits - 1))
+    n_groups = k_cols // group
+    if bits == 8:
+        for g in range(n_groups):
+            s = scale[n, g]
+            z = np.float32(zero[n, g]) if has_zero else offset
+            g0 = np.uint64(g * group)
+            for i in range(np.uint64(group)):
+                v = (np.float32(np.int32(row_bytes[src + g0 + i])) - z) * s
+                out16[base + g0 + i] = np.uint16(_bf16_bits(v))
+    elif bits == 4 and group % 2 == 0 and base % 2 == 0:
+        out32 = out16[base : base + np.uint64(k_cols)].view(np.uint32)
+        half = np.uint64(group // 2)
+        for g in range(n_groups):
+            s = scale[n, g]
+            z = np.float32(zero[n, g]) if has_zero else offset
+            g0 = np.uint64(g) * half
+            for i in range(half):
+                b = np.uint32(row_bytes[src + g0 + i])
+                lo = _bf16_bits((np.float32(np.int32(b & np.uint32(15))) - z) * s)
+                hi = _bf16_bits((np.float32(np.int32(b >> np.uint32(4))) - z) * s)
+                out32[g0 + i] = lo | (hi << np.uint32(16))
+    else:
+        _unpack_row(packed, row_bytes, n, bits, codes)
+        for g in range(n_groups):
+            s = scale[n, g]
+            z = np.float32(zero[n, g]) if has_zero else offset
+            g0 = np.uint64(g * group)
+            for i in range(np.uint64(group)):
+                out16[base + g0 + i] = np.uint16(_bf16_bits((np.float32(codes[g0 + i]) - z) * s))
+
+
+@numba.njit(cache=True, parallel=True)
+def dequantize_stack_bf16(
+    packed: tuple[np.ndarray, ...],
+    scale: tuple[np.ndarray, ...],
+    zero: tuple[np.ndarray, ...],
+    meta: np.ndarray,
     n0: int,
+    x: np.ndarray,
+    x_bf16: np.ndarray,
     chunks: int,
     out: np.ndarray,
 ) -> None:
-    """Rows ``n0 ..`` of the dequantized weight, rounded to bfloat16 (ties to even), into ``out [rows, K]``
-    uint16 bit patterns."""
+    """Rows ``n0 .. n0 + rows`` of several weights stacked along N (member ``j``: ``packed[j]``,
+    ``scale[j]``, ``zero[j]``; ``meta[j] = (first stacked row, bits, group, has_zero)``, rows ascending),
+    dequantized and rounded to bfloat16 (ties to even) into ``out [rows, K]`` uint16 bit patterns; in the
+    same parallel pass, float32 activations ``x [M, K]`` rounded the same way into ``x_bf16 [M, K]``
+    (NaN stays NaN; ``M = 0`` converts nothing). One launch feeds a whole bf16 GEMM."""
     rows, k_cols = out.shape
-    row_bytes = packed.reshape(packed.size).view(np.uint8)
+    members = meta.shape[0]
     flat = out.reshape(out.size)
+    x_flat = x.reshape(x.size)
+    xo = x_bf16.reshape(x_bf16.size)
+    m_rows = x.shape[0]
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
-        values = np.empty(k_cols, dtype=np.float32)
-        u = values.view(np.uint32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            _dequantize_row(packed, row_bytes, scale, zero, has_zero, bits, group, n0 + r, codes, values)
-            base = np.uint64(r) * np.uint64(k_cols)
-            for k in range(np.uint64(k_cols)):
-                b = u[k]  # round to nearest bf16, ties to even
-                rounded = b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))
-                flat[base + k] = np.uint16(rounded >> 16)
+            row = n0 + r
+            j = 0
+            while j + 1 < members and meta[j + 1, 0] <= row:
+                j += 1
+            _bf16_row(
+                packed[j],
+                scale[j],
+                zero[j],
+                meta[j, 3] != 0,
+                meta[j, 1],
+                meta[j, 2],
+                row - meta[j, 0],
+                codes,
+                flat,
+                np.uint64(r) * np.uint64(k_cols),
+            )
+        lo = np.uint64(c * m_rows // chunks) * np.uint64(k_cols)
+        hi = np.uint64((c + 1) * m_rows // chunks) * np.uint64(k_cols)
+        for i in range(lo, hi):
+            nan = (_f32_bits(x_flat[i]) & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+            xo[i] = np.uint16(0x7FC0) if nan else np.uint16(_bf16_bits(x_flat[i]))
 
 
 @numba.njit(cache=True, parallel=True)
