@@ -67,7 +67,7 @@ def test_dequantize_tiles_equal_the_reference_weights(shape, bits, symmetric, gr
     assert torch.equal(torch.from_numpy(b16).view(torch.bfloat16), want.to(torch.bfloat16))
     int8 = np.empty((n, k), dtype=np.int8)
     if symmetric:
-        tiles.unpack_int8(pw.packed, bits, 1 << (bits - 1), 0, 4, int8)
+        pw.unpack_into(int8)
         assert torch.equal(torch.from_numpy(int8), codes)
 
 
@@ -150,10 +150,13 @@ def test_large_layers_are_cut_into_tiles(monkeypatch: pytest.MonkeyPatch) -> Non
     _, scale, zero, packed, _ = _weight(50, 64, 4, True, 32, 0)
     x = torch.randn(7, 64)
     whole = ops.wna16_gemm(x, packed, scale, zero, 4, 32)
+    whole16 = ops.wna16_gemm(x.bfloat16(), packed, scale, zero, 4, 32)
     xq, xs, _ = dllm_kernels.quantize_per_token(x, 8)
     whole_int = PackedWeight.from_tensors(packed, scale, None, 4, 32, 64).int_matmul(xq, xs)
     monkeypatch.setattr(ops, "TILE_BYTES", 64 * 4 * 7)  # 7 rows per float32 tile
     assert _rel(ops.wna16_gemm(x, packed, scale, zero, 4, 32), whole) <= 1e-6
+    tiled16 = ops.wna16_gemm(x.bfloat16(), packed, scale, zero, 4, 32)  # 14 rows per bf16 tile
+    assert tiled16.shape == whole16.shape and _rel(tiled16.float(), whole16.float()) <= 1e-2
     assert torch.equal(
         PackedWeight.from_tensors(packed, scale, None, 4, 32, 64).int_matmul(xq, xs), whole_int
     )
@@ -211,11 +214,11 @@ def test_stacked_gemms_give_each_weights_own_numbers(outs, m, bits, group, seed)
     st.integers(1, 20),
     st.integers(0, 2**16),
 )
-def test_a_stack_dequantizes_every_members_rows_and_rounds_x_like_torch(members, n0, rows, seed) -> None:
+def test_a_stack_dequantizes_every_members_rows(members, n0, rows, seed) -> None:
     """`tiles.dequantize_stack_bf16` on any row range of weights of mixed widths, zero points and group
     sizes stacked along N: each row is its own weight's reference value rounded to bf16 (torch's rounding);
-    the float32 activations of the same launch are torch's ``x.bfloat16()``, NaN and infinities included."""
-    k = 48  # a multiple of both group sizes; 4-bit rows of even and odd offsets into the tile
+    4-bit rows start at even and odd offsets into the tile."""
+    k = 48  # a multiple of both group sizes
     weights, rows_want = [], []
     for i, (n, bits, symmetric, group) in enumerate(members):
         codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed + i)
@@ -224,26 +227,41 @@ def test_a_stack_dequantizes_every_members_rows_and_rounds_x_like_torch(members,
     want = torch.cat(rows_want)
     n0 = min(n0, len(want) - 1)
     rows = min(rows, len(want) - n0)
-    x = torch.randn(5, k, generator=torch.Generator().manual_seed(seed)) * 1e3
-    x[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 3.3e38])
-    x_bf16 = np.empty((5, k), dtype=np.uint16)
     tile = np.empty((rows, k), dtype=np.uint16)
-    ops.WeightStack.of(weights).dequantize_into(tile, n0, x.numpy(), x_bf16)
+    ops.WeightStack.of(weights).dequantize_into(tile, n0)
     assert torch.equal(torch.from_numpy(tile).view(torch.bfloat16), want[n0 : n0 + rows])
-    got_x = torch.from_numpy(x_bf16).view(torch.bfloat16)
-    assert got_x[0, 0].isnan() and torch.equal(got_x.flatten()[1:], x.bfloat16().flatten()[1:])
 
 
-@given(st.integers(1, 9), st.sampled_from([3, 4, 8]), st.sampled_from([16, None]), st.integers(0, 2**16))
-def test_bf16_gemm_of_float32_x_is_the_gemm_of_x_rounded_first(m, bits, group, seed) -> None:
-    """``matmul(x, torch.bfloat16)`` rounds float32 ``x`` inside the dequantization launch: the same bits as
-    converting ``x`` with torch first."""
-    k = (group or 40) * 2
-    _, scale, zero, packed, _ = _weight(11, k, bits, False, group, seed)
-    weight = PackedWeight.from_tensors(packed, scale, zero, bits, group, k)
-    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed))
-    got = weight.matmul(x, torch.bfloat16)
-    assert got.dtype == torch.bfloat16 and torch.equal(got, weight.matmul(x.bfloat16()))
+@given(
+    st.lists(st.tuples(st.integers(1, 13), st.sampled_from([4, 8])), min_size=1, max_size=3),
+    st.integers(1, 9),
+    st.sampled_from([4, 8]),
+    st.booleans(),
+    st.sampled_from([1.0, 0.9]),
+    st.sampled_from([16, None]),
+    st.booleans(),
+    st.integers(0, 2**16),
+)
+def test_quantizing_in_the_unpacking_launch_gives_the_bits_of_quantizing_first(
+    members, m, x_bits, symmetric, clip, group, small_tiles, seed
+) -> None:
+    """`WeightStack.quantized_int_matmul` (per-token quantization inside the launch that unpacks the first
+    tile of codes; stacked 4- and 8-bit weights; one or several tiles) gives the bits of
+    `quantize_per_token` followed by each member's own `int_matmul`."""
+    k = (group or 24) * 2
+    weights = []
+    for i, (n, bits) in enumerate(members):
+        _, scale, _, packed, _ = _weight(n, k, bits, True, group, seed + i)
+        weights.append(PackedWeight.from_tensors(packed, scale, None, bits, group, k))
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
+    stack = ops.WeightStack.of(weights)
+    tile_bytes = k * 5 if small_tiles else ops.TILE_BYTES  # 5 rows per tile
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ops, "TILE_BYTES", tile_bytes)
+        y, scale, zero = stack.quantized_int_matmul(x, x_bits, symmetric, clip)
+    xq, xs, xz = dllm_kernels.quantize_per_token(x, x_bits, symmetric, clip, backend="numba")
+    assert torch.equal(scale, xs) and (zero is None if symmetric else torch.equal(zero, xz))
+    assert torch.equal(y, torch.cat([w.int_matmul(xq, xs) for w in weights], 1))
 
 
 def test_stacked_gemms_refuse_weights_of_another_shape() -> None:

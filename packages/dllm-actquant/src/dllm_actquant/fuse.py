@@ -2,23 +2,22 @@
 
 In a checkpoint whose activations are quantized per token, q/k/v (and gate/up) are `ActQuantLinear`s
 around packed layers. Run one by one, each quantizes the same input again and runs its own integer GEMMs.
-`SharedInputIntGEMM` quantizes the input once and multiplies it by the members' codes stacked into one
-tile (`dllm_kernels.cpu.ops.stacked_int_matmul`), with the members' own epilogue: the numbers are those of
-the members' own forwards, bit for bit. `fuse_act_quant_inputs` attaches it to the first layer of each
-group of `dllm_sampler.models.spec.shared_input_groups` (attribute ``shared_input_gemm``, which
-`dllm_sampler.models.layers.linears_on` uses).
+`SharedInputIntGEMM` quantizes the input once, in the launch that unpacks the members' codes stacked into
+one tile, and multiplies them (`dllm_kernels.cpu.ops.WeightStack.quantized_int_matmul`) with the members'
+own epilogue: the numbers are those of the members' own forwards, bit for bit. `fuse_act_quant_inputs`
+attaches it to the first layer of each group of `dllm_sampler.models.spec.shared_input_groups` (attribute
+``shared_input_gemm``, which `dllm_sampler.models.layers.linears_on` uses).
 """
 
 from __future__ import annotations
 
 import torch
-from dllm_kernels.cpu.ops import stacked_int_matmul
+from dllm_kernels.cpu.ops import WeightStack
 from dllm_kernels.dispatch import fast_cpu_gemms
-from dllm_sampler.models.layers import runner_applies
+from dllm_sampler.models.layers import ConcatenatedBias, add_bias, runner_applies
 from dllm_sampler.models.spec import attach_shared_input_runners
 from torch import Tensor, nn
 
-from dllm_actquant.act_quant import quantize_activation
 from dllm_actquant.linear import ActQuantLinear
 
 __all__ = ["SharedInputIntGEMM", "fuse_act_quant_inputs"]
@@ -45,29 +44,32 @@ class SharedInputIntGEMM:
                 raise ValueError("fused layers need one in_features and one weight group size")
         self.layers = layers
         self.splits = [m.out_features for m in layers]
+        self._weights: WeightStack | None = None
+        self._bias = ConcatenatedBias()
 
     def _serves(self, h: Tensor, linears: tuple[nn.Module, ...]) -> bool:
         return fast_cpu_gemms() and runner_applies(
             h, linears, self.layers, [*self.layers, *(m.inner for m in self.layers)]
         )
 
+    def _stack(self) -> WeightStack:
+        """The members' prepared weights as one stack, rebuilt when a member prepared its weight anew."""
+        self._weights = WeightStack.refreshed(self._weights, [m.inner.cpu_weight() for m in self.layers])
+        return self._weights
+
     def __call__(self, h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...] | None:
         if not self._serves(h, linears):
             return None
-        first = self.layers[0]
-        codes, scale, zero = quantize_activation(h.reshape(-1, h.shape[-1]), first.config)
-        weights = [m.inner.cpu_weight() for m in self.layers]
-        y = stacked_int_matmul(weights, codes, scale)
+        cfg = self.layers[0].config
+        stack = self._stack()
+        y, scale, zero = stack.quantized_int_matmul(
+            h.reshape(-1, h.shape[-1]), cfg.bits, cfg.symmetric, cfg.clip_ratio
+        )
         if zero is not None:
-            y = y - (scale * zero)[:, None] * torch.cat([w.column_term for w in weights])[None, :]
-        if any(m.inner.bias is not None for m in self.layers):
-            y = y + torch.cat(
-                [
-                    torch.zeros(m.out_features) if m.inner.bias is None else m.inner.bias.to(y.dtype)
-                    for m in self.layers
-                ]
-            )
-        parts = y.to(h.dtype).split(self.splits, dim=1)
+            column_term = torch.cat([w.column_term for w in stack.weights])
+            y = y - (scale * zero.float())[:, None] * column_term[None, :]
+        y = add_bias(y, self._bias([m.inner.bias for m in self.layers], self.splits), h.dtype)
+        parts = y.split(self.splits, dim=1)
         return tuple(p.reshape(*h.shape[:-1], n) for p, n in zip(parts, self.splits, strict=True))
 
     def __repr__(self) -> str:

@@ -25,6 +25,7 @@ from typing import Literal
 import dllm_kernels
 import torch
 from dllm_kernels import QuantSpec
+from dllm_sampler.models.layers import add_bias
 from torch import Tensor, nn
 
 from dllm_actquant.act_quant import (
@@ -157,15 +158,22 @@ class ActQuantLinear(RotationAware):
         else:
             if rotation is not None:
                 flat = rotation(flat)
+            if self.packed_inner and cfg.dynamic:  # quantized in the launch that unpacks the weight codes
+                stack = self.inner.cpu_weight().stack
+                y, scale, zero = stack.quantized_int_matmul(flat, cfg.bits, cfg.symmetric, cfg.clip_ratio)
+                return self._epilogue(y, scale, None if zero is None else zero.float(), x.dtype, lead)
             codes, scale, zero = quantize_activation(flat, cfg, self.static)
-        y = self._gemm(codes, scale)
+        return self._epilogue(self._gemm(codes, scale), scale, zero, x.dtype, lead)
+
+    def _epilogue(
+        self, y: Tensor, scale: Tensor, zero: Tensor | None, dtype: torch.dtype, lead: torch.Size
+    ) -> Tensor:
+        """The integer GEMM's float32 ``y [M, N]`` with the zero-point correction of asymmetric activations
+        (float ``zero [M]``) and the bias, in ``dtype``, reshaped to ``[*lead, N]``."""
         if zero is not None:
             colterm = self.inner.cpu_weight().column_term if self.packed_inner else self.w_colterm
             y = y - (scale * zero)[:, None] * colterm[None, :]
-        bias = self.inner.bias
-        if bias is not None:
-            y = y + bias.to(y.dtype)
-        return y.to(x.dtype).reshape(*lead, y.shape[-1])
+        return add_bias(y, self.inner.bias, dtype).reshape(*lead, y.shape[-1])
 
     def _gemm(self, codes: Tensor, scale: Tensor) -> Tensor:
         if self.packed_inner:

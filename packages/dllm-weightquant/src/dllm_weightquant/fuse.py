@@ -16,14 +16,13 @@ in float32 and cast to the input's dtype as `QuantLinear` does).
 
 from __future__ import annotations
 
-import torch
 from dllm_kernels.cpu.ops import WeightStack
 from dllm_kernels.dispatch import fast_cpu_gemms
-from dllm_sampler.models.layers import runner_applies
+from dllm_sampler.models.layers import ConcatenatedBias, add_bias, runner_applies
 from dllm_sampler.models.spec import attach_shared_input_runners
 from torch import Tensor, nn
 
-from dllm_weightquant.qlinear import QuantLinear, add_bias
+from dllm_weightquant.qlinear import QuantLinear
 
 __all__ = ["SharedInputGEMM", "fuse_shared_inputs"]
 
@@ -50,8 +49,7 @@ class SharedInputGEMM:
         self.layers = layers
         self.splits = [m.out_features for m in layers]
         self._weights: WeightStack | None = None
-        self._bias_key: tuple[tuple[int, int], ...] | None = None
-        self._bias_cat: Tensor | None = None
+        self._bias = ConcatenatedBias()
 
     def _serves(self, h: Tensor, linears: tuple[nn.Module, ...]) -> bool:
         return fast_cpu_gemms() and runner_applies(h, linears, self.layers, self.layers)
@@ -59,30 +57,8 @@ class SharedInputGEMM:
     def _stack(self) -> WeightStack:
         """The members' prepared weights as one stack, rebuilt when a member prepared its weight anew (it
         moved or was re-quantized)."""
-        weights = tuple(m.cpu_weight() for m in self.layers)
-        stale = self._weights is None or any(
-            a is not b for a, b in zip(self._weights.weights, weights, strict=True)
-        )
-        if stale:
-            self._weights = WeightStack.of(weights)
+        self._weights = WeightStack.refreshed(self._weights, [m.cpu_weight() for m in self.layers])
         return self._weights
-
-    def _bias(self) -> Tensor | None:
-        """The members' biases concatenated in float32 (zeros for a member without one), or None; rebuilt
-        when a bias tensor is replaced or changed in place."""
-        biases = [m.bias for m in self.layers]
-        if all(b is None for b in biases):
-            return None
-        key = tuple((id(b), b._version) for b in biases if b is not None)
-        if self._bias_key != key:
-            self._bias_cat = torch.cat(
-                [
-                    torch.zeros(m.out_features) if b is None else b.detach().float().cpu()
-                    for m, b in zip(self.layers, biases, strict=True)
-                ]
-            )
-            self._bias_key = key
-        return self._bias_cat
 
     def __call__(self, h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...] | None:
         if not self._serves(h, linears):
@@ -93,7 +69,8 @@ class SharedInputGEMM:
         dtypes = {m.gemm_dtype(h) for m in self.layers}
         if len(dtypes) != 1:
             return None
-        y = add_bias(self._stack().matmul(h.reshape(-1, k), dtypes.pop()), self._bias(), h.dtype)
+        bias = self._bias([m.bias for m in self.layers], self.splits)
+        y = add_bias(self._stack().matmul(h.reshape(-1, k), dtypes.pop()), bias, h.dtype)
         parts = y.split(self.splits, dim=1)
         return tuple(p.reshape(*h.shape[:-1], n) for p, n in zip(parts, self.splits, strict=True))
 

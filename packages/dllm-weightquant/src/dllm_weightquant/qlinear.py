@@ -29,13 +29,14 @@ from dllm_kernels import QuantSpec
 from dllm_kernels.cpu import native_bf16
 from dllm_kernels.cpu.ops import PackedWeight
 from dllm_kernels.dispatch import fast_cpu_gemms
+from dllm_sampler.models.layers import add_bias
 from torch import Tensor, nn
 
 from dllm_weightquant.gguf.weight import GGUFWeight
 from dllm_weightquant.multibinary import MultiBinaryWeight
 from dllm_weightquant.qweight import QuantizedWeight
 
-__all__ = ["MODES", "QuantLinear", "add_bias", "replace_linear", "set_compute_dtype"]
+__all__ = ["MODES", "QuantLinear", "replace_linear", "set_compute_dtype"]
 
 MODES = ("kernel", "fake")
 QWeight = QuantizedWeight | MultiBinaryWeight | GGUFWeight
@@ -55,14 +56,6 @@ _EXACT_BUFFERS = (
     "_kernel_zero",
     "_kernel_perm",
 )
-
-
-def add_bias(y: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """A GEMM result ``y [M, N]`` (bfloat16 or float32) plus ``bias [N]`` added in float32, in ``dtype``: one
-    pass (the bf16 result promotes to float32 in the addition) and a cast only where ``dtype`` differs."""
-    if bias is not None:
-        y = torch.add(y, bias.float())
-    return y.to(dtype)
 
 
 class QuantLinear(nn.Module):

@@ -6,7 +6,6 @@ multiplied by torch's CPU GEMMs (MKL / oneDNN, multi-threaded):
   read one input) computes in the GEMM's precision: bfloat16 activations meet bfloat16 weight tiles (each
   weight ``float32(u - z) * scale`` rounded to the nearest bf16) in a bf16 GEMM with float32 accumulation,
   result rounded to bf16 (what a W4A16 layer does in a bf16 model; native on CPUs with AVX512-BF16 or AMX);
-  float32 activations bound for a bf16 GEMM are rounded inside the launch that dequantizes the weights;
   float32 (or fp16 / float64, computed in float32) activations meet the exact float32 weights of the
   reference. Only the accumulation order differs from :func:`dllm_kernels.reference.gemm.wna16_gemm`.
 * `quantize_per_token` quantizes activations per token in one fused pass, bit-identical to the reference;
@@ -141,31 +140,13 @@ class PackedWeight:
 
     def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times this
-        weight's symmetric codes -> float32 ``[M, N]``: per column group an exact ``torch._int_mm`` and the
-        epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]``, summed over groups in order (one group,
-        per-channel scales: the `int8_gemm` computation). Bit-identical to
-        :func:`dllm_kernels.reference.gemm.grouped_int_gemm`."""
-        if self.out_features * self.in_features <= TILE_BYTES:
-            return stacked_int_matmul((self,), xq, x_scale)
-        n, k = self.out_features, self.in_features
-        xq, xs = xq.contiguous(), _np(x_scale.to(torch.float32))
-        out = np.empty((xq.shape[0], n), dtype=np.float32)
-        step = _tile_rows(n, k, 1)
-        for n0 in range(0, n, step):
-            rows = min(step, n - n0)
-            tile = _tile(rows, k, np.int8)
-            self.unpack_into(tile, n0)
-            part = np.empty((xq.shape[0], rows), dtype=np.float32)
-            _grouped_int_mm(xq, xs, tile, self.scale[n0 : n0 + rows], self.group, part)
-            out[:, n0 : n0 + rows] = part
-        return torch.from_numpy(out)
+        weight's symmetric codes -> float32 ``[M, N]`` (`WeightStack.int_matmul`)."""
+        return self.stack.int_matmul(xq, x_scale)
 
     def unpack_into(self, tile: np.ndarray, n0: int = 0) -> None:
         """Rows ``n0 .. n0 + len(tile)`` of the signed codes ``u - 2^(bits-1)`` into int8 ``tile [rows,
         K]``. Raises ``ValueError`` for a weight with zero points (its codes are not symmetric)."""
-        if self.has_zero:
-            raise ValueError("integer GEMMs need symmetric weight codes (this weight has zero points)")
-        tiles.unpack_int8(self.packed, self.bits, 1 << (self.bits - 1), n0, _chunks(len(tile)), tile)
+        self.stack.unpack_into(tile, n0)
 
     @functools.cached_property
     def column_term(self) -> torch.Tensor:
@@ -179,7 +160,32 @@ class PackedWeight:
 
 
 _NO_ROWS = np.empty((0, 0), dtype=np.float32)
-_NO_ROWS_BF16 = np.empty((0, 0), dtype=np.uint16)
+
+
+@dataclass(frozen=True, eq=False)
+class _TokenQuant:
+    """Per-token quantization riding on a code-unpacking launch: float32 ``x [M, K]`` with ``bits``,
+    ``symmetric``, ``clip_ratio`` into ``codes`` int8 ``[M, K]``, ``scale`` float32 ``[M]``, ``zero`` int32
+    ``[M]``."""
+
+    x: np.ndarray
+    bits: int
+    symmetric: bool
+    clip_ratio: np.float32
+    codes: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+
+
+_NO_QUANT = _TokenQuant(
+    _NO_ROWS,
+    8,
+    True,
+    np.float32(1.0),
+    np.empty((0, 0), dtype=np.int8),
+    np.empty(0, dtype=np.float32),
+    np.empty(0, dtype=np.int32),
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -219,6 +225,16 @@ class WeightStack:
             meta,
         )
 
+    @classmethod
+    def refreshed(cls, stack: WeightStack | None, weights: Sequence[PackedWeight]) -> WeightStack:
+        """``stack`` if it holds exactly ``weights`` (the same objects), else their new stack: what a runner
+        that keeps its stack between calls asks for each call, so that a member that prepared its weight
+        anew (moved, re-quantized) is seen at once."""
+        if stack is None or len(stack.weights) != len(weights):
+            return cls.of(weights)
+        same = all(a is b for a, b in zip(stack.weights, weights, strict=True))
+        return stack if same else cls.of(weights)
+
     @property
     def in_features(self) -> int:
         """K, shared by the members."""
@@ -229,15 +245,12 @@ class WeightStack:
         """N, the members' rows together."""
         return int(self.meta[-1, 0]) + self.weights[-1].out_features
 
-    def dequantize_into(
-        self, tile: np.ndarray, n0: int = 0, x: np.ndarray = _NO_ROWS, x_bf16: np.ndarray = _NO_ROWS_BF16
-    ) -> None:
+    def dequantize_into(self, tile: np.ndarray, n0: int = 0) -> None:
         """Stacked rows ``n0 .. n0 + len(tile)`` into ``tile [rows, K]``: bf16 bit patterns for a uint16
-        tile (and, in the same launch, float32 ``x [M, K]`` rounded to bf16 into ``x_bf16``), exact
-        float32 values for a float32 tile."""
+        tile, exact float32 values for a float32 tile."""
         if tile.dtype == np.uint16:
             tiles.dequantize_stack_bf16(
-                self.packed, self.scale, self.zero, self.meta, n0, x, x_bf16, _chunks(len(tile)), tile
+                self.packed, self.scale, self.zero, self.meta, n0, _chunks(len(tile)), tile
             )
             return
         end = n0 + len(tile)
@@ -260,31 +273,108 @@ class WeightStack:
     def matmul(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``x [M, K]`` times every member, in one GEMM per tile of rows: ``[M, N_1 + N_2 + ...]``, column
         blocks in member order. ``dtype`` is the GEMM's precision (default: bfloat16 for bfloat16 ``x``,
-        else float32). bfloat16: ``x`` and the weights rounded to bf16, float32 accumulation, a bf16 result;
-        float32 ``x`` is rounded inside the dequantization launch. float32: exact float32 weights, a float32
-        result. Tiles hold at most `TILE_BYTES`; a small stack is one tile and one GEMM."""
+        else float32). bfloat16: ``x`` and the weights rounded to bf16, float32 accumulation, a bf16 result.
+        float32: exact float32 weights, a float32 result. Tiles hold at most `TILE_BYTES`; a small stack is
+        one tile and one GEMM."""
         if dtype is None:
             dtype = torch.bfloat16 if x.dtype == torch.bfloat16 else torch.float32
         if dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"the GEMM precision must be torch.bfloat16 or torch.float32, got {dtype}")
         n, k = self.out_features, self.in_features
         np_dtype = np.uint16 if dtype == torch.bfloat16 else np.float32
-        x_in, x_bf16 = _NO_ROWS, _NO_ROWS_BF16
-        if dtype == torch.float32 or x.dtype == torch.bfloat16:
-            x = x.to(dtype).contiguous()
-        elif x.dtype == torch.float32:
-            x_in, x = _np(x), torch.empty(x.shape, dtype=torch.bfloat16)
-            x_bf16 = x.view(torch.int16).numpy().view(np.uint16)
-        else:
-            x = x.to(torch.bfloat16).contiguous()
+        x = x.to(dtype).contiguous()
         step = _tile_rows(n, k, np.dtype(np_dtype).itemsize)
         parts = []
         for n0 in range(0, n, step):
             tile = _tile(min(step, n - n0), k, np_dtype)
-            self.dequantize_into(tile, n0, x_in, x_bf16)
-            x_in, x_bf16 = _NO_ROWS, _NO_ROWS_BF16  # converted with the first tile
+            self.dequantize_into(tile, n0)
             parts.append(F.linear(x, _as_tensor(tile)))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def _check_integer(self) -> int:
+        """The members' shared group size; raises ``ValueError`` unless every member has symmetric codes
+        (no zero points) and one group size."""
+        if any(w.has_zero for w in self.weights):
+            raise ValueError("integer GEMMs need symmetric weight codes (this weight has zero points)")
+        group = self.weights[0].group
+        if any(w.group != group for w in self.weights):
+            raise ValueError(
+                "stacked weights must share in_features and group size, got "
+                f"{[(w.in_features, w.group) for w in self.weights]}"
+            )
+        return group
+
+    @functools.cached_property
+    def _int_scale(self) -> np.ndarray:
+        """float32 ``[N, K/group]``: the members' scales, stacked."""
+        return self.scale[0] if len(self.scale) == 1 else np.concatenate(self.scale)
+
+    def unpack_into(self, tile: np.ndarray, n0: int = 0, quantize: _TokenQuant | None = None) -> None:
+        """Stacked rows ``n0 .. n0 + len(tile)`` of the signed codes ``u - 2^(bits-1)`` into int8 ``tile
+        [rows, K]``, and in the same launch the per-token quantization ``quantize`` asks for. Raises
+        ``ValueError`` for weights with zero points or different group sizes."""
+        self._check_integer()
+        q = quantize or _NO_QUANT
+        tiles.unpack_stack_int8(
+            self.packed,
+            self.meta,
+            n0,
+            q.x,
+            q.bits,
+            q.symmetric,
+            q.clip_ratio,
+            q.codes,
+            q.scale,
+            q.zero,
+            _chunks(len(tile)),
+            tile,
+        )
+
+    def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
+        """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times every
+        member's symmetric codes -> float32 ``[M, N_1 + N_2 + ...]``: per column group an exact
+        ``torch._int_mm`` and the epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]``, summed over groups
+        in order (one group, per-channel scales: the `int8_gemm` computation). Bit-identical to
+        :func:`dllm_kernels.reference.gemm.grouped_int_gemm` of each member."""
+        return self._int_product(xq.contiguous(), _np(x_scale.to(torch.float32)), None)
+
+    def quantized_int_matmul(
+        self, x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """`quantize_per_token` of ``x [M, K]`` (the same bits), done in the launch that unpacks the first
+        tile of weight codes, then `int_matmul`: ``(y float32 [M, N], x_scale float32 [M], x_zero int32 [M]
+        or None)``. The caller applies the zero-point correction of asymmetric activations."""
+        m, k = x.shape
+        quant = _TokenQuant(
+            _np(x.to(torch.float32)),
+            bits,
+            symmetric,
+            np.float32(clip_ratio),
+            np.empty((m, k), dtype=np.int8),
+            np.empty(m, dtype=np.float32),
+            np.empty(m, dtype=np.int32),
+        )
+        y = self._int_product(torch.from_numpy(quant.codes), quant.scale, quant)
+        zero = None if symmetric else torch.from_numpy(quant.zero)
+        return y, torch.from_numpy(quant.scale), zero
+
+    def _int_product(self, xq: torch.Tensor, xs: np.ndarray, quant: _TokenQuant | None) -> torch.Tensor:
+        """The integer GEMM over tiles of at most `TILE_BYTES` codes; ``quant`` (if any) fills ``xq`` and
+        ``xs`` in the first tile's launch."""
+        group = self._check_integer()
+        n, k = self.out_features, self.in_features
+        out = np.empty((xq.shape[0], n), dtype=np.float32)
+        step = _tile_rows(n, k, 1)
+        for n0 in range(0, n, step):
+            rows = min(step, n - n0)
+            tile = _tile(rows, k, np.int8)
+            self.unpack_into(tile, n0, quant)
+            quant = None  # quantized with the first tile
+            part = out if rows == n else np.empty((xq.shape[0], rows), dtype=np.float32)
+            _grouped_int_mm(xq, xs, tile, self._int_scale[n0 : n0 + rows], group, part)
+            if part is not out:
+                out[:, n0 : n0 + rows] = part
+        return torch.from_numpy(out)
 
 
 def stacked_matmul(
@@ -314,26 +404,9 @@ def stacked_int_matmul(
 ) -> torch.Tensor:
     """`PackedWeight.int_matmul` of several symmetric weights with one K and one group size, stacked along
     N: ``[M, N_1 + N_2 + ...]``, column blocks in the order of ``weights``, bit-identical to each weight's
-    own `PackedWeight.int_matmul`. Layers that read the same input quantize it once and share the integer
-    GEMMs. Stacks larger than `TILE_BYTES` run weight by weight."""
-    k, group = weights[0].in_features, weights[0].group
-    if any(w.in_features != k or w.group != group for w in weights):
-        raise ValueError(
-            "stacked weights must share in_features and group size, got "
-            f"{[(w.in_features, w.group) for w in weights]}"
-        )
-    n = sum(w.out_features for w in weights)
-    if n * k > TILE_BYTES:
-        return torch.cat([w.int_matmul(xq, x_scale) for w in weights], dim=1)
-    tile = _tile(n, k, np.int8)
-    r0 = 0
-    for w in weights:
-        w.unpack_into(tile[r0 : r0 + w.out_features])
-        r0 += w.out_features
-    scale = weights[0].scale if len(weights) == 1 else np.concatenate([w.scale for w in weights])
-    out = np.empty((xq.shape[0], n), dtype=np.float32)
-    _grouped_int_mm(xq.contiguous(), _np(x_scale.to(torch.float32)), tile, scale, group, out)
-    return torch.from_numpy(out)
+    own `PackedWeight.int_matmul` (`WeightStack.int_matmul`). Layers that read the same input quantize it
+    once and share the integer GEMMs."""
+    return WeightStack.of(weights).int_matmul(xq, x_scale)
 
 
 def wna16_gemm(

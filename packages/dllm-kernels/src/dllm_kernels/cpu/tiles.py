@@ -9,9 +9,10 @@ into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba
   dequantization (:func:`dllm_kernels.reference.gemm.wna16_gemm`);
 * `dequantize_stack_bf16`: the same float32 value rounded to the nearest bfloat16 (ties to even), written as
   the bf16 bit pattern into a uint16 tile (NumPy has no bfloat16; torch views the tile as ``torch.bfloat16``),
-  for several weights stacked along N and the GEMM's float32 activations in one launch;
-* `unpack_int8`: the signed code ``u - offset`` as int8, for the integer GEMMs;
-* `quantize_rows`: dynamic per-token activation quantization for those GEMMs, and `scale_accumulate` their
+  for several weights stacked along N in one launch;
+* `unpack_stack_int8`: the signed code ``u - 2^(bits-1)`` as int8 for the integer GEMMs, with the per-token
+  quantization of their activations in the same launch;
+* `quantize_rows`: dynamic per-token activation quantization alone, and `scale_accumulate` the integer GEMMs'
   float32 epilogue.
 
 ``z`` is ``zero[n, k // group]`` when ``has_zero`` else ``2^(bits-1)``. Values are read a byte at a time
@@ -35,7 +36,7 @@ __all__ = [
     "grid_params",
     "quantize_rows",
     "scale_accumulate",
-    "unpack_int8",
+    "unpack_stack_int8",
 ]
 
 
@@ -138,7 +139,7 @@ def _f32_bits(typingctx, x):  # type: ignore[no-untyped-def]
 @numba.njit(cache=True, inline="always")
 def _bf16_bits(v: np.float32) -> np.uint32:
     """``v`` rounded to the nearest bfloat16, ties to even, as its 16-bit pattern (in a uint32); finite
-    ``v`` only (NaN payloads may round into the sign bit)."""
+    ``v`` only (a NaN payload may carry into the sign bit)."""
     b = _f32_bits(v)
     return (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
 
@@ -154,11 +155,13 @@ def _bf16_row(
     n: int,
     codes: np.ndarray,
     out16: np.ndarray,
+    out32: np.ndarray,
     base: np.uint64,
 ) -> None:
-    """Weight row ``n`` as bf16 bit patterns into ``out16[base : base + K]`` (``codes`` is an int32
-    scratch row of K values). 8-bit codes are read straight from their bytes; 4-bit pairs (even group
-    sizes) are written as one uint32 per byte; other widths unpack the row into ``codes`` first."""
+    """Weight row ``n`` as bf16 bit patterns into ``out16[base : base + K]`` (``out32``: the even-length
+    prefix of ``out16`` viewed as uint32; ``codes``: an int32 scratch row of K values). 8-bit codes are read
+    straight from their bytes; 4-bit pairs (even group sizes, even ``base``) are written as one uint32 per
+    byte; other widths unpack the row into ``codes`` first."""
     k_cols = codes.shape[0]
     row_bytes = packed.reshape(packed.size).view(np.uint8)
     src = np.uint64(n) * np.uint64(packed.shape[1] * 4)
@@ -173,14 +176,14 @@ def _bf16_row(
                 v = (np.float32(np.int32(row_bytes[src + g0 + i])) - z) * s
                 out16[base + g0 + i] = np.uint16(_bf16_bits(v))
     elif bits == 4 and group % 2 == 0 and base % 2 == 0:
-        out32 = out16[base : base + np.uint64(k_cols)].view(np.uint32)
         half = np.uint64(group // 2)
+        b32 = base // np.uint64(2)
         for g in range(n_groups):
             s = scale[n, g]
             z = np.float32(zero[n, g]) if has_zero else offset
-            g0 = np.uint64(g) * half
+            g0 = b32 + np.uint64(g) * half
             for i in range(half):
-                b = np.uint32(row_bytes[src + g0 + i])
+                b = np.uint32(row_bytes[src + g0 - b32 + i])
                 lo = _bf16_bits((np.float32(np.int32(b & np.uint32(15))) - z) * s)
                 hi = _bf16_bits((np.float32(np.int32(b >> np.uint32(4))) - z) * s)
                 out32[g0 + i] = lo | (hi << np.uint32(16))
@@ -201,22 +204,17 @@ def dequantize_stack_bf16(
     zero: tuple[np.ndarray, ...],
     meta: np.ndarray,
     n0: int,
-    x: np.ndarray,
-    x_bf16: np.ndarray,
     chunks: int,
     out: np.ndarray,
 ) -> None:
     """Rows ``n0 .. n0 + rows`` of several weights stacked along N (member ``j``: ``packed[j]``,
     ``scale[j]``, ``zero[j]``; ``meta[j] = (first stacked row, bits, group, has_zero)``, rows ascending),
-    dequantized and rounded to bfloat16 (ties to even) into ``out [rows, K]`` uint16 bit patterns; in the
-    same parallel pass, float32 activations ``x [M, K]`` rounded the same way into ``x_bf16 [M, K]``
-    (NaN stays NaN; ``M = 0`` converts nothing). One launch feeds a whole bf16 GEMM."""
+    dequantized and rounded to bfloat16 (ties to even) into ``out [rows, K]`` uint16 bit patterns: one
+    launch feeds a whole bf16 GEMM."""
     rows, k_cols = out.shape
     members = meta.shape[0]
     flat = out.reshape(out.size)
-    x_flat = x.reshape(x.size)
-    xo = x_bf16.reshape(x_bf16.size)
-    m_rows = x.shape[0]
+    flat32 = flat[: out.size - out.size % 2].view(np.uint32)
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
@@ -234,34 +232,9 @@ def dequantize_stack_bf16(
                 row - meta[j, 0],
                 codes,
                 flat,
+                flat32,
                 np.uint64(r) * np.uint64(k_cols),
             )
-        lo = np.uint64(c * m_rows // chunks) * np.uint64(k_cols)
-        hi = np.uint64((c + 1) * m_rows // chunks) * np.uint64(k_cols)
-        for i in range(lo, hi):
-            nan = (_f32_bits(x_flat[i]) & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-            xo[i] = np.uint16(0x7FC0) if nan else np.uint16(_bf16_bits(x_flat[i]))
-
-
-@numba.njit(cache=True, parallel=True)
-def unpack_int8(packed: np.ndarray, bits: int, offset: int, n0: int, chunks: int, out: np.ndarray) -> None:
-    """Rows ``n0 ..`` of the signed codes ``u - offset`` into ``out [rows, K]`` int8."""
-    rows, k_cols = out.shape
-    row_bytes = packed.reshape(packed.size).view(np.uint8)
-    flat = out.reshape(out.size)
-    row_stride = np.uint64(packed.shape[1] * 4)
-    for c in numba.prange(chunks):
-        codes = np.empty(k_cols, dtype=np.int32)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            base = np.uint64(r) * np.uint64(k_cols)
-            if bits == 8:  # one byte per value: no unpacking, a vectorized subtraction
-                src = np.uint64(n0 + r) * row_stride
-                for k in range(np.uint64(k_cols)):
-                    flat[base + k] = np.int32(row_bytes[src + k]) - offset
-                continue
-            _unpack_row(packed, row_bytes, n0 + r, bits, codes)
-            for k in range(np.uint64(k_cols)):
-                flat[base + k] = codes[k] - offset
 
 
 @numba.njit(cache=True, inline="always")
@@ -310,6 +283,29 @@ def grid_params(
     return s, z
 
 
+@numba.njit(cache=True, inline="always")
+def _quantize_row(
+    flat_x: np.ndarray,
+    base: np.uint64,
+    k_cols: int,
+    bits: int,
+    symmetric: bool,
+    clip_ratio: np.float32,
+    flat_c: np.ndarray,
+) -> tuple[np.float32, np.float32]:
+    """Quantize the row ``flat_x[base : base + K]`` into ``flat_c`` (same offsets); returns its (scale,
+    zero): the grid of :mod:`dllm_kernels.reference.grid` with one cell, the same float32 operations in
+    the same order (the clamped value rounded with `_RINT_MAGIC`, exactly ``np.rint``)."""
+    qmin = np.float32(-(1 << (bits - 1)))
+    qmax = np.float32((1 << (bits - 1)) - 1)
+    mn, mx = _min_max(flat_x[base : base + np.uint64(k_cols)])
+    s, z = grid_params(mn, mx, clip_ratio, bits, symmetric)
+    for k in range(np.uint64(k_cols)):
+        v = min(max(flat_x[base + k] / s + z, qmin), qmax)
+        flat_c[base + k] = np.int8((v + _RINT_MAGIC) - _RINT_MAGIC)
+    return s, z
+
+
 @numba.njit(cache=True, parallel=True)
 def quantize_rows(
     x: np.ndarray,
@@ -322,25 +318,72 @@ def quantize_rows(
     zero: np.ndarray,
 ) -> None:
     """Per-row (per-token) quantization of float32 ``x [M, K]`` into int8 ``codes [M, K]``, float32
-    ``scale [M]`` and int32 signed ``zero [M]`` (0 when symmetric): the grid of
-    :mod:`dllm_kernels.reference.grid` with one cell per row, the same float32 operations in the same order
-    (so the same bits as :func:`dllm_kernels.reference.act_quant.quantize_per_token`; the clamped value is
-    rounded with `_RINT_MAGIC`, exactly ``np.rint``), fused in one pass per row."""
+    ``scale [M]`` and int32 signed ``zero [M]`` (0 when symmetric), fused in one pass per row
+    (`_quantize_row`: the same bits as :func:`dllm_kernels.reference.act_quant.quantize_per_token`)."""
     rows, k_cols = x.shape
     flat_x = x.reshape(x.size)
     flat_c = codes.reshape(codes.size)
-    qmin = np.float32(-(1 << (bits - 1)))
-    qmax = np.float32((1 << (bits - 1)) - 1)
     for c in numba.prange(chunks):
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            base = np.uint64(r) * np.uint64(k_cols)
-            mn, mx = _min_max(flat_x[base : base + np.uint64(k_cols)])
-            s, z = grid_params(mn, mx, clip_ratio, bits, symmetric)
+            s, z = _quantize_row(
+                flat_x, np.uint64(r) * np.uint64(k_cols), k_cols, bits, symmetric, clip_ratio, flat_c
+            )
             scale[r] = s
             zero[r] = np.int32(z)
+
+
+@numba.njit(cache=True, parallel=True)
+def unpack_stack_int8(
+    packed: tuple[np.ndarray, ...],
+    meta: np.ndarray,
+    n0: int,
+    x: np.ndarray,
+    bits: int,
+    symmetric: bool,
+    clip_ratio: np.float32,
+    x_codes: np.ndarray,
+    x_scale: np.ndarray,
+    x_zero: np.ndarray,
+    chunks: int,
+    out: np.ndarray,
+) -> None:
+    """Rows ``n0 .. n0 + rows`` of the signed codes ``u - 2^(bits_j - 1)`` of symmetric weights stacked along
+    N (``packed[j]``, ``meta[j] = (first stacked row, bits_j, ...)`` as in `dequantize_stack_bf16`) into int8
+    ``out [rows, K]``; in the same parallel pass, float32 activations ``x [M, K]`` quantized per token as
+    `quantize_rows` does (into ``x_codes``, ``x_scale``, ``x_zero``; ``M = 0`` quantizes nothing). One
+    launch feeds a whole integer GEMM."""
+    rows, k_cols = out.shape
+    members = meta.shape[0]
+    flat = out.reshape(out.size)
+    flat_x = x.reshape(x.size)
+    flat_c = x_codes.reshape(x_codes.size)
+    m_rows = x.shape[0]
+    for c in numba.prange(chunks):
+        codes = np.empty(k_cols, dtype=np.int32)
+        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+            row = n0 + r
+            j = 0
+            while j + 1 < members and meta[j + 1, 0] <= row:
+                j += 1
+            w = packed[j]
+            w_bits = meta[j, 1]
+            offset = 1 << (w_bits - 1)
+            base = np.uint64(r) * np.uint64(k_cols)
+            row_bytes = w.reshape(w.size).view(np.uint8)
+            if w_bits == 8:  # one byte per value: no unpacking, a vectorized subtraction
+                src = np.uint64(row - meta[j, 0]) * np.uint64(w.shape[1] * 4)
+                for k in range(np.uint64(k_cols)):
+                    flat[base + k] = np.int32(row_bytes[src + k]) - offset
+                continue
+            _unpack_row(w, row_bytes, row - meta[j, 0], w_bits, codes)
             for k in range(np.uint64(k_cols)):
-                v = min(max(flat_x[base + k] / s + z, qmin), qmax)
-                flat_c[base + k] = np.int8((v + _RINT_MAGIC) - _RINT_MAGIC)
+                flat[base + k] = codes[k] - offset
+        for m in range(c * m_rows // chunks, (c + 1) * m_rows // chunks):
+            s, z = _quantize_row(
+                flat_x, np.uint64(m) * np.uint64(k_cols), k_cols, bits, symmetric, clip_ratio, flat_c
+            )
+            x_scale[m] = s
+            x_zero[m] = np.int32(z)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -24,9 +24,11 @@ from dllm_sampler.config import ModelDims
 __all__ = [
     "AttentionContext",
     "BlockParts",
+    "ConcatenatedBias",
     "QKSite",
     "RMSNorm",
     "RopeRounding",
+    "add_bias",
     "apply_rope",
     "attention_context",
     "block_forward",
@@ -220,6 +222,37 @@ def runner_applies(
         and h.device.type == "cpu"
         and not any(m._forward_hooks or m._forward_pre_hooks for m in watched)
     )
+
+
+def add_bias(y: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """A GEMM result ``y [M, N]`` (bfloat16 or float32) plus ``bias [N]`` added in float32, in ``dtype``: one
+    pass (a bf16 ``y`` promotes to float32 in the addition) and a cast only where ``dtype`` differs. The
+    epilogue of the quantized layers and their shared-input runners."""
+    if bias is not None:
+        y = torch.add(y, bias.float())
+    return y.to(dtype)
+
+
+class ConcatenatedBias:
+    """The biases of layers stacked along N, concatenated in float32 (zeros for a layer without one), kept
+    between calls of a shared-input runner and rebuilt when a bias tensor is replaced or changed in place."""
+
+    def __init__(self) -> None:
+        self._key: tuple[tuple[int, int], ...] | None = None
+        self._value: Tensor | None = None
+
+    def __call__(self, biases: Sequence[Tensor | None], sizes: Sequence[int]) -> Tensor | None:
+        """``biases`` of layers with ``sizes`` output features -> float32 ``[sum(sizes)]`` or None."""
+        if all(b is None for b in biases):
+            return None
+        key = tuple((id(b), b._version) for b in biases if b is not None)
+        if self._key != key:
+            parts = [
+                torch.zeros(n) if b is None else b.detach().float().cpu()
+                for b, n in zip(biases, sizes, strict=True)
+            ]
+            self._value, self._key = torch.cat(parts), key
+        return self._value
 
 
 def linears_on(h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...]:
