@@ -286,3 +286,19 @@ def test_numba_kernels_keep_torchs_thread_count_in_a_fresh_process() -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-1] == "1"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_weights_of_one_shape_share_the_scratch_tile_without_stale_results(dtype) -> None:
+    """Layers of one shape reuse one scratch tile and its torch view; each call must see its own weight
+    (a GEMM that cached anything keyed by the view would return the previous layer's product)."""
+    weights = []
+    for seed in (1, 2):
+        codes, scale, zero, packed, spec = _weight(24, 32, 4, False, 16, seed)
+        want_w = dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba").to(dtype)
+        weights.append((PackedWeight.from_tensors(packed, scale, zero, 4, 16, 32), want_w))
+    x = torch.randn(5, 32).to(dtype)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+    for _ in range(2):
+        for weight, want_w in weights:
+            assert _rel(weight.matmul(x, dtype).double(), x.double() @ want_w.double().T) <= tol

@@ -69,8 +69,7 @@ class SharedInputIntGEMM:
             column_term = torch.cat([w.column_term for w in stack.weights])
             y = y - (scale * zero.float())[:, None] * column_term[None, :]
         y = add_bias(y, self._bias([m.inner.bias for m in self.layers], self.splits), h.dtype)
-        parts = y.split(self.splits, dim=1)
-        return tuple(p.reshape(*h.shape[:-1], n) for p, n in zip(parts, self.splits, strict=True))
+        return y.view(*h.shape[:-1], y.shape[-1]).split(self.splits, dim=-1)
 
     def __repr__(self) -> str:
         return f"SharedInputIntGEMM(out_features={self.splits})"

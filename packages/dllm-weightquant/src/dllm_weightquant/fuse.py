@@ -57,22 +57,21 @@ class SharedInputGEMM:
     def _stack(self) -> WeightStack:
         """The members' prepared weights as one stack, rebuilt when a member prepared its weight anew (it
         moved or was re-quantized)."""
-        self._weights = WeightStack.refreshed(self._weights, [m.cpu_weight() for m in self.layers])
+        self._weights = WeightStack.refreshed(self._weights, [m.prepared_cpu_weight() for m in self.layers])
         return self._weights
 
     def __call__(self, h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...] | None:
         if not self._serves(h, linears):
             return None
-        k = self.layers[0].in_features
+        first = self.layers[0]
+        k = first.in_features
         if h.shape[-1] != k:
             raise ValueError(f"QuantLinear expects inputs [..., {k}], got {list(h.shape)}")
-        dtypes = {m.gemm_dtype(h) for m in self.layers}
-        if len(dtypes) != 1:
-            return None
+        if any(m.compute_dtype is not first.compute_dtype for m in self.layers):
+            return None  # the members' GEMM precisions differ
         bias = self._bias([m.bias for m in self.layers], self.splits)
-        y = add_bias(self._stack().matmul(h.reshape(-1, k), dtypes.pop()), bias, h.dtype)
-        parts = y.split(self.splits, dim=1)
-        return tuple(p.reshape(*h.shape[:-1], n) for p, n in zip(parts, self.splits, strict=True))
+        y = add_bias(self._stack().matmul(h.reshape(-1, k), first.gemm_dtype(h)), bias, h.dtype)
+        return y.view(*h.shape[:-1], y.shape[-1]).split(self.splits, dim=-1)
 
     def __repr__(self) -> str:
         return f"SharedInputGEMM(out_features={self.splits})"

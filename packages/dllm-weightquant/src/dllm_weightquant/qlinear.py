@@ -251,7 +251,7 @@ class QuantLinear(nn.Module):
         if self._kernel_perm is not None:
             x2 = x2[:, self._kernel_perm]
         y = add_bias(self._kernel_gemm(x2, self.gemm_dtype(x)), self.bias, x.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y.view(*x.shape[:-1], self.out_features)
 
     def cpu_weight(self) -> PackedWeight:
         """Kernel mode's weight prepared once for the fast CPU GEMMs (`dllm_kernels.cpu.ops.PackedWeight`:
@@ -265,6 +265,11 @@ class QuantLinear(nn.Module):
                 self._kernel_packed, self._kernel_scale, self._kernel_zero, bits, group, self.in_features
             )
         return self._cpu_weight
+
+    def prepared_cpu_weight(self) -> PackedWeight:
+        """`cpu_weight` without its checks once it has been prepared (the per-call path of the CPU GEMMs;
+        moving the layer drops the prepared weight, so the next call prepares and checks again)."""
+        return self._cpu_weight or self.cpu_weight()
 
     @property
     def spec(self) -> QuantSpec | None:
@@ -282,7 +287,7 @@ class QuantLinear(nn.Module):
         is rounded to bfloat16 inside the dequantization launch; the result in ``dtype``), elsewhere through
         the dispatcher (float32)."""
         if x2.device.type == "cpu" and fast_cpu_gemms():
-            return self.cpu_weight().matmul(x2, dtype)
+            return self.prepared_cpu_weight().matmul(x2, dtype)
         group, bits = self._meta["kernel_group_size"], self._meta["spec"].bits  # type: ignore[attr-defined]
         return dllm_kernels.wna16_gemm(
             x2.to(dtype).contiguous(),

@@ -56,7 +56,20 @@ def _tile(rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
     if buf is None or buf.nbytes < need:
         buf = np.empty(need, dtype=np.uint8)
         _scratch.buf = buf
+        _scratch.views = {}
     return buf[:need].view(dtype).reshape(rows, cols)
+
+
+def _weight_tile(rows: int, cols: int, dtype: torch.dtype) -> tuple[np.ndarray, torch.Tensor]:
+    """A ``[rows, cols]`` scratch tile for a float GEMM's weight: the NumPy view a tile kernel writes (uint16
+    bf16 bit patterns or float32) and the torch view of the same memory in ``dtype``, both kept until the
+    scratch buffer grows (a layer called again pays no view construction)."""
+    views = getattr(_scratch, "views", None)
+    pair = None if views is None else views.get((rows, cols, dtype))
+    if pair is None:
+        tile = _tile(rows, cols, np.uint16 if dtype == torch.bfloat16 else np.float32)
+        pair = _scratch.views[(rows, cols, dtype)] = (tile, _as_tensor(tile))
+    return pair
 
 
 def _tile_rows(n: int, k: int, itemsize: int) -> int:
@@ -240,7 +253,7 @@ class WeightStack:
         """K, shared by the members."""
         return self.weights[0].in_features
 
-    @property
+    @functools.cached_property
     def out_features(self) -> int:
         """N, the members' rows together."""
         return int(self.meta[-1, 0]) + self.weights[-1].out_features
@@ -281,14 +294,13 @@ class WeightStack:
         if dtype not in (torch.bfloat16, torch.float32):
             raise ValueError(f"the GEMM precision must be torch.bfloat16 or torch.float32, got {dtype}")
         n, k = self.out_features, self.in_features
-        np_dtype = np.uint16 if dtype == torch.bfloat16 else np.float32
         x = x.to(dtype).contiguous()
-        step = _tile_rows(n, k, np.dtype(np_dtype).itemsize)
+        step = _tile_rows(n, k, 2 if dtype == torch.bfloat16 else 4)
         parts = []
         for n0 in range(0, n, step):
-            tile = _tile(min(step, n - n0), k, np_dtype)
+            tile, weight = _weight_tile(min(step, n - n0), k, dtype)
             self.dequantize_into(tile, n0)
-            parts.append(F.linear(x, _as_tensor(tile)))
+            parts.append(F.linear(x, weight))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     def _check_integer(self) -> int:
