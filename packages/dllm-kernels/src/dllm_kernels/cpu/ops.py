@@ -60,14 +60,18 @@ def _tile(rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
     return buf[:need].view(dtype).reshape(rows, cols)
 
 
-def _weight_tile(rows: int, cols: int, dtype: torch.dtype) -> tuple[np.ndarray, torch.Tensor]:
-    """A ``[rows, cols]`` scratch tile for a float GEMM's weight: the NumPy view a tile kernel writes (uint16
-    bf16 bit patterns or float32) and the torch view of the same memory in ``dtype``, both kept until the
-    scratch buffer grows (a layer called again pays no view construction)."""
+_TILE_NP_DTYPE = {torch.bfloat16: np.uint16, torch.float32: np.float32, torch.int8: np.int8}
+"""The NumPy dtype a tile kernel writes for each GEMM operand dtype (bf16 as uint16 bit patterns)."""
+
+
+def _tile_views(rows: int, cols: int, dtype: torch.dtype) -> tuple[np.ndarray, torch.Tensor]:
+    """A ``[rows, cols]`` scratch tile for a GEMM's weight operand in ``dtype`` (bfloat16, float32 or int8):
+    the NumPy view a tile kernel writes and the torch view of the same memory, both kept until the scratch
+    buffer grows (a layer called again pays no view construction)."""
     views = getattr(_scratch, "views", None)
     pair = None if views is None else views.get((rows, cols, dtype))
     if pair is None:
-        tile = _tile(rows, cols, np.uint16 if dtype == torch.bfloat16 else np.float32)
+        tile = _tile(rows, cols, _TILE_NP_DTYPE[dtype])
         pair = _scratch.views[(rows, cols, dtype)] = (tile, _as_tensor(tile))
     return pair
 
@@ -175,22 +179,11 @@ class PackedWeight:
 _NO_ROWS = np.empty((0, 0), dtype=np.float32)
 
 
-@dataclass(frozen=True, eq=False)
-class _TokenQuant:
-    """Per-token quantization riding on a code-unpacking launch: float32 ``x [M, K]`` with ``bits``,
-    ``symmetric``, ``clip_ratio`` into ``codes`` int8 ``[M, K]``, ``scale`` float32 ``[M]``, ``zero`` int32
-    ``[M]``."""
+_TokenQuant = tuple[np.ndarray, int, bool, np.float32, np.ndarray, np.ndarray, np.ndarray]
+"""Per-token quantization riding on a code-unpacking launch: float32 ``x [M, K]``, bits, symmetric, clip
+ratio, and the outputs ``codes`` int8 ``[M, K]``, ``scale`` float32 ``[M]``, ``zero`` int32 ``[M]``."""
 
-    x: np.ndarray
-    bits: int
-    symmetric: bool
-    clip_ratio: np.float32
-    codes: np.ndarray
-    scale: np.ndarray
-    zero: np.ndarray
-
-
-_NO_QUANT = _TokenQuant(
+_NO_QUANT: _TokenQuant = (
     _NO_ROWS,
     8,
     True,
@@ -298,14 +291,15 @@ class WeightStack:
         step = _tile_rows(n, k, 2 if dtype == torch.bfloat16 else 4)
         parts = []
         for n0 in range(0, n, step):
-            tile, weight = _weight_tile(min(step, n - n0), k, dtype)
+            tile, weight = _tile_views(min(step, n - n0), k, dtype)
             self.dequantize_into(tile, n0)
             parts.append(F.linear(x, weight))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def _check_integer(self) -> int:
-        """The members' shared group size; raises ``ValueError`` unless every member has symmetric codes
-        (no zero points) and one group size."""
+    @functools.cached_property
+    def _int_group(self) -> int:
+        """The members' shared group size, checked once: raises ``ValueError`` unless every member has
+        symmetric codes (no zero points) and one group size."""
         if any(w.has_zero for w in self.weights):
             raise ValueError("integer GEMMs need symmetric weight codes (this weight has zero points)")
         group = self.weights[0].group
@@ -321,26 +315,12 @@ class WeightStack:
         """float32 ``[N, K/group]``: the members' scales, stacked."""
         return self.scale[0] if len(self.scale) == 1 else np.concatenate(self.scale)
 
-    def unpack_into(self, tile: np.ndarray, n0: int = 0, quantize: _TokenQuant | None = None) -> None:
+    def unpack_into(self, tile: np.ndarray, n0: int = 0, quantize: _TokenQuant = _NO_QUANT) -> None:
         """Stacked rows ``n0 .. n0 + len(tile)`` of the signed codes ``u - 2^(bits-1)`` into int8 ``tile
         [rows, K]``, and in the same launch the per-token quantization ``quantize`` asks for. Raises
         ``ValueError`` for weights with zero points or different group sizes."""
-        self._check_integer()
-        q = quantize or _NO_QUANT
-        tiles.unpack_stack_int8(
-            self.packed,
-            self.meta,
-            n0,
-            q.x,
-            q.bits,
-            q.symmetric,
-            q.clip_ratio,
-            q.codes,
-            q.scale,
-            q.zero,
-            _chunks(len(tile)),
-            tile,
-        )
+        _ = self._int_group
+        tiles.unpack_stack_int8(self.packed, self.meta, n0, *quantize, _chunks(len(tile)), tile)
 
     def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times every
@@ -348,7 +328,7 @@ class WeightStack:
         ``torch._int_mm`` and the epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]``, summed over groups
         in order (one group, per-channel scales: the `int8_gemm` computation). Bit-identical to
         :func:`dllm_kernels.reference.gemm.grouped_int_gemm` of each member."""
-        return self._int_product(xq.contiguous(), _np(x_scale.to(torch.float32)), None)
+        return self._int_product(xq.contiguous(), _np(x_scale.to(torch.float32)), _NO_QUANT)
 
     def quantized_int_matmul(
         self, x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
@@ -357,33 +337,27 @@ class WeightStack:
         tile of weight codes, then `int_matmul`: ``(y float32 [M, N], x_scale float32 [M], x_zero int32 [M]
         or None)``. The caller applies the zero-point correction of asymmetric activations."""
         m, k = x.shape
-        quant = _TokenQuant(
-            _np(x.to(torch.float32)),
-            bits,
-            symmetric,
-            np.float32(clip_ratio),
-            np.empty((m, k), dtype=np.int8),
-            np.empty(m, dtype=np.float32),
-            np.empty(m, dtype=np.int32),
-        )
-        y = self._int_product(torch.from_numpy(quant.codes), quant.scale, quant)
-        zero = None if symmetric else torch.from_numpy(quant.zero)
-        return y, torch.from_numpy(quant.scale), zero
+        codes = np.empty((m, k), dtype=np.int8)
+        scale = np.empty(m, dtype=np.float32)
+        zero = np.empty(m, dtype=np.int32)
+        quant = (_np(x.to(torch.float32)), bits, symmetric, np.float32(clip_ratio), codes, scale, zero)
+        y = self._int_product(torch.from_numpy(codes), scale, quant)
+        return y, torch.from_numpy(scale), None if symmetric else torch.from_numpy(zero)
 
-    def _int_product(self, xq: torch.Tensor, xs: np.ndarray, quant: _TokenQuant | None) -> torch.Tensor:
+    def _int_product(self, xq: torch.Tensor, xs: np.ndarray, quant: _TokenQuant) -> torch.Tensor:
         """The integer GEMM over tiles of at most `TILE_BYTES` codes; ``quant`` (if any) fills ``xq`` and
         ``xs`` in the first tile's launch."""
-        group = self._check_integer()
+        group = self._int_group
         n, k = self.out_features, self.in_features
         out = np.empty((xq.shape[0], n), dtype=np.float32)
         step = _tile_rows(n, k, 1)
         for n0 in range(0, n, step):
             rows = min(step, n - n0)
-            tile = _tile(rows, k, np.int8)
+            tile, weight = _tile_views(rows, k, torch.int8)
             self.unpack_into(tile, n0, quant)
-            quant = None  # quantized with the first tile
+            quant = _NO_QUANT  # quantized with the first tile
             part = out if rows == n else np.empty((xq.shape[0], rows), dtype=np.float32)
-            _grouped_int_mm(xq, xs, tile, self._int_scale[n0 : n0 + rows], group, part)
+            _grouped_int_mm(xq, xs, weight, self._int_scale[n0 : n0 + rows], group, part)
             if part is not out:
                 out[:, n0 : n0 + rows] = part
         return torch.from_numpy(out)
@@ -400,13 +374,17 @@ def stacked_matmul(
 
 
 def _grouped_int_mm(
-    xq: torch.Tensor, xs: np.ndarray, codes: np.ndarray, scale: np.ndarray, group: int, out: np.ndarray
+    xq: torch.Tensor, xs: np.ndarray, weight: torch.Tensor, scale: np.ndarray, group: int, out: np.ndarray
 ) -> None:
-    """``out [M, N] = sum_g (float32(xq[:, g] @ codes[:, g]^T) * xs[m]) * scale[n, g]``, groups in order: an
-    exact ``torch._int_mm`` per column group of int8 ``codes [N, K]``, the float32 epilogue in Numba."""
-    weight = torch.from_numpy(codes)
-    for g0 in range(0, codes.shape[1], group):
-        acc = torch._int_mm(xq[:, g0 : g0 + group], weight[:, g0 : g0 + group].t())
+    """``out [M, N] = sum_g (float32(xq[:, g] @ weight[:, g]^T) * xs[m]) * scale[n, g]``, groups in order: an
+    exact ``torch._int_mm`` per column group of int8 codes ``weight [N, K]``, the float32 epilogue in
+    Numba."""
+    k = weight.shape[1]
+    for g0 in range(0, k, group):
+        if group == k:
+            acc = torch._int_mm(xq, weight.t())
+        else:
+            acc = torch._int_mm(xq[:, g0 : g0 + group], weight[:, g0 : g0 + group].t())
         g = g0 // group
         tiles.scale_accumulate(acc.numpy(), xs, scale, g, g == 0, _chunks(len(out)), out)
 
