@@ -89,12 +89,59 @@ def test_quantized_synthetic_row_stores_fewer_bits(tmp_path: Path, capsys: pytes
     assert quantized["vs_first"]["weights"] < 1.0
 
 
+def test_rounds_interleave_the_rows_and_report_per_round_ratios(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--rounds 3``: every row is timed once per round, the models in turn; ms/step is the median of the
+    rounds and 'ms/step x1st' the median of the per-round ratios, not the ratio of the medians."""
+    from dllm_bench.evaluation import rounds
+    from dllm_bench.evaluation.speed import SpeedResult
+
+    # Timings of a drifting machine, (round, row) -> ms/step: per-round ratios 1.0, 1.5, 4.0 (median 1.5);
+    # both rows' medians are 2.0 (ratio of the medians 1.0).
+    step_ms = [2.0, 2.0, 1.0, 1.5, 4.0, 16.0]
+    warmups: list[int] = []
+
+    def fake_speed(dlm, batch, gen, steps, prompt, warmup, repeats, *, seed):  # type: ignore[no-untyped-def]
+        ms = step_ms[len(warmups)]
+        warmups.append(warmup)
+        return SpeedResult(
+            batch, prompt, gen, steps, warmup, repeats, ms, ms, ms, batch * gen / (ms * steps / 1000),
+            steps / gen, 0, "not_measured", "cpu", "float32", dlm.arch,
+        )  # fmt: skip
+
+    monkeypatch.setattr(rounds, "sampler_speed", fake_speed)
+    report = tmp_path / "bench.json"
+    argv = [
+        "--synthetic",
+        "llada-tiny",
+        "--layers",
+        "1",
+        "--float-dtypes",
+        "float32,bfloat16",
+        "--warmup",
+        "2",
+    ]
+    assert _bench(*argv, "--rounds", "3", "--json", str(report)) == 0
+    assert warmups == [2, 2, 0, 0, 0, 0]  # 2 rows x 3 rounds, round-major; the warmup in round 1 only
+    data = json.loads(report.read_text())
+    base, other = data["rows"]
+    assert base["speed"]["step_ms"] == other["speed"]["step_ms"] == 2.0
+    assert base["vs_first"]["step_ms"] == 1.0 and other["vs_first"]["step_ms"] == pytest.approx(1.5)
+    assert other["vs_first"]["tokens_per_s"] == pytest.approx(1 / 1.5)
+    assert base["speed"]["repeats"] == 3 and base["speed"]["step_ms_max"] == 4.0
+    assert data["settings"]["rounds"] == 3
+    header, _, second = _table(capsys.readouterr().out)
+    assert dict(zip(header, second, strict=True))["ms/step x1st"] == "1.50"
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--steps", "0"], "--steps must be an integer >= 1"),
         (["--batch", "-2"], "--batch must be"),
         (["--warmup", "-1"], "--warmup must be an integer >= 0"),
+        (["--rounds", "0"], "--rounds must be an integer >= 1"),
         (["--synthetic", "gpt-9b"], "unknown --synthetic shapes 'gpt-9b'"),
         (["--layers", "2"], "add --synthetic"),
         (["--synthetic", "llada-tiny", "--layers", "0"], "--layers must be a positive integer"),

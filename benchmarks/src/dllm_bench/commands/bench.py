@@ -2,7 +2,7 @@
 
     dllmq bench --model A [--model B ...] [--device cpu|cuda] [--batch 1] [--gen-length 64] [--steps 64]
                 [--float-dtypes float32,bfloat16] [--quantize all|W4A16,W8A8,...] [--threads N]
-                [--llama-cli PATH] [--synthetic llada-8b|dream-7b [--layers N]] [--json FILE]
+                [--llama-cli PATH] [--synthetic llada-8b|dream-7b [--layers N]] [--rounds R] [--json FILE]
 
 One table row per model: stored weight memory (MiB, bits per block-linear weight, ratio to the float
 equivalent), ms per denoising step, generated tokens/s, steps per token, peak memory, and the ratios of
@@ -17,7 +17,9 @@ with RTN at each setting through the pipeline, exports it to a temporary folder 
 rows; ``all`` is every kind dllmq exports with a real kernel (`QUANTIZE_ALL`). ``--llama-cli`` adds, for
 each ``--model``, llama.cpp's f32 / Q8_0 / Q4_0 files of it run by that ``llama-diffusion-cli`` on the same
 sequence length, steps and threads (`dllm_bench.evaluation.llamacpp_speed`). ``--threads`` sets the CPU
-threads of torch, Numba and llama.cpp (default: all cores).
+threads of torch, Numba and llama.cpp (default: all cores). ``--rounds R`` keeps every dllmq row's model
+loaded and times them in turn, R rounds (`dllm_bench.evaluation.rounds`): the ratios to the first row are
+the medians of the per-round ratios, which a machine whose speed drifts between rows leaves intact.
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ attention's Q/K/V quantized."""
 SYNTHETIC_NAMES = ("llada-8b", "dream-7b", "llada-tiny", "dream-tiny")
 """``--synthetic`` names: each published shape and each architecture's tiny shape (the work module maps
 them to `dllm_bench.synthetic` arguments)."""
-_SIZES = {"batch": 1, "gen_length": 1, "steps": 1, "prompt_len": 1, "warmup": 0, "repeats": 1}
+_SIZES = {"batch": 1, "gen_length": 1, "steps": 1, "prompt_len": 1, "warmup": 0, "repeats": 1, "rounds": 1}
 """Size flags and their least allowed value."""
 
 
@@ -66,6 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt-len", type=int, default=16, help="random prompt tokens (default 16)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls, median reported (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="time the dllmq rows in this many interleaved rounds, every model loaded at once: ms/step is "
+        "the median over the rounds and 'ms/step x1st' the median of the per-round ratios, robust to a "
+        "machine whose speed drifts (default 1: one row after the other)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of prompts and synthetic weights")
     parser.add_argument(
         "--synthetic",

@@ -20,6 +20,7 @@ from dllm_sampler.atomic import atomic_file
 from dllm_bench.commands.bench import DEFAULT_MODEL, float_dtypes, quantize_kinds
 from dllm_bench.devices import compute_dtype, parse_device
 from dllm_bench.evaluation.memory import WeightMemory, weight_memory
+from dllm_bench.evaluation.rounds import interleaved_speeds
 from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, sampler_speed
 from dllm_bench.loading import load_any
 from dllm_bench.pipeline import export_model, quantize_model
@@ -43,14 +44,21 @@ class BenchRow:
     name: str
     memory: WeightMemory
     speed: SpeedResult
+    step_ratio: float | None = None
+    """ms per step over the first interleaved row's, the median of the rounds' ratios (``--rounds``)."""
 
     def vs(self, base: BenchRow) -> dict[str, float | None]:
-        """Ratios to ``base``: total weight bytes, ms per step, tokens/s and peak memory (None if 0)."""
+        """Ratios to ``base``: total weight bytes, ms per step, tokens/s and peak memory (None if 0). Two
+        rows timed in the same interleaved rounds compare by their per-round ratios."""
         peak = base.speed.peak_memory_bytes
+        step = self.speed.step_ms / base.speed.step_ms
+        if self.step_ratio is not None and base.step_ratio is not None:
+            step = self.step_ratio / base.step_ratio
+        tokens = self.speed.tokens_per_s / base.speed.tokens_per_s
         return {
             "weights": self.memory.total_bytes / base.memory.total_bytes,
-            "step_ms": self.speed.step_ms / base.speed.step_ms,
-            "tokens_per_s": self.speed.tokens_per_s / base.speed.tokens_per_s,
+            "step_ms": step,
+            "tokens_per_s": tokens * (self.speed.step_ms / base.speed.step_ms) / step,
             "peak_memory": self.speed.peak_memory_bytes / peak if peak else None,
         }
 
@@ -60,6 +68,15 @@ def _release(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """A row still to measure: its label and how to load its model (a quantized row quantizes, exports and
+    loads the checkpoint back)."""
+
+    label: str
+    load: Callable[[], DiffusionLM]
 
 
 def _measure(name: str, dlm: DiffusionLM, args: argparse.Namespace) -> BenchRow:
@@ -83,15 +100,9 @@ def _quantized_folder(dlm: DiffusionLM, recipe: Recipe, device: torch.device, tm
     return export_model(result, tmp / "quantized")
 
 
-def _quantized_row(
-    label: str,
-    load: Callable[[], DiffusionLM],
-    recipe: Recipe,
-    args: argparse.Namespace,
-    device: torch.device,
-) -> BenchRow:
-    """The row of ``load()``'s model quantized with ``recipe``, exported and loaded back as a user loads a
-    checkpoint (packed weights on the low-bit kernels)."""
+def _load_quantized(load: Callable[[], DiffusionLM], recipe: Recipe, device: torch.device) -> DiffusionLM:
+    """``load()``'s model quantized with ``recipe``, exported and loaded back as a user loads a checkpoint
+    (packed weights on the low-bit kernels)."""
     dlm = load()
     check_fits(recipe, dlm, ignored_linears(recipe, dlm))  # a bad group size fails before any timing
     with tempfile.TemporaryDirectory(prefix="dllmq-bench-") as tmp:
@@ -100,32 +111,62 @@ def _quantized_row(
         _release(device)
         with warnings.catch_warnings():  # synthetic models have no tokenizer by design
             warnings.filterwarnings("ignore", message=".*no tokenizer.json", category=UserWarning)
-            quantized = load_any(folder, device=device)
-        row = _measure(f"{label} RTN {recipe.scheme.label}", quantized, args)
-    del quantized
-    _release(device)
-    return row
+            return load_any(folder, device=device)
 
 
-def _model_rows(
+def _model_plans(
     label: str,
     load: Callable[[torch.dtype], DiffusionLM],
     dtypes: list[torch.dtype],
     recipes: list[Recipe],
-    args: argparse.Namespace,
     device: torch.device,
-) -> list[BenchRow]:
+) -> list[RowPlan]:
     """The float rows of one model (one per dtype, labelled with it when there are several) and its
     quantized rows (the model loaded in the first dtype)."""
-    rows = []
+    plans = []
     for dtype in dtypes:
-        dlm = load(dtype)
         name = label if len(dtypes) == 1 else f"{label} {str(dtype).removeprefix('torch.')}"
-        rows.append(_measure(name, dlm, args))
+        plans.append(RowPlan(name, lambda dtype=dtype: load(dtype)))
+    for recipe in recipes:
+        plans.append(
+            RowPlan(
+                f"{label} RTN {recipe.scheme.label}",
+                lambda recipe=recipe: _load_quantized(lambda: load(dtypes[0]), recipe, device),
+            )
+        )
+    return plans
+
+
+def _measure_in_turn(plans: list[RowPlan], args: argparse.Namespace, device: torch.device) -> list[BenchRow]:
+    """One row after the other, each model loaded, timed and released before the next."""
+    rows = []
+    for plan in plans:
+        dlm = plan.load()
+        rows.append(_measure(plan.label, dlm, args))
         del dlm
         _release(device)
-    rows += [_quantized_row(label, lambda: load(dtypes[0]), recipe, args, device) for recipe in recipes]
     return rows
+
+
+def _measure_interleaved(plans: list[RowPlan], args: argparse.Namespace) -> list[BenchRow]:
+    """Every model loaded at once and timed in ``--rounds`` interleaved rounds
+    (`dllm_bench.evaluation.rounds`)."""
+    models = [(plan.label, plan.load()) for plan in plans]
+    results = interleaved_speeds(
+        models,
+        args.rounds,
+        batch_size=args.batch,
+        gen_length=args.gen_length,
+        steps=args.steps,
+        prompt_len=args.prompt_len,
+        warmup=args.warmup,
+        repeats=args.repeats,
+        seed=args.seed,
+    )
+    return [
+        BenchRow(label, weight_memory(dlm), r.speed, r.step_ratio)
+        for (label, dlm), r in zip(models, results, strict=True)
+    ]
 
 
 def _llama_rows(name: str, args: argparse.Namespace) -> list[BenchRow]:
@@ -209,6 +250,7 @@ def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
         "prompt_len": args.prompt_len,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "rounds": args.rounds,
         "seed": args.seed,
         "threads": torch.get_num_threads(),
     }
@@ -230,9 +272,9 @@ def report(rows: list[BenchRow], settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _synthetic_rows(
+def _synthetic_plans(
     args: argparse.Namespace, device: torch.device, dtypes: list[torch.dtype], recipes: list[Recipe]
-) -> list[BenchRow]:
+) -> list[RowPlan]:
     """The rows of the random-weight model with ``--synthetic`` shapes (float, then quantized)."""
     arch, shapes = SYNTHETIC[args.synthetic]
 
@@ -245,7 +287,7 @@ def _synthetic_rows(
     layers = len(probe.topology)
     del probe
     label = f"synthetic {args.synthetic} ({layers} layer{'s' if layers > 1 else ''})"
-    return _model_rows(label, load, dtypes, recipes, args, device)
+    return _model_plans(label, load, dtypes, recipes, device)
 
 
 def _set_threads(threads: int | None) -> None:
@@ -266,17 +308,19 @@ def run(args: argparse.Namespace) -> int:
     recipes = [load_recipe("rtn", scheme=kind) for kind in quantize_kinds(args)]
     names = float_dtypes(args)
     dtypes = [getattr(torch, n) for n in names] if names else [compute_dtype(args.dtype, device)]
-    rows: list[BenchRow] = []
+    plans: list[RowPlan] = []
     for name in args.models or ([] if args.synthetic else [DEFAULT_MODEL]):
 
         def load(dtype: torch.dtype, name: str = name) -> DiffusionLM:
             return load_any(name, dtype=dtype, device=device)
 
-        rows += _model_rows(name, load, dtypes, recipes, args, device)
-        if args.llama_cli is not None:
-            rows += _llama_rows(name, args)
+        plans += _model_plans(name, load, dtypes, recipes, device)
     if args.synthetic:
-        rows += _synthetic_rows(args, device, dtypes, recipes)
+        plans += _synthetic_plans(args, device, dtypes, recipes)
+    rows = _measure_interleaved(plans, args) if args.rounds > 1 else _measure_in_turn(plans, args, device)
+    if args.llama_cli is not None:  # `check` made sure there is a --model
+        for name in args.models:
+            rows += _llama_rows(name, args)
     settings = _settings(args, device, dtypes[0])
     sources = sorted({PEAK_SOURCES[r.speed.peak_memory_source] for r in rows})
     print(", ".join(f"{k} {v}" for k, v in settings.items()) + f"; peak memory: {'; '.join(sources)}")
