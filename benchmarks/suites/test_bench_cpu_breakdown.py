@@ -1,0 +1,130 @@
+"""Where a packed weight-only layer's CPU time goes, inside a whole model: ms per forward against float32.
+
+Run with ``uv run pytest benchmarks/suites/test_bench_cpu_breakdown.py --benchmark-enable -s`` (the root
+config disables benchmarks and does not collect this folder by default). Each shipped tiny model is
+quantized with RTN at W8A16 and W4A16 (g128), exported and loaded back, then three variants of every
+quantized model are timed in interleaved rounds against the float32 model (80-token forwards):
+
+* ``packed``: the checkpoint as a user runs it (per call: dequantize the packed tile, bf16 GEMM);
+* ``bf16 kept``: the same layers with their dequantized bf16 weights kept between calls, so no call
+  dequantizes: the cost of the bf16 GEMMs and the layer code alone (a lower bound for any per-call
+  dequantization; it holds 16 bits per weight, so it is a measurement, not a mode);
+* ``bf16 kept + empty launch``: as above plus one empty parallel Numba launch per call: what starting a
+  tile kernel costs.
+
+The printed ratios are medians over rounds of (variant ms / float32 ms in the same round). Nothing is
+asserted about speed.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numba
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from dllm_bench.cli import main
+from dllm_bench.loading import load_any
+from dllm_kernels.cpu.ops import WeightStack
+from dllm_sampler import DiffusionLM, available_models
+from dllm_sampler.models.layers import add_bias
+from dllm_weightquant.qlinear import QuantLinear
+from torch import Tensor
+
+ROUNDS, CALLS, TOKENS = 15, 20, 80
+
+
+@numba.njit(parallel=True, cache=True)
+def _empty_launch(a: np.ndarray) -> None:
+    for c in numba.prange(a.shape[0]):
+        a[c] += 1.0
+
+
+class _Kept:
+    """A quantized layer (or shared-input group) replaced by its dequantized bf16 weight, kept."""
+
+    def __init__(self, layers: tuple[QuantLinear, ...], launch: bool) -> None:
+        stack = WeightStack.of([m.cpu_weight() for m in layers])
+        tile = np.empty((stack.out_features, stack.in_features), dtype=np.uint16)
+        stack.dequantize_into(tile)
+        self.weight = torch.from_numpy(tile).view(torch.bfloat16)
+        biases = [m.bias for m in layers]
+        self.bias = None
+        if any(b is not None for b in biases):
+            self.bias = torch.cat([torch.zeros(m.out_features) if b is None else b.float() for m, b in
+                                   zip(layers, biases, strict=True)])  # fmt: skip
+        self.splits = [m.out_features for m in layers]
+        self.layers = layers
+        self.scratch = np.zeros(16) if launch else None
+
+    def run(self, h: Tensor) -> tuple[Tensor, ...]:
+        if self.scratch is not None:
+            _empty_launch(self.scratch)
+        y = F.linear(h.reshape(-1, h.shape[-1]).to(torch.bfloat16), self.weight)
+        y = add_bias(y, self.bias, h.dtype)
+        return y.view(*h.shape[:-1], y.shape[-1]).split(self.splits, dim=-1)
+
+    def __call__(self, h: Tensor, linears: tuple) -> tuple[Tensor, ...]:  # a shared-input runner
+        return self.run(h)
+
+
+def _keep_weights(dlm: DiffusionLM, launch: bool) -> DiffusionLM:
+    grouped = set()
+    for module in dlm.model.modules():
+        runner = module.__dict__.get("shared_input_gemm")
+        if runner is not None:
+            module.shared_input_gemm = _Kept(runner.layers, launch)
+            grouped.update(runner.layers)
+    for module in dlm.model.modules():
+        if isinstance(module, QuantLinear) and module.mode == "kernel" and module not in grouped:
+            kept = _Kept((module,), launch)
+            module.forward = lambda x, kept=kept: kept.run(x)[0]
+    return dlm
+
+
+def _ratios(models: dict[str, Callable[[], object]]) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.no_grad():
+        for forward in models.values():
+            for _ in range(5):
+                forward()
+        for _ in range(ROUNDS):
+            for name, forward in models.items():
+                start = time.perf_counter()
+                for _ in range(CALLS):
+                    forward()
+                times[name].append((time.perf_counter() - start) / CALLS)
+    base = times[next(iter(models))]
+    return {name: statistics.median(a / b for a, b in zip(t, base, strict=True)) for name, t in times.items()}
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_packed_layer_cost_breakdown(benchmark, tmp_path: Path, name: str) -> None:
+    if name not in available_models():
+        pytest.skip(f"{name} is not shipped")
+    ids = torch.randint(5, 100, (1, TOKENS), generator=torch.Generator().manual_seed(0))
+    float32 = load_any(name, dtype=torch.float32)
+    models: dict[str, Callable[[], object]] = {"float32": lambda: float32.logits(ids)}
+    for scheme in ("W8A16", "W4A16"):
+        folder = tmp_path / scheme
+        argv = ["quantize", "--model", name, "--recipe", "rtn", "--scheme", scheme, "--out", str(folder)]
+        assert main([*argv, "--no-progress"]) == 0
+        for label, variant in (
+            ("packed", load_any(folder)),
+            ("bf16 kept", _keep_weights(load_any(folder), launch=False)),
+            ("bf16 kept + empty launch", _keep_weights(load_any(folder), launch=True)),
+        ):
+            models[f"{scheme} {label}"] = lambda variant=variant: variant.logits(ids)
+    ratios = benchmark.pedantic(_ratios, args=(models,), rounds=1, iterations=1)
+    if ratios is None:  # --benchmark-disable
+        return
+    print(f"\n{name}: ms per {TOKENS}-token forward / float32's, median of {ROUNDS} interleaved rounds")
+    for label, ratio in ratios.items():
+        print(f"  {label:32s} {ratio:.3f}")
+    benchmark.extra_info.update({label: round(r, 4) for label, r in ratios.items()})
+    assert all(r > 0 for r in ratios.values())
