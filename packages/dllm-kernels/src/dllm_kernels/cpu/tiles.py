@@ -197,6 +197,15 @@ def _bf16_row(
                 out16[base + g0 + i] = np.uint16(_bf16_bits((np.float32(codes[g0 + i]) - z) * s))
 
 
+@numba.njit(cache=True, inline="always")
+def _member(meta: np.ndarray, row: int) -> int:
+    """The stack member holding stacked row ``row`` (``meta[:, 0]``: each member's first row, ascending)."""
+    j = 0
+    while j + 1 < meta.shape[0] and meta[j + 1, 0] <= row:
+        j += 1
+    return j
+
+
 @numba.njit(cache=True, parallel=True)
 def dequantize_stack_bf16(
     packed: tuple[np.ndarray, ...],
@@ -212,16 +221,13 @@ def dequantize_stack_bf16(
     dequantized and rounded to bfloat16 (ties to even) into ``out [rows, K]`` uint16 bit patterns: one
     launch feeds a whole bf16 GEMM."""
     rows, k_cols = out.shape
-    members = meta.shape[0]
     flat = out.reshape(out.size)
     flat32 = flat[: out.size - out.size % 2].view(np.uint32)
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             row = n0 + r
-            j = 0
-            while j + 1 < members and meta[j + 1, 0] <= row:
-                j += 1
+            j = _member(meta, row)
             _bf16_row(
                 packed[j],
                 scale[j],
@@ -353,7 +359,6 @@ def unpack_stack_int8(
     `quantize_rows` does (into ``x_codes``, ``x_scale``, ``x_zero``; ``M = 0`` quantizes nothing). One
     launch feeds a whole integer GEMM."""
     rows, k_cols = out.shape
-    members = meta.shape[0]
     flat = out.reshape(out.size)
     flat_x = x.reshape(x.size)
     flat_c = x_codes.reshape(x_codes.size)
@@ -362,9 +367,7 @@ def unpack_stack_int8(
         codes = np.empty(k_cols, dtype=np.int32)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             row = n0 + r
-            j = 0
-            while j + 1 < members and meta[j + 1, 0] <= row:
-                j += 1
+            j = _member(meta, row)
             w = packed[j]
             w_bits = meta[j, 1]
             offset = 1 << (w_bits - 1)
