@@ -49,29 +49,24 @@ TILE_BYTES = 8 << 20
 _scratch = threading.local()
 
 
-def _tile(rows: int, cols: int, dtype: np.dtype) -> np.ndarray:
-    """A ``[rows, cols]`` view of this thread's scratch buffer (grown on demand, never shrunk)."""
-    need = rows * cols * np.dtype(dtype).itemsize
-    buf = getattr(_scratch, "buf", None)
-    if buf is None or buf.nbytes < need:
-        buf = np.empty(need, dtype=np.uint8)
-        _scratch.buf = buf
-        _scratch.views = {}
-    return buf[:need].view(dtype).reshape(rows, cols)
-
-
 _TILE_NP_DTYPE = {torch.bfloat16: np.uint16, torch.float32: np.float32, torch.int8: np.int8}
 """The NumPy dtype a tile kernel writes for each GEMM operand dtype (bf16 as uint16 bit patterns)."""
 
 
 def _tile_views(rows: int, cols: int, dtype: torch.dtype) -> tuple[np.ndarray, torch.Tensor]:
-    """A ``[rows, cols]`` scratch tile for a GEMM's weight operand in ``dtype`` (bfloat16, float32 or int8):
-    the NumPy view a tile kernel writes and the torch view of the same memory, both kept until the scratch
-    buffer grows (a layer called again pays no view construction)."""
-    views = getattr(_scratch, "views", None)
-    pair = None if views is None else views.get((rows, cols, dtype))
+    """A ``[rows, cols]`` tile of this thread's scratch buffer for a GEMM's weight operand in ``dtype``
+    (bfloat16, float32 or int8): the NumPy view a tile kernel writes and the torch view of the same memory.
+    The buffer grows on demand and never shrinks; the views of each shape are kept until it grows (a layer
+    called again pays no view construction)."""
+    np_dtype = _TILE_NP_DTYPE[dtype]
+    need = rows * cols * np.dtype(np_dtype).itemsize
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.nbytes < need:
+        _scratch.buf = buf = np.empty(need, dtype=np.uint8)
+        _scratch.views = {}
+    pair = _scratch.views.get((rows, cols, dtype))
     if pair is None:
-        tile = _tile(rows, cols, _TILE_NP_DTYPE[dtype])
+        tile = buf[:need].view(np_dtype).reshape(rows, cols)
         pair = _scratch.views[(rows, cols, dtype)] = (tile, _as_tensor(tile))
     return pair
 
@@ -176,22 +171,27 @@ class PackedWeight:
         return (torch.from_numpy(self.scale) * sums).sum(1)
 
 
-_NO_ROWS = np.empty((0, 0), dtype=np.float32)
-
-
 _TokenQuant = tuple[np.ndarray, int, bool, np.float32, np.ndarray, np.ndarray, np.ndarray]
 """Per-token quantization riding on a code-unpacking launch: float32 ``x [M, K]``, bits, symmetric, clip
 ratio, and the outputs ``codes`` int8 ``[M, K]``, ``scale`` float32 ``[M]``, ``zero`` int32 ``[M]``."""
 
-_NO_QUANT: _TokenQuant = (
-    _NO_ROWS,
-    8,
-    True,
-    np.float32(1.0),
-    np.empty((0, 0), dtype=np.int8),
-    np.empty(0, dtype=np.float32),
-    np.empty(0, dtype=np.int32),
-)
+
+def _token_quant(x: torch.Tensor, bits: int, symmetric: bool, clip_ratio: float) -> _TokenQuant:
+    """The arguments of a per-token quantization of ``x [M, K]``, its output buffers allocated."""
+    xf = _np(x.to(torch.float32))
+    m, k = xf.shape
+    codes = np.empty((m, k), dtype=np.int8)
+    return xf, bits, symmetric, np.float32(clip_ratio), codes, np.empty(m, np.float32), np.empty(m, np.int32)
+
+
+def _token_quant_result(quant: _TokenQuant) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(codes int8 [M, K], scale float32 [M], zero int32 [M] or None when symmetric)`` of ``quant``."""
+    _, _, symmetric, _, codes, scale, zero = quant
+    return torch.from_numpy(codes), torch.from_numpy(scale), None if symmetric else torch.from_numpy(zero)
+
+
+_NO_QUANT = _token_quant(torch.empty(0, 0), 8, True, 1.0)
+"""No quantization: zero rows."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -336,13 +336,9 @@ class WeightStack:
         """`quantize_per_token` of ``x [M, K]`` (the same bits), done in the launch that unpacks the first
         tile of weight codes, then `int_matmul`: ``(y float32 [M, N], x_scale float32 [M], x_zero int32 [M]
         or None)``. The caller applies the zero-point correction of asymmetric activations."""
-        m, k = x.shape
-        codes = np.empty((m, k), dtype=np.int8)
-        scale = np.empty(m, dtype=np.float32)
-        zero = np.empty(m, dtype=np.int32)
-        quant = (_np(x.to(torch.float32)), bits, symmetric, np.float32(clip_ratio), codes, scale, zero)
-        y = self._int_product(torch.from_numpy(codes), scale, quant)
-        return y, torch.from_numpy(scale), None if symmetric else torch.from_numpy(zero)
+        quant = _token_quant(x, bits, symmetric, clip_ratio)
+        codes, scale, zero = _token_quant_result(quant)
+        return self._int_product(codes, quant[5], quant), scale, zero
 
     def _int_product(self, xq: torch.Tensor, xs: np.ndarray, quant: _TokenQuant) -> torch.Tensor:
         """The integer GEMM over tiles of at most `TILE_BYTES` codes; ``quant`` (if any) fills ``xq`` and
@@ -442,10 +438,7 @@ def quantize_per_token(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``x [M, K]`` -> ``(codes int8 [M, K], scale float32 [M], zero int32 [M] or None)``, the bits of the
     Numba reference in one fused parallel pass (`tiles.quantize_rows`)."""
-    xf = _np(x.to(torch.float32))
-    m = xf.shape[0]
-    codes = np.empty(xf.shape, dtype=np.int8)
-    scale = np.empty(m, dtype=np.float32)
-    zero = np.empty(m, dtype=np.int32)
-    tiles.quantize_rows(xf, bits, symmetric, np.float32(clip_ratio), _chunks(m), codes, scale, zero)
-    return torch.from_numpy(codes), torch.from_numpy(scale), None if symmetric else torch.from_numpy(zero)
+    quant = _token_quant(x, bits, symmetric, clip_ratio)
+    xf, _, _, clip, codes, scale, zero = quant
+    tiles.quantize_rows(xf, bits, symmetric, clip, _chunks(len(xf)), codes, scale, zero)
+    return _token_quant_result(quant)
