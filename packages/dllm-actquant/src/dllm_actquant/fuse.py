@@ -11,14 +11,13 @@ attaches it to the first layer of each group of `dllm_sampler.models.spec.shared
 
 from __future__ import annotations
 
-import torch
 from dllm_kernels.cpu.ops import WeightStack
 from dllm_kernels.dispatch import fast_cpu_gemms
-from dllm_sampler.models.layers import ConcatenatedBias, add_bias, runner_applies
+from dllm_sampler.models.layers import ConcatenatedBias, runner_applies
 from dllm_sampler.models.spec import attach_shared_input_runners
 from torch import Tensor, nn
 
-from dllm_actquant.linear import ActQuantLinear
+from dllm_actquant.linear import ActQuantLinear, finish_integer_gemm
 
 __all__ = ["SharedInputIntGEMM", "fuse_act_quant_inputs"]
 
@@ -65,10 +64,9 @@ class SharedInputIntGEMM:
         y, scale, zero = stack.quantized_int_matmul(
             h.reshape(-1, h.shape[-1]), cfg.bits, cfg.symmetric, cfg.clip_ratio
         )
-        if zero is not None:
-            column_term = torch.cat([w.column_term for w in stack.weights])
-            y = y - (scale * zero.float())[:, None] * column_term[None, :]
-        y = add_bias(y, self._bias([m.inner.bias for m in self.layers], self.splits), h.dtype)
+        bias = self._bias([m.inner.bias for m in self.layers], self.splits)
+        zero = None if zero is None else zero.float()
+        y = finish_integer_gemm(y, scale, zero, lambda: stack.column_term, bias, h.dtype)
         return y.view(*h.shape[:-1], y.shape[-1]).split(self.splits, dim=-1)
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ Inside an `OnlineRotation` with a Hadamard rotation, the kernel mode fuses rotat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import dllm_kernels
@@ -37,7 +38,7 @@ from dllm_actquant.act_quant import (
 from dllm_actquant.guards import mark_quantized
 from dllm_actquant.rotation import HadamardRotation, InputRotation, RotationAware
 
-__all__ = ["ActQuantLinear", "packed_integer_inner"]
+__all__ = ["ActQuantLinear", "finish_integer_gemm", "packed_integer_inner"]
 
 WEIGHT_BITS = (4, 8)
 
@@ -56,6 +57,22 @@ def packed_integer_inner(inner: nn.Module) -> bool:
         and spec.granularity in ("channel", "group")
         and getattr(inner, "kernel_perm", None) is None
     )
+
+
+def finish_integer_gemm(
+    y: Tensor,
+    scale: Tensor,
+    zero: Tensor | None,
+    column_term: Callable[[], Tensor],
+    bias: Tensor | None,
+    dtype: torch.dtype,
+) -> Tensor:
+    """An integer GEMM's float32 ``y [M, N]`` with the zero-point correction of asymmetric activations
+    (``y -= (scale * zero)[m] * column_term()[n]``, float ``zero [M]``; ``column_term`` is asked for only
+    then) and the bias, in ``dtype``: what `ActQuantLinear` and its shared-input runner apply."""
+    if zero is not None:
+        y = y - (scale * zero)[:, None] * column_term()[None, :]
+    return add_bias(y, bias, dtype)
 
 
 class ActQuantLinear(RotationAware):
@@ -168,12 +185,12 @@ class ActQuantLinear(RotationAware):
     def _epilogue(
         self, y: Tensor, scale: Tensor, zero: Tensor | None, dtype: torch.dtype, lead: torch.Size
     ) -> Tensor:
-        """The integer GEMM's float32 ``y [M, N]`` with the zero-point correction of asymmetric activations
-        (float ``zero [M]``) and the bias, in ``dtype``, reshaped to ``[*lead, N]``."""
-        if zero is not None:
-            colterm = self.inner.cpu_weight().column_term if self.packed_inner else self.w_colterm
-            y = y - (scale * zero)[:, None] * colterm[None, :]
-        return add_bias(y, self.inner.bias, dtype).reshape(*lead, y.shape[-1])
+        """`finish_integer_gemm` of this layer, reshaped to ``[*lead, N]``."""
+        y = finish_integer_gemm(y, scale, zero, self._column_term, self.inner.bias, dtype)
+        return y.reshape(*lead, y.shape[-1])
+
+    def _column_term(self) -> Tensor:
+        return self.inner.cpu_weight().column_term if self.packed_inner else self.w_colterm
 
     def _gemm(self, codes: Tensor, scale: Tensor) -> Tensor:
         if self.packed_inner:

@@ -311,6 +311,12 @@ class WeightStack:
         return group
 
     @functools.cached_property
+    def column_term(self) -> torch.Tensor:
+        """float32 ``[N]``: the members' `PackedWeight.column_term`, stacked (computed once)."""
+        terms = [w.column_term for w in self.weights]
+        return terms[0] if len(terms) == 1 else torch.cat(terms)
+
+    @functools.cached_property
     def _int_scale(self) -> np.ndarray:
         """float32 ``[N, K/group]``: the members' scales, stacked."""
         return self.scale[0] if len(self.scale) == 1 else np.concatenate(self.scale)
