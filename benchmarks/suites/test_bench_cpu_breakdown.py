@@ -32,7 +32,7 @@ from dllm_bench.cli import main
 from dllm_bench.loading import load_any
 from dllm_kernels.cpu.ops import WeightStack
 from dllm_sampler import DiffusionLM, available_models
-from dllm_sampler.models.layers import add_bias
+from dllm_sampler.models.layers import ConcatenatedBias, add_bias
 from dllm_weightquant.qlinear import QuantLinear
 from torch import Tensor
 
@@ -53,11 +53,7 @@ class _Kept:
         tile = np.empty((stack.out_features, stack.in_features), dtype=np.uint16)
         stack.dequantize_into(tile)
         self.weight = torch.from_numpy(tile).view(torch.bfloat16)
-        biases = [m.bias for m in layers]
-        self.bias = None
-        if any(b is not None for b in biases):
-            self.bias = torch.cat([torch.zeros(m.out_features) if b is None else b.float() for m, b in
-                                   zip(layers, biases, strict=True)])  # fmt: skip
+        self.bias = ConcatenatedBias()([m.bias for m in layers], [m.out_features for m in layers])
         self.splits = [m.out_features for m in layers]
         self.layers = layers
         self.scratch = np.zeros(16) if launch else None

@@ -79,19 +79,22 @@ class RowPlan:
     load: Callable[[], DiffusionLM]
 
 
+def _speed_settings(args: argparse.Namespace) -> dict[str, int]:
+    """The sampler settings every timed row shares, as `sampler_speed` / `interleaved_speeds` keywords."""
+    return {
+        "batch_size": args.batch,
+        "gen_length": args.gen_length,
+        "steps": args.steps,
+        "prompt_len": args.prompt_len,
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "seed": args.seed,
+    }
+
+
 def _measure(name: str, dlm: DiffusionLM, args: argparse.Namespace) -> BenchRow:
     print(f"measuring {name} ...", file=sys.stderr, flush=True)
-    speed = sampler_speed(
-        dlm,
-        args.batch,
-        args.gen_length,
-        args.steps,
-        args.prompt_len,
-        args.warmup,
-        args.repeats,
-        seed=args.seed,
-    )
-    return BenchRow(name, weight_memory(dlm), speed)
+    return BenchRow(name, weight_memory(dlm), sampler_speed(dlm, **_speed_settings(args)))
 
 
 def _quantized_folder(dlm: DiffusionLM, recipe: Recipe, device: torch.device, tmp: Path) -> Path:
@@ -152,17 +155,7 @@ def _measure_interleaved(plans: list[RowPlan], args: argparse.Namespace) -> list
     """Every model loaded at once and timed in ``--rounds`` interleaved rounds
     (`dllm_bench.evaluation.rounds`)."""
     models = [(plan.label, plan.load()) for plan in plans]
-    results = interleaved_speeds(
-        models,
-        args.rounds,
-        batch_size=args.batch,
-        gen_length=args.gen_length,
-        steps=args.steps,
-        prompt_len=args.prompt_len,
-        warmup=args.warmup,
-        repeats=args.repeats,
-        seed=args.seed,
-    )
+    results = interleaved_speeds(models, args.rounds, **_speed_settings(args))
     return [
         BenchRow(label, weight_memory(dlm), r.speed, r.step_ratio)
         for (label, dlm), r in zip(models, results, strict=True)
