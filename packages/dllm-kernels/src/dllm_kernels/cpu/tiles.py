@@ -18,7 +18,8 @@ into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba
 ``z`` is ``zero[n, k // group]`` when ``has_zero`` else ``2^(bits-1)``. Values are read a byte at a time
 (three bytes, eight values at 3 bits; little-endian hosts: x86, Arm), a row's ragged tail one by one.
 Inner loops index with unsigned integers so that LLVM vectorizes them (a signed index costs a negative-index
-check that blocks vectorization).
+check that blocks vectorization); integer arithmetic on narrow types is cast back to its width after each
+step (Numba widens it to 64 bits, which halves the vector lanes; measured 2.5x on the bf16 rounding).
 """
 
 from __future__ import annotations
@@ -141,12 +142,14 @@ def _bf16_bits(v: np.float32) -> np.uint32:
     """``v`` rounded to the nearest bfloat16, ties to even, as its 16-bit pattern (in a uint32); finite
     ``v`` only (a NaN payload may carry into the sign bit)."""
     b = _f32_bits(v)
-    return (b + np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    odd = np.uint32(np.uint32(b >> np.uint32(16)) & np.uint32(1))
+    return np.uint32(np.uint32(np.uint32(b + np.uint32(0x7FFF)) + odd) >> np.uint32(16))
 
 
 @numba.njit(cache=True, inline="always")
 def _bf16_row(
     packed: np.ndarray,
+    row_bytes: np.ndarray,
     scale: np.ndarray,
     zero: np.ndarray,
     has_zero: bool,
@@ -158,12 +161,12 @@ def _bf16_row(
     out32: np.ndarray,
     base: np.uint64,
 ) -> None:
-    """Weight row ``n`` as bf16 bit patterns into ``out16[base : base + K]`` (``out32``: the even-length
-    prefix of ``out16`` viewed as uint32; ``codes``: an int32 scratch row of K values). 8-bit codes are read
+    """Weight row ``n`` as bf16 bit patterns into ``out16[base : base + K]`` (``row_bytes``: ``packed`` as
+    uint8; ``out32``: the even-length prefix of ``out16`` viewed as uint32; ``codes``: an int32 scratch row of
+    K values). 8-bit codes are read
     straight from their bytes; 4-bit pairs (even group sizes, even ``base``) are written as one uint32 per
     byte; other widths unpack the row into ``codes`` first."""
     k_cols = codes.shape[0]
-    row_bytes = packed.reshape(packed.size).view(np.uint8)
     src = np.uint64(n) * np.uint64(packed.shape[1] * 4)
     offset = np.float32(1 << (bits - 1))
     n_groups = k_cols // group
@@ -186,7 +189,7 @@ def _bf16_row(
                 b = np.uint32(row_bytes[src + g0 - b32 + i])
                 lo = _bf16_bits((np.float32(np.int32(b & np.uint32(15))) - z) * s)
                 hi = _bf16_bits((np.float32(np.int32(b >> np.uint32(4))) - z) * s)
-                out32[g0 + i] = lo | (hi << np.uint32(16))
+                out32[g0 + i] = np.uint32(lo | np.uint32(hi << np.uint32(16)))
     else:
         _unpack_row(packed, row_bytes, n, bits, codes)
         for g in range(n_groups):
@@ -225,22 +228,28 @@ def dequantize_stack_bf16(
     flat32 = flat[: out.size - out.size % 2].view(np.uint32)
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            row = n0 + r
-            j = _member(meta, row)
-            _bf16_row(
-                packed[j],
-                scale[j],
-                zero[j],
-                meta[j, 3] != 0,
-                meta[j, 1],
-                meta[j, 2],
-                row - meta[j, 0],
-                codes,
-                flat,
-                flat32,
-                np.uint64(r) * np.uint64(k_cols),
-            )
+        r, r_end = c * rows // chunks, (c + 1) * rows // chunks
+        while r < r_end:  # one member's rows at a time: its arrays are looked up once
+            j = _member(meta, n0 + r)
+            end = r_end if j + 1 == meta.shape[0] else min(r_end, meta[j + 1, 0] - n0)
+            w = packed[j]
+            row_bytes = w.reshape(w.size).view(np.uint8)
+            for rr in range(r, end):
+                _bf16_row(
+                    w,
+                    row_bytes,
+                    scale[j],
+                    zero[j],
+                    meta[j, 3] != 0,
+                    meta[j, 1],
+                    meta[j, 2],
+                    n0 + rr - meta[j, 0],
+                    codes,
+                    flat,
+                    flat32,
+                    np.uint64(rr) * np.uint64(k_cols),
+                )
+            r = end
 
 
 @numba.njit(cache=True, inline="always")
