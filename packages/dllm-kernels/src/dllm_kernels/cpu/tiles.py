@@ -201,12 +201,14 @@ def _bf16_row(
 
 
 @numba.njit(cache=True, inline="always")
-def _member(meta: np.ndarray, row: int) -> int:
-    """The stack member holding stacked row ``row`` (``meta[:, 0]``: each member's first row, ascending)."""
+def _member_rows(meta: np.ndarray, n0: int, r: int, r_end: int) -> tuple[int, int]:
+    """``(j, end)``: the stack member ``j`` holding stacked row ``n0 + r`` and the end (exclusive, at most
+    ``r_end``) of the tile rows ``r ..`` it holds (``meta[:, 0]``: each member's first row, ascending). A
+    kernel walks its rows one member at a time, looking the member's arrays up once."""
     j = 0
-    while j + 1 < meta.shape[0] and meta[j + 1, 0] <= row:
+    while j + 1 < meta.shape[0] and meta[j + 1, 0] <= n0 + r:
         j += 1
-    return j
+    return j, r_end if j + 1 == meta.shape[0] else min(r_end, meta[j + 1, 0] - n0)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -229,9 +231,8 @@ def dequantize_stack_bf16(
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
         r, r_end = c * rows // chunks, (c + 1) * rows // chunks
-        while r < r_end:  # one member's rows at a time: its arrays are looked up once
-            j = _member(meta, n0 + r)
-            end = r_end if j + 1 == meta.shape[0] else min(r_end, meta[j + 1, 0] - n0)
+        while r < r_end:
+            j, end = _member_rows(meta, n0, r, r_end)
             w = packed[j]
             row_bytes = w.reshape(w.size).view(np.uint8)
             for rr in range(r, end):
@@ -374,22 +375,26 @@ def unpack_stack_int8(
     m_rows = x.shape[0]
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            row = n0 + r
-            j = _member(meta, row)
+        r, r_end = c * rows // chunks, (c + 1) * rows // chunks
+        while r < r_end:
+            j, end = _member_rows(meta, n0, r, r_end)
             w = packed[j]
             w_bits = meta[j, 1]
             offset = 1 << (w_bits - 1)
-            base = np.uint64(r) * np.uint64(k_cols)
             row_bytes = w.reshape(w.size).view(np.uint8)
-            if w_bits == 8:  # one byte per value: no unpacking, a vectorized subtraction
-                src = np.uint64(row - meta[j, 0]) * np.uint64(w.shape[1] * 4)
+            row_words = np.uint64(w.shape[1] * 4)
+            for rr in range(r, end):
+                base = np.uint64(rr) * np.uint64(k_cols)
+                n = n0 + rr - meta[j, 0]
+                if w_bits == 8:  # one byte per value: no unpacking, a vectorized subtraction
+                    src = np.uint64(n) * row_words
+                    for k in range(np.uint64(k_cols)):
+                        flat[base + k] = np.int32(row_bytes[src + k]) - offset
+                    continue
+                _unpack_row(w, row_bytes, n, w_bits, codes)
                 for k in range(np.uint64(k_cols)):
-                    flat[base + k] = np.int32(row_bytes[src + k]) - offset
-                continue
-            _unpack_row(w, row_bytes, row - meta[j, 0], w_bits, codes)
-            for k in range(np.uint64(k_cols)):
-                flat[base + k] = codes[k] - offset
+                    flat[base + k] = codes[k] - offset
+            r = end
         for m in range(c * m_rows // chunks, (c + 1) * m_rows // chunks):
             s, z = _quantize_row(
                 flat_x, np.uint64(m) * np.uint64(k_cols), k_cols, bits, symmetric, clip_ratio, flat_c
