@@ -144,6 +144,28 @@ def test_quantize_per_token_is_bit_identical(shape, bits, symmetric, clip, seed)
         assert (a is None and b is None) or torch.equal(a, b)
 
 
+@given(
+    st.tuples(st.integers(1, 19), st.integers(1, 70)),
+    st.sampled_from([4, 8]),
+    st.booleans(),
+    st.sampled_from([1.0, 0.9]),
+    st.integers(0, 2**16),
+)
+def test_fused_fake_quantization_gives_the_values_of_the_reference_codes(
+    shape, bits, symmetric, clip, seed
+) -> None:
+    """The cpu backend's one-pass quantize-dequantize equals the Numba reference's codes, dequantized."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 10
+    x[0] = 0.0  # an all-zero row: eps scale
+    got = dllm_kernels.fake_quantize_per_token(x, bits, symmetric, clip, backend="cpu")
+    codes, scale, zero = dllm_kernels.quantize_per_token(x, bits, symmetric, clip, backend="numba")
+    q = codes.to(torch.int32) - (0 if zero is None else zero[:, None])
+    assert got.dtype == torch.float32
+    assert torch.equal(got, q.to(torch.float32) * scale[:, None])
+    assert torch.equal(got, dllm_kernels.fake_quantize_per_token(x, bits, symmetric, clip, backend="numba"))
+
+
 def test_large_layers_are_cut_into_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
     """A weight bigger than one tile gives the result of one tile (the tile loop is exercised): the same bits
     for the integer GEMM, the same up to the float GEMM's accumulation order (which depends on N)."""

@@ -148,7 +148,12 @@ def quantize_activation(
 def fake_quantize_activation(
     x: Tensor, config: ActQuantConfig, static: StaticActParams | None = None
 ) -> Tensor:
-    """Quantize then dequantize ``x [..., K]`` along its last dim; returns the dtype of ``x``."""
-    codes, scale, zero = _quantize(x.reshape(-1, x.shape[-1]), config, static)
-    out = torch_grid.decode(codes, scale[:, None], None if zero is None else zero[:, None])
+    """Quantize then dequantize ``x [..., K]`` along its last dim; returns the dtype of ``x``. Dynamic configs
+    call ``dllm_kernels.fake_quantize_per_token`` (one fused pass on the CPU)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if config.dynamic:
+        out = dllm_kernels.fake_quantize_per_token(flat, config.bits, config.symmetric, config.clip_ratio)
+    else:
+        codes, scale, zero = _quantize(flat, config, static)
+        out = torch_grid.decode(codes, scale[:, None], None if zero is None else zero[:, None])
     return out.to(x.dtype).reshape(x.shape)

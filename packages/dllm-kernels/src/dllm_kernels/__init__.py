@@ -7,7 +7,8 @@ keyword-only ``backend="auto" | "numba" | "triton" | "torch"``; the Numba refere
 * :class:`QuantSpec` - validated quantization config, convertible to compressed-tensors ``QuantizationArgs``;
 * ``quantize`` / ``dequantize`` / ``fake_quantize`` - spec-driven (int 2/3/4/8 bits, fp8 e4m3);
 * ``pack`` / ``unpack`` / ``pack_rows`` / ``unpack_rows`` - compressed-tensors ``pack-quantized`` layout;
-* ``quantize_per_token`` - dynamic per-token activation quantization;
+* ``quantize_per_token`` / ``fake_quantize_per_token`` - dynamic per-token activation quantization (codes, or
+  their values);
 * ``wna16_gemm``, ``int8_gemm``, ``w4a8_gemm``, ``w4a4_gemm`` - quantized GEMMs ``y = x @ W^T``;
 * ``hadamard_matrix`` / ``hadamard_transform`` / ``supported_hadamard_size`` /
   ``hadamard_quantize_per_token``;
@@ -24,6 +25,7 @@ from dllm_kernels import gguf_grid, torch_grid
 from dllm_kernels.dispatch import (
     dequantize,
     fake_quantize,
+    fake_quantize_per_token,
     hadamard_matrix,
     hadamard_quantize_per_token,
     hadamard_transform,
@@ -49,6 +51,7 @@ __all__ = [
     "QuantSpec",
     "dequantize",
     "fake_quantize",
+    "fake_quantize_per_token",
     "gguf_grid",
     "hadamard_matrix",
     "hadamard_quantize_per_token",

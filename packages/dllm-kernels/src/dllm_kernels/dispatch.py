@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 import torch
 
-from dllm_kernels import ops_cpu, ops_torch
+from dllm_kernels import ops_cpu, ops_torch, torch_grid
 from dllm_kernels._args import (
     check_any_strides,
     check_bits,
@@ -68,6 +68,7 @@ __all__ = [
     "Backend",
     "dequantize",
     "fake_quantize",
+    "fake_quantize_per_token",
     "fast_cpu_gemms",
     "hadamard_matrix",
     "hadamard_quantize_per_token",
@@ -353,6 +354,20 @@ def w4a4_gemm(
     return _int_gemm("w4a4_gemm", xq, x_scale, w_packed, w_scale, out_dtype, backend, activation_bits=4)
 
 
+def _per_token_args(
+    x: torch.Tensor, bits: int, symmetric: bool, clip_ratio: float, backend: Backend, op: str
+) -> tuple[Concrete, torch.Tensor, int, bool, float]:
+    """The backend and the checked arguments of a per-token quantization ``op`` of ``x [M, K]``."""
+    which = resolve_backend(backend, [x], _PER_TOKEN, op)
+    bits = check_bits(bits)
+    symmetric = check_symmetric(symmetric)
+    clip_ratio = check_clip(clip_ratio)
+    x = check_tensor(x, "x", float_dtypes(which), 2)
+    if x.shape[1] == 0:
+        raise ValueError("x must have at least one column (K >= 1)")
+    return which, x, bits, symmetric, clip_ratio
+
+
 def quantize_per_token(
     x: torch.Tensor,
     bits: int,
@@ -367,13 +382,9 @@ def quantize_per_token(
     the asymmetric zero point is signed (dequant ``(codes - zero) * scale``). Round half to even.
     Backends: numba, cpu, triton, torch.
     """
-    which = resolve_backend(backend, [x], _PER_TOKEN, "quantize_per_token")
-    bits = check_bits(bits)
-    symmetric = check_symmetric(symmetric)
-    clip_ratio = check_clip(clip_ratio)
-    x = check_tensor(x, "x", float_dtypes(which), 2)
-    if x.shape[1] == 0:
-        raise ValueError("x must have at least one column (K >= 1)")
+    which, x, bits, symmetric, clip_ratio = _per_token_args(
+        x, bits, symmetric, clip_ratio, backend, "quantize_per_token"
+    )
     if which == "numba":
         return ops_cpu.quantize_per_token(x, bits, symmetric, clip_ratio)
     if which == "cpu":
@@ -381,6 +392,26 @@ def quantize_per_token(
     if which == "torch":
         return ops_torch.quantize_per_token(x, bits, symmetric, clip_ratio)
     return _run_triton("quantize_per_token", x.device, x, bits, symmetric, clip_ratio)
+
+
+def fake_quantize_per_token(
+    x: torch.Tensor,
+    bits: int,
+    symmetric: bool = True,
+    clip_ratio: float = 1.0,
+    *,
+    backend: Backend = "auto",
+) -> torch.Tensor:
+    """`quantize_per_token` of ``x [M, K]`` dequantized: float32 ``[M, K]`` values ``(codes - zero) *
+    scale``, the same on every backend. The cpu backend runs both in one Numba pass
+    (`dllm_kernels.cpu.tiles.fake_quantize_rows`); the others quantize, then `torch_grid.decode`."""
+    which, x, bits, symmetric, clip_ratio = _per_token_args(
+        x, bits, symmetric, clip_ratio, backend, "fake_quantize_per_token"
+    )
+    if which == "cpu":
+        return cpu_ops.fake_quantize_per_token(x, bits, symmetric, clip_ratio)
+    codes, scale, zero = quantize_per_token(x, bits, symmetric, clip_ratio, backend=which)
+    return torch_grid.decode(codes, scale[:, None], None if zero is None else zero[:, None])
 
 
 def _check_hadamard_size(n: int) -> None:

@@ -34,6 +34,7 @@ __all__ = [
     "TILE_BYTES",
     "PackedWeight",
     "WeightStack",
+    "fake_quantize_per_token",
     "int8_gemm",
     "quantize_per_token",
     "stacked_int_matmul",
@@ -448,3 +449,14 @@ def quantize_per_token(
     xf, _, _, clip, codes, scale, zero = quant
     tiles.quantize_rows(xf, bits, symmetric, clip, _chunks(len(xf)), codes, scale, zero)
     return _token_quant_result(quant)
+
+
+def fake_quantize_per_token(
+    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
+) -> torch.Tensor:
+    """``x [M, K]`` -> float32 ``[M, K]``: `quantize_per_token`'s codes dequantized, in one fused parallel
+    pass (`tiles.fake_quantize_rows`)."""
+    xf = _np(x.to(torch.float32))
+    out = np.empty(xf.shape, dtype=np.float32)
+    tiles.fake_quantize_rows(xf, bits, symmetric, np.float32(clip_ratio), _chunks(len(xf)), out)
+    return torch.from_numpy(out)
