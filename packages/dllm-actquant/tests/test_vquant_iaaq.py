@@ -90,6 +90,33 @@ def test_token_granularity_matches_dllm_kernels() -> None:
     torch.testing.assert_close(ours, ref)
 
 
+@given(
+    seed=st.integers(0, 1000),
+    bits=st.sampled_from([2, 3, 4, 8]),
+    symmetric=st.booleans(),
+    gran=st.sampled_from(["token", "row"]),
+    alpha=st.sampled_from([1.0, 0.85]),
+    tokens=st.integers(1, 9),
+)
+def test_one_clip_factor_takes_the_fused_pass_with_the_same_values(
+    seed: int, bits: int, symmetric: bool, gran: str, alpha: float, tokens: int
+) -> None:
+    """With one clip factor for all heads, token / row V quantization runs as
+    ``dllm_kernels.fake_quantize_per_token``; its values are those of the grid in torch
+    (``torch_grid.scale_zero`` / ``encode`` / ``decode`` on each row's range)."""
+    g = torch.Generator().manual_seed(seed)
+    v = torch.randn(tokens, 3 * 8, generator=g) * torch.rand(tokens, 1, generator=g) * 5
+    v[0, :8] = 0.0  # an all-zero (token, head) row
+    cfg = VQuantConfig(bits=bits, symmetric=symmetric, granularity=gran)
+    got = fake_quantize_v(v, VQuantParams(torch.full((3,), alpha)), cfg, num_kv_heads=3)
+    rows = v.reshape(-1, 8) if gran == "token" else v
+    lo, hi = rows.amin(-1, keepdim=True), rows.amax(-1, keepdim=True)
+    grid = dllm_kernels.torch_grid
+    scale, zero = grid.scale_zero(lo, hi, bits, symmetric, torch.tensor(alpha))
+    want = grid.decode(grid.encode(rows, scale, zero, bits), scale, zero)
+    assert torch.equal(got, want.reshape(v.shape))
+
+
 def test_params_are_validated() -> None:
     cfg = VQuantConfig(granularity="head")
     with pytest.raises(ValueError, match="lo of shape"):

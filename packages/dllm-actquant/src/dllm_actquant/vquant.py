@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+import dllm_kernels
 import torch
 from dllm_calib import MethodConfig
 from dllm_kernels import torch_grid
@@ -119,6 +120,12 @@ def fake_quantize_v(v: Tensor, params: VQuantParams, config: VQuantConfig, num_k
     head_dim = shape[-1] // num_kv_heads
     x = v.reshape(*shape[:-1], num_kv_heads, head_dim)
     params.check(config, num_kv_heads, head_dim)
+    if config.granularity in ("token", "row") and bool((params.alpha == params.alpha[0]).all()):
+        # one clip factor: plain dynamic per-token quantization of rows of Dh (token) or K * Dh (row) values
+        rows = x.reshape(-1, head_dim) if config.granularity == "token" else v.reshape(-1, shape[-1])
+        clip = float(params.alpha[0])
+        out = dllm_kernels.fake_quantize_per_token(rows, config.bits, config.symmetric, clip)
+        return out.to(v.dtype).reshape(shape)
     alpha = params.alpha.to(device=v.device, dtype=torch.float32)[:, None]
     if config.granularity == "row":
         x = v.reshape(*shape[:-1], 1, shape[-1])
