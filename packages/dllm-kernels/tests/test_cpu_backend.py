@@ -127,37 +127,39 @@ def test_integer_gemms_are_bit_identical_to_the_references(shape, seed) -> None:
         assert torch.equal(op(x, xs, w, ws, backend="cpu"), op(x, xs, w, ws, backend="numba")), op.__name__
 
 
-@given(
+PER_TOKEN_CASES = (
     st.tuples(st.integers(1, 19), st.integers(1, 70)),
     st.sampled_from([4, 8]),
     st.booleans(),
     st.sampled_from([1.0, 0.9]),
     st.integers(0, 2**16),
 )
-def test_quantize_per_token_is_bit_identical(shape, bits, symmetric, clip, seed) -> None:
+"""(shape, bits, symmetric, clip ratio, seed) of a per-token quantization test."""
+
+
+def _per_token_input(shape: tuple[int, int], seed: int) -> torch.Tensor:
+    """Rows of different magnitudes, the first all zero (its scale is eps)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 10
-    x[0] = 0.0  # an all-zero row: eps scale
+    x[0] = 0.0
+    return x
+
+
+@given(*PER_TOKEN_CASES)
+def test_quantize_per_token_is_bit_identical(shape, bits, symmetric, clip, seed) -> None:
+    x = _per_token_input(shape, seed)
     got = dllm_kernels.quantize_per_token(x, bits, symmetric, clip, backend="cpu")
     want = dllm_kernels.quantize_per_token(x, bits, symmetric, clip, backend="numba")
     for a, b in zip(got, want, strict=True):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
-@given(
-    st.tuples(st.integers(1, 19), st.integers(1, 70)),
-    st.sampled_from([4, 8]),
-    st.booleans(),
-    st.sampled_from([1.0, 0.9]),
-    st.integers(0, 2**16),
-)
+@given(*PER_TOKEN_CASES)
 def test_fused_fake_quantization_gives_the_values_of_the_reference_codes(
     shape, bits, symmetric, clip, seed
 ) -> None:
     """The cpu backend's one-pass quantize-dequantize equals the Numba reference's codes, dequantized."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(*shape, generator=g) * torch.rand(shape[0], 1, generator=g) * 10
-    x[0] = 0.0  # an all-zero row: eps scale
+    x = _per_token_input(shape, seed)
     got = dllm_kernels.fake_quantize_per_token(x, bits, symmetric, clip, backend="cpu")
     codes, scale, zero = dllm_kernels.quantize_per_token(x, bits, symmetric, clip, backend="numba")
     q = codes.to(torch.int32) - (0 if zero is None else zero[:, None])

@@ -237,14 +237,8 @@ def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
     return {
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "batch_size": args.batch,
-        "gen_length": args.gen_length,
-        "steps": args.steps,
-        "prompt_len": args.prompt_len,
-        "warmup": args.warmup,
-        "repeats": args.repeats,
+        **_speed_settings(args),
         "rounds": args.rounds,
-        "seed": args.seed,
         "threads": torch.get_num_threads(),
     }
 
