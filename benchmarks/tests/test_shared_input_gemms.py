@@ -48,6 +48,8 @@ def _logits_one_by_one(model: torch.nn.Module, ids: torch.Tensor) -> torch.Tenso
         ("dream", "W8A16g16", SharedInputGEMM, False),  # q/k/v biases
         ("llada", "W8A8KV16ch", SharedInputIntGEMM, True),
         ("dream", "W8A8KV16g16", SharedInputIntGEMM, True),
+        ("llada", "W8A8ch", SharedInputIntGEMM, True),  # v's output quantized (VQuantOutput in the group)
+        ("dream", "W8A8g16", SharedInputIntGEMM, True),
     ],
 )
 def test_loaded_checkpoints_share_one_gemm_per_input(tmp_path: Path, arch, scheme, runner, exact) -> None:
@@ -82,6 +84,22 @@ def test_a_hooked_layer_runs_alone(rtn_folders: tuple[Path, Path]) -> None:
     finally:
         handle.remove()
     assert seen == [1]
+
+
+def test_a_hook_inside_a_quantized_v_output_makes_the_runner_step_aside(tmp_path: Path) -> None:
+    """v's `VQuantOutput` joins the q/k/v GEMM through the layer it wraps; a hook on that layer (or on
+    the wrapper) still sees its call."""
+    model = load_any(_quantized(tmp_path, "llada", "W8A8ch")).model
+    layers = tuple(model.get_submodule(n) for n in shared_input_groups(model)[0])
+    runner = layers[0].shared_input_gemm
+    h = torch.randn(1, 3, layers[0].in_features)
+    assert runner(h, layers) is not None
+    for hooked in (layers[2], layers[2].inner, layers[2].inner.inner):
+        handle = hooked.register_forward_hook(lambda *_: None)
+        try:
+            assert runner(h, layers) is None
+        finally:
+            handle.remove()
 
 
 def test_the_runner_sees_a_changed_bias_and_a_moved_weight(tmp_path: Path) -> None:

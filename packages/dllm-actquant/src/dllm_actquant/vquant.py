@@ -123,6 +123,7 @@ def fake_quantize_v(v: Tensor, params: VQuantParams, config: VQuantConfig, num_k
     if config.granularity in ("token", "row") and bool((params.alpha == params.alpha[0]).all()):
         # one clip factor: plain dynamic per-token quantization of rows of Dh (token) or K * Dh (row) values
         rows = x.reshape(-1, head_dim) if config.granularity == "token" else v.reshape(-1, shape[-1])
+        rows = rows.contiguous()  # v may be a column block of a fused q/k/v output
         clip = float(params.alpha[0])
         out = dllm_kernels.fake_quantize_per_token(rows, config.bits, config.symmetric, clip)
         return out.to(v.dtype).reshape(shape)
@@ -162,7 +163,12 @@ class VQuantOutput(nn.Module):
         mark_quantized(self, _MARK)
 
     def forward(self, x: Tensor) -> Tensor:
-        return fake_quantize_v(self.inner(x), self.params, self.config, self.num_kv_heads)
+        return self.quantize_output(self.inner(x))
+
+    def quantize_output(self, v: Tensor) -> Tensor:
+        """``inner``'s output ``v [..., K * Dh]`` fake-quantized: what `forward` applies, and what a fused
+        q/k/v runner applies to its v block."""
+        return fake_quantize_v(v, self.params, self.config, self.num_kv_heads)
 
     def extra_repr(self) -> str:
         c = self.config
