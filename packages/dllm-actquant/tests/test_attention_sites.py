@@ -107,12 +107,17 @@ def test_head_mixing_matrix_is_hadamard_when_one_exists() -> None:
     per_head=st.booleans(),
     clip=st.sampled_from([1.0, 0.9]),
     seed=st.integers(0, 100),
+    token_major=st.booleans(),
 )
-def test_fake_quantize_heads_matches_row_quantizer(heads, head_dim, bits, symmetric, per_head, clip, seed):
+def test_fake_quantize_heads_matches_row_quantizer(
+    heads, head_dim, bits, symmetric, per_head, clip, seed, token_major
+):
     """Per head: each (token, head) row of Dh values is one activation row; per token: the rows are the
-    tokens' concatenated heads."""
+    tokens' concatenated heads. The same for a contiguous x and for one laid out [B, L, H, Dh] (q and k
+    after RoPE)."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, heads, 5, head_dim, generator=g) * torch.linspace(0.1, 4.0, head_dim)
+    x = torch.randn(2, 5, heads, head_dim, generator=g) * torch.linspace(0.1, 4.0, head_dim)
+    x = x.transpose(1, 2) if token_major else x.transpose(1, 2).contiguous()
     config = AttnQuantConfig(bits=bits, symmetric=symmetric, per_head=per_head, clip_ratio=clip)
     act = ActQuantConfig(bits=bits, symmetric=symmetric, granularity="token", clip_ratio=clip)
     got = fake_quantize_heads(x, config)
@@ -124,6 +129,21 @@ def test_fake_quantize_heads_matches_row_quantizer(heads, head_dim, bits, symmet
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     levels = got.reshape(-1, head_dim) if per_head else got.transpose(1, 2).reshape(10, -1)
     assert max(len(torch.unique(r)) for r in levels) <= 2**bits
+
+
+@pytest.mark.parametrize("sites", [("q", "k"), ("k",), ("q", "v")])
+def test_qk_site_quantizes_the_chosen_tensors_as_fake_quantize_heads_does(sites) -> None:
+    """q (4 heads) and k (2 kv heads) go through one kernel call; each comes out as its own
+    `fake_quantize_heads`, an unchosen one untouched."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, 7, 4, 8, generator=g).transpose(1, 2)
+    k = torch.randn(1, 7, 2, 8, generator=g).transpose(1, 2) * 3
+    config = AttnQuantConfig(bits=4, symmetric=False, sites=sites)
+    got_q, got_k = QKQuant(lambda a, b: (a, b), config)(q, k)
+    for name, got, x in (("q", got_q, q), ("k", got_k, k)):
+        want = fake_quantize_heads(x, config) if name in sites else x
+        assert got.shape == x.shape and torch.equal(got, want), name
+        assert torch.equal(got, x) == (name not in sites), name  # 4 bits change a chosen tensor
 
 
 @pytest.mark.parametrize("arch", ["llada", "dream"])

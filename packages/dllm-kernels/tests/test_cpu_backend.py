@@ -24,7 +24,7 @@ from dllm_kernels import QuantSpec
 from dllm_kernels import reference as ref
 from dllm_kernels.cpu import native_bf16, ops, tiles
 from dllm_kernels.cpu.ops import PackedWeight
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 shapes = st.tuples(st.integers(1, 19), st.integers(1, 37), st.integers(1, 5))
@@ -166,6 +166,43 @@ def test_fused_fake_quantization_gives_the_values_of_the_reference_codes(
     assert got.dtype == torch.float32
     assert torch.equal(got, q.to(torch.float32) * scale[:, None])
     assert torch.equal(got, dllm_kernels.fake_quantize_per_token(x, bits, symmetric, clip, backend="numba"))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(PER_TOKEN_CASES[0], min_size=1, max_size=3), *PER_TOKEN_CASES[1:])
+def test_one_launch_for_several_tensors_gives_each_tensors_values(
+    shapes, bits, symmetric, clip, seed
+) -> None:
+    """``fake_quantize_per_token_each`` (one cpu launch over tensors of different shapes) returns each
+    tensor's own reference values."""
+    xs = [_per_token_input(shape, seed + i) for i, shape in enumerate(shapes)]
+    got = dllm_kernels.fake_quantize_per_token_each(xs, bits, symmetric, clip, backend="cpu")
+    assert len(got) == len(xs)
+    for x, out in zip(xs, got, strict=True):
+        assert torch.equal(
+            out, dllm_kernels.fake_quantize_per_token(x, bits, symmetric, clip, backend="numba")
+        )
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            got, dllm_kernels.fake_quantize_per_token_each(xs, bits, symmetric, clip), strict=True
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("xs", "message"),
+    [
+        ([], "non-empty sequence"),
+        (torch.ones(2, 3), "non-empty sequence"),
+        ([torch.ones(2, 3), torch.ones(2, 3, dtype=torch.int32)], r"xs\[1\] must have dtype"),
+        ([torch.ones(2, 3), torch.ones(2, 0)], r"xs\[1\] must have at least one column"),
+        ([torch.ones(2, 3), torch.ones(3)], r"xs\[1\]"),
+    ],
+)
+def test_several_tensors_are_checked_one_by_one(xs, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        dllm_kernels.fake_quantize_per_token_each(xs, 8)
 
 
 def test_large_layers_are_cut_into_tiles(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,7 +29,7 @@ from dllm_calib import MethodConfig, check_bool, check_range
 from dllm_sampler import DiffusionLM, Topology
 from torch import Tensor, nn
 
-from dllm_actquant.act_quant import ACT_BITS, ActQuantConfig, fake_quantize_activation
+from dllm_actquant.act_quant import ACT_BITS, ActQuantConfig
 from dllm_actquant.guards import QUANTIZED_ATTR, mark_quantized
 from dllm_actquant.hadamard import check_hadamard_size
 from dllm_actquant.modules import as_topology, replace_module
@@ -100,16 +100,27 @@ class AttnQuantConfig(MethodConfig):
 def fake_quantize_heads(x: Tensor, config: AttnQuantConfig) -> Tensor:
     """Quantize-dequantize ``x [B, heads, L, Dh]`` per token and head (``per_head``) or per token over all
     heads; same shape and dtype."""
-    if x.dim() != 4:
-        raise ValueError(
-            f"fake_quantize_heads expects [batch, heads, length, head_dim], got {tuple(x.shape)}"
-        )
-    act = config.activation_config()
-    if config.per_head:
-        return fake_quantize_activation(x, act)
-    b, h, n, d = x.shape
-    rows = x.transpose(1, 2).reshape(b, n, h * d)
-    return fake_quantize_activation(rows, act).reshape(b, n, h, d).transpose(1, 2)
+    (out,) = _fake_quantize_heads_each((x,), config)
+    return out
+
+
+def _fake_quantize_heads_each(xs: Sequence[Tensor], config: AttnQuantConfig) -> tuple[Tensor, ...]:
+    """`fake_quantize_heads` of each tensor of ``xs`` (q and k), one ``dllm_kernels`` call for all."""
+    for x in xs:
+        if x.dim() != 4:
+            raise ValueError(
+                f"fake_quantize_heads expects [batch, heads, length, head_dim], got {tuple(x.shape)}"
+            )
+    # rows are quantized independently, so they are read in [B, L, H, Dh] order: after RoPE q and k are laid
+    # out that way (the projections' outputs viewed per head), and the reshape is then free
+    rows = [
+        x.transpose(1, 2).reshape(-1, x.shape[3] if config.per_head else x.shape[1] * x.shape[3]) for x in xs
+    ]
+    outs = dllm_kernels.fake_quantize_per_token_each(rows, config.bits, config.symmetric, config.clip_ratio)
+    return tuple(
+        out.to(x.dtype).reshape(x.shape[0], x.shape[2], x.shape[1], x.shape[3]).transpose(1, 2)
+        for out, x in zip(outs, xs, strict=True)
+    )
 
 
 class QKHadamard(nn.Module):
@@ -147,11 +158,11 @@ class QKQuant(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         q, k = self.inner(q, k)
-        if "q" in self.config.sites:
-            q = fake_quantize_heads(q, self.config)
-        if "k" in self.config.sites:
-            k = fake_quantize_heads(k, self.config)
-        return q, k
+        sites = self.config.sites
+        done = iter(
+            _fake_quantize_heads_each([t for s, t in (("q", q), ("k", k)) if s in sites], self.config)
+        )
+        return (next(done) if "q" in sites else q, next(done) if "k" in sites else k)
 
     def extra_repr(self) -> str:
         c = self.config

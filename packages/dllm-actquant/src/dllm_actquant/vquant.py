@@ -87,15 +87,22 @@ class VQuantParams:
     lo: Tensor | None = None
     hi: Tensor | None = None
 
+    def single_clip(self) -> float | None:
+        """The clip factor when every kv head has the same one, else None."""
+        alpha = self.alpha.tolist()
+        return alpha[0] if alpha and all(a == alpha[0] for a in alpha) else None
+
     def check(self, config: VQuantConfig, num_kv_heads: int, head_dim: int) -> None:
         """Raise ``ValueError`` if the shapes do not fit ``config`` and the layer."""
         if self.alpha.shape != (num_kv_heads,):
             raise ValueError(
                 f"VQuantParams.alpha must have shape ({num_kv_heads},), got {tuple(self.alpha.shape)}"
             )
-        if not bool(((self.alpha > 0) & (self.alpha <= 1)).all()):
+        # a few scalars: checked as Python floats, which costs far less per call than torch reductions
+        alpha = self.alpha.tolist()
+        if not all(0 < a <= 1 for a in alpha):
             raise ValueError("VQuantParams.alpha entries must be in (0, 1]")
-        if config.granularity == "row" and not bool((self.alpha == self.alpha[0]).all()):
+        if config.granularity == "row" and self.single_clip() is None:
             raise ValueError(
                 "'row' V quantization has one range per token, so alpha must be equal for all heads"
             )
@@ -120,11 +127,11 @@ def fake_quantize_v(v: Tensor, params: VQuantParams, config: VQuantConfig, num_k
     head_dim = shape[-1] // num_kv_heads
     x = v.reshape(*shape[:-1], num_kv_heads, head_dim)
     params.check(config, num_kv_heads, head_dim)
-    if config.granularity in ("token", "row") and bool((params.alpha == params.alpha[0]).all()):
+    clip = params.single_clip() if config.granularity in ("token", "row") else None
+    if clip is not None:
         # one clip factor: plain dynamic per-token quantization of rows of Dh (token) or K * Dh (row) values
         rows = x.reshape(-1, head_dim) if config.granularity == "token" else v.reshape(-1, shape[-1])
         rows = rows.contiguous()  # v may be a column block of a fused q/k/v output
-        clip = float(params.alpha[0])
         out = dllm_kernels.fake_quantize_per_token(rows, config.bits, config.symmetric, clip)
         return out.to(v.dtype).reshape(shape)
     alpha = params.alpha.to(device=v.device, dtype=torch.float32)[:, None]

@@ -8,7 +8,7 @@ keyword-only ``backend="auto" | "numba" | "triton" | "torch"``; the Numba refere
 * ``quantize`` / ``dequantize`` / ``fake_quantize`` - spec-driven (int 2/3/4/8 bits, fp8 e4m3);
 * ``pack`` / ``unpack`` / ``pack_rows`` / ``unpack_rows`` - compressed-tensors ``pack-quantized`` layout;
 * ``quantize_per_token`` / ``fake_quantize_per_token`` - dynamic per-token activation quantization (codes, or
-  their values);
+  their values), ``fake_quantize_per_token_each`` the values of several tensors (one CPU launch);
 * ``wna16_gemm``, ``int8_gemm``, ``w4a8_gemm``, ``w4a4_gemm`` - quantized GEMMs ``y = x @ W^T``;
 * ``hadamard_matrix`` / ``hadamard_transform`` / ``supported_hadamard_size`` /
   ``hadamard_quantize_per_token``;
@@ -26,6 +26,7 @@ from dllm_kernels.dispatch import (
     dequantize,
     fake_quantize,
     fake_quantize_per_token,
+    fake_quantize_per_token_each,
     hadamard_matrix,
     hadamard_quantize_per_token,
     hadamard_transform,
@@ -52,6 +53,7 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "fake_quantize_per_token",
+    "fake_quantize_per_token_each",
     "gguf_grid",
     "hadamard_matrix",
     "hadamard_quantize_per_token",

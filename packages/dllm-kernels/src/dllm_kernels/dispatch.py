@@ -69,6 +69,7 @@ __all__ = [
     "dequantize",
     "fake_quantize",
     "fake_quantize_per_token",
+    "fake_quantize_per_token_each",
     "fast_cpu_gemms",
     "hadamard_matrix",
     "hadamard_quantize_per_token",
@@ -355,17 +356,21 @@ def w4a4_gemm(
 
 
 def _per_token_args(
-    x: torch.Tensor, bits: int, symmetric: bool, clip_ratio: float, backend: Backend, op: str
-) -> tuple[Concrete, torch.Tensor, int, bool, float]:
-    """The backend and the checked arguments of a per-token quantization ``op`` of ``x [M, K]``."""
-    which = resolve_backend(backend, [x], _PER_TOKEN, op)
+    xs: dict[str, torch.Tensor], bits: int, symmetric: bool, clip_ratio: float, backend: Backend, op: str
+) -> tuple[Concrete, list[torch.Tensor], int, bool, float]:
+    """The backend and the checked arguments of a per-token quantization ``op`` of each ``x [M, K]`` of
+    ``xs`` (keyed by the names the messages use)."""
+    which = resolve_backend(backend, list(xs.values()), _PER_TOKEN, op)
     bits = check_bits(bits)
     symmetric = check_symmetric(symmetric)
     clip_ratio = check_clip(clip_ratio)
-    x = check_tensor(x, "x", float_dtypes(which), 2)
-    if x.shape[1] == 0:
-        raise ValueError("x must have at least one column (K >= 1)")
-    return which, x, bits, symmetric, clip_ratio
+    checked = []
+    for name, x in xs.items():
+        x = check_tensor(x, name, float_dtypes(which), 2)
+        if x.shape[1] == 0:
+            raise ValueError(f"{name} must have at least one column (K >= 1)")
+        checked.append(x)
+    return which, checked, bits, symmetric, clip_ratio
 
 
 def quantize_per_token(
@@ -382,8 +387,8 @@ def quantize_per_token(
     the asymmetric zero point is signed (dequant ``(codes - zero) * scale``). Round half to even.
     Backends: numba, cpu, triton, torch.
     """
-    which, x, bits, symmetric, clip_ratio = _per_token_args(
-        x, bits, symmetric, clip_ratio, backend, "quantize_per_token"
+    which, (x,), bits, symmetric, clip_ratio = _per_token_args(
+        {"x": x}, bits, symmetric, clip_ratio, backend, "quantize_per_token"
     )
     if which == "numba":
         return ops_cpu.quantize_per_token(x, bits, symmetric, clip_ratio)
@@ -405,13 +410,42 @@ def fake_quantize_per_token(
     """`quantize_per_token` of ``x [M, K]`` dequantized: float32 ``[M, K]`` values ``(codes - zero) *
     scale``, the same on every backend. The cpu backend runs both in one Numba pass
     (`dllm_kernels.cpu.tiles.fake_quantize_rows`); the others quantize, then `torch_grid.decode`."""
-    which, x, bits, symmetric, clip_ratio = _per_token_args(
-        x, bits, symmetric, clip_ratio, backend, "fake_quantize_per_token"
+    (out,) = _fake_quantize_per_token({"x": x}, bits, symmetric, clip_ratio, backend)
+    return out
+
+
+def fake_quantize_per_token_each(
+    xs: Sequence[torch.Tensor],
+    bits: int,
+    symmetric: bool = True,
+    clip_ratio: float = 1.0,
+    *,
+    backend: Backend = "auto",
+) -> tuple[torch.Tensor, ...]:
+    """`fake_quantize_per_token` of each ``x [M_i, K_i]`` of ``xs`` (one device, one setting): float32
+    ``[M_i, K_i]`` each. The cpu backend quantizes them all in one parallel Numba launch (an attention's
+    q and k), the others one after the other."""
+    if isinstance(xs, torch.Tensor) or not xs:
+        raise ValueError(
+            "xs must be a non-empty sequence of tensors; for one tensor use fake_quantize_per_token"
+        )
+    named = {f"xs[{i}]": x for i, x in enumerate(xs)}
+    return _fake_quantize_per_token(named, bits, symmetric, clip_ratio, backend)
+
+
+def _fake_quantize_per_token(
+    xs: dict[str, torch.Tensor], bits: int, symmetric: bool, clip_ratio: float, backend: Backend
+) -> tuple[torch.Tensor, ...]:
+    which, checked, bits, symmetric, clip_ratio = _per_token_args(
+        xs, bits, symmetric, clip_ratio, backend, "fake_quantize_per_token"
     )
     if which == "cpu":
-        return cpu_ops.fake_quantize_per_token(x, bits, symmetric, clip_ratio)
-    codes, scale, zero = quantize_per_token(x, bits, symmetric, clip_ratio, backend=which)
-    return torch_grid.decode(codes, scale[:, None], None if zero is None else zero[:, None])
+        return cpu_ops.fake_quantize_per_token(checked, bits, symmetric, clip_ratio)
+    outs = []
+    for x in checked:
+        codes, scale, zero = quantize_per_token(x, bits, symmetric, clip_ratio, backend=which)
+        outs.append(torch_grid.decode(codes, scale[:, None], None if zero is None else zero[:, None]))
+    return tuple(outs)
 
 
 def _check_hadamard_size(n: int) -> None:

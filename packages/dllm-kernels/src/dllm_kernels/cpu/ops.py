@@ -452,11 +452,12 @@ def quantize_per_token(
 
 
 def fake_quantize_per_token(
-    x: torch.Tensor, bits: int, symmetric: bool = True, clip_ratio: float = 1.0
-) -> torch.Tensor:
-    """``x [M, K]`` -> float32 ``[M, K]``: `quantize_per_token`'s codes dequantized, in one fused parallel
-    pass (`tiles.fake_quantize_rows`)."""
-    xf = _np(x.to(torch.float32))
-    out = np.empty(xf.shape, dtype=np.float32)
-    tiles.fake_quantize_rows(xf, bits, symmetric, np.float32(clip_ratio), _chunks(len(xf)), out)
-    return torch.from_numpy(out)
+    xs: Sequence[torch.Tensor], bits: int, symmetric: bool = True, clip_ratio: float = 1.0
+) -> tuple[torch.Tensor, ...]:
+    """Each ``x [M_i, K_i]`` of ``xs`` -> float32 ``[M_i, K_i]``: `quantize_per_token`'s codes dequantized,
+    all in one fused parallel pass (`tiles.fake_quantize_rows`)."""
+    xfs = tuple(_np(x.to(torch.float32)) for x in xs)
+    outs = tuple(np.empty(xf.shape, dtype=np.float32) for xf in xfs)
+    chunks = _chunks(max(len(xf) for xf in xfs))
+    tiles.fake_quantize_rows(xfs, bits, symmetric, np.float32(clip_ratio), chunks, outs)
+    return tuple(torch.from_numpy(out) for out in outs)

@@ -12,8 +12,9 @@ into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba
   for several weights stacked along N in one launch;
 * `unpack_stack_int8`: the signed code ``u - 2^(bits-1)`` as int8 for the integer GEMMs, with the per-token
   quantization of their activations in the same launch;
-* `quantize_rows`: dynamic per-token activation quantization alone, `fake_quantize_rows` the same followed by
-  the dequantization (the attention's Q/K sites), and `scale_accumulate` the integer GEMMs' float32 epilogue.
+* `quantize_rows`: dynamic per-token activation quantization alone; `fake_quantize_rows` the same followed
+  by the dequantization, of several tensors in one launch (the attention's Q and K sites);
+  `scale_accumulate`: the integer GEMMs' float32 epilogue.
 
 ``z`` is ``zero[n, k // group]`` when ``has_zero`` else ``2^(bits-1)``. Values are read a byte at a time
 (three bytes, eight values at 3 bits; little-endian hosts: x86, Arm), a row's ragged tail one by one.
@@ -351,15 +352,24 @@ def quantize_rows(
 
 @numba.njit(cache=True, parallel=True)
 def fake_quantize_rows(
-    x: np.ndarray, bits: int, symmetric: bool, clip_ratio: np.float32, chunks: int, out: np.ndarray
+    xs: tuple[np.ndarray, ...],
+    bits: int,
+    symmetric: bool,
+    clip_ratio: np.float32,
+    chunks: int,
+    outs: tuple[np.ndarray, ...],
 ) -> None:
-    """Per-row quantize-dequantize of float32 ``x [M, K]`` into float32 ``out [M, K]``: each row's codes
-    exactly as `quantize_rows` computes them (`_quantize_row`, written into ``out`` as floats), then
-    ``float32(code - zero) * scale`` in place, the values ``dllm_kernels.torch_grid.decode`` gives."""
-    rows, k_cols = x.shape
-    flat_x = x.reshape(x.size)
-    flat_o = out.reshape(out.size)
-    for c in numba.prange(chunks):
+    """Per-row quantize-dequantize of each float32 ``xs[i] [M_i, K_i]`` into float32 ``outs[i] [M_i, K_i]``,
+    all in one launch (``chunks`` row ranges of each array): each row's codes exactly as `quantize_rows`
+    computes them (`_quantize_row`, written into the output as floats), then ``float32(code - zero) *
+    scale`` in place, the values ``dllm_kernels.torch_grid.decode`` gives."""
+    for job in numba.prange(len(xs) * chunks):
+        x = xs[job // chunks]
+        out = outs[job // chunks]
+        c = job % chunks
+        rows, k_cols = x.shape
+        flat_x = x.reshape(x.size)
+        flat_o = out.reshape(out.size)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
             base = np.uint64(r) * np.uint64(k_cols)
             s, z = _quantize_row(flat_x, base, k_cols, bits, symmetric, clip_ratio, flat_o)
