@@ -14,7 +14,9 @@ quantizes K (after its R3 Hadamard) and V, DuQuant and SmoothQuant quantize Q, K
 
 Dynamic quantization computes a range per token (``per_head``: per token and head, a row of Dh values;
 otherwise per token over all heads of that tensor), shrunk by ``clip_ratio``, on the integer grid of
-``dllm_kernels`` (``quantize_per_token``), and dequantizes before the matmul.
+``dllm_kernels`` (``quantize_per_token``), and dequantizes before the matmul. On the CPU, `QKQuant` offers the
+attention a ``rope_runner``: RoPE and the quantization of q and k in one Numba launch, with the numbers of
+the two steps.
 """
 
 from __future__ import annotations
@@ -26,7 +28,10 @@ from dataclasses import dataclass
 import dllm_kernels
 import torch
 from dllm_calib import MethodConfig, check_bool, check_range
+from dllm_kernels.cpu.rope import rope_fake_quantize_heads
+from dllm_kernels.dispatch import fast_cpu_gemms
 from dllm_sampler import DiffusionLM, Topology
+from dllm_sampler.models.layers import QKSite
 from torch import Tensor, nn
 
 from dllm_actquant.act_quant import ACT_BITS, ActQuantConfig
@@ -163,6 +168,35 @@ class QKQuant(nn.Module):
             _fake_quantize_heads_each([t for s, t in (("q", q), ("k", k)) if s in sites], self.config)
         )
         return (next(done) if "q" in sites else q, next(done) if "k" in sites else k)
+
+    def rope_runner(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor] | None:
+        """RoPE (``cos``, ``sin`` ``[B or 1, 1, L, Dh]``) and this site's quantization of ``q [B, H, L, Dh]``
+        and ``k [B, K, L, Dh]`` in one CPU pass (`dllm_kernels.cpu.rope`): ``apply_rope`` followed by
+        `forward`, bit for bit. None when it cannot serve the call (see `_rope_fusable`), and
+        ``dllm_sampler.models.layers.rope_and_qk_site`` then runs the steps one by one."""
+        if not self._rope_fusable(q, k, cos, sin):
+            return None
+        c = self.config
+        out_q, out_k = rope_fake_quantize_heads(
+            (q, k), cos, sin, c.bits, c.symmetric, c.clip_ratio, c.per_head
+        )
+        return out_q, out_k
+
+    def _rope_fusable(self, q: Tensor, k: Tensor, cos: Tensor, sin: Tensor) -> bool:
+        """Both q and k quantized right after RoPE (the inner site is a bare ``QKSite``), no hook on this site
+        or its inner one, float32 CPU tensors without gradients, the fast CPU path on (`fast_cpu_gemms`)."""
+        tensors = (q, k, cos, sin)
+        return (
+            "q" in self.config.sites
+            and "k" in self.config.sites
+            and type(self.inner) is QKSite
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in (self, self.inner))
+            and fast_cpu_gemms()
+            and all(
+                t.dtype == torch.float32 and t.device.type == "cpu" and not t.requires_grad for t in tensors
+            )
+            and q.shape[-1] % 2 == 0
+        )
 
     def extra_repr(self) -> str:
         c = self.config

@@ -76,12 +76,6 @@ def _tile_rows(n: int, k: int, itemsize: int) -> int:
     return max(1, min(n, TILE_BYTES // max(1, k * itemsize)))
 
 
-def _chunks(rows: int) -> int:
-    """Parallel row ranges of a tile kernel: enough to balance up to 16 Numba threads, each at least one row
-    (a fixed count: asking Numba for its thread count costs more than the split saves)."""
-    return max(1, min(rows, 16))
-
-
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -257,7 +251,7 @@ class WeightStack:
         tile, exact float32 values for a float32 tile."""
         if tile.dtype == np.uint16:
             tiles.dequantize_stack_bf16(
-                self.packed, self.scale, self.zero, self.meta, n0, _chunks(len(tile)), tile
+                self.packed, self.scale, self.zero, self.meta, n0, tiles.row_chunks(len(tile)), tile
             )
             return
         end = n0 + len(tile)
@@ -273,7 +267,7 @@ class WeightStack:
                     w.bits,
                     w.group,
                     lo - start,
-                    _chunks(len(part)),
+                    tiles.row_chunks(len(part)),
                     part,
                 )
 
@@ -327,7 +321,7 @@ class WeightStack:
         [rows, K]``, and in the same launch the per-token quantization ``quantize`` asks for. Raises
         ``ValueError`` for weights with zero points or different group sizes."""
         _ = self._int_group
-        tiles.unpack_stack_int8(self.packed, self.meta, n0, *quantize, _chunks(len(tile)), tile)
+        tiles.unpack_stack_int8(self.packed, self.meta, n0, *quantize, tiles.row_chunks(len(tile)), tile)
 
     def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times every
@@ -389,7 +383,7 @@ def _grouped_int_mm(
         else:
             acc = torch._int_mm(xq[:, g0 : g0 + group], weight[:, g0 : g0 + group].t())
         g = g0 // group
-        tiles.scale_accumulate(acc.numpy(), xs, scale, g, g == 0, _chunks(len(out)), out)
+        tiles.scale_accumulate(acc.numpy(), xs, scale, g, g == 0, tiles.row_chunks(len(out)), out)
 
 
 def stacked_int_matmul(
@@ -447,7 +441,7 @@ def quantize_per_token(
     Numba reference in one fused parallel pass (`tiles.quantize_rows`)."""
     quant = _token_quant(x, bits, symmetric, clip_ratio)
     xf, _, _, clip, codes, scale, zero = quant
-    tiles.quantize_rows(xf, bits, symmetric, clip, _chunks(len(xf)), codes, scale, zero)
+    tiles.quantize_rows(xf, bits, symmetric, clip, tiles.row_chunks(len(xf)), codes, scale, zero)
     return _token_quant_result(quant)
 
 
@@ -458,6 +452,6 @@ def fake_quantize_per_token(
     all in one fused parallel pass (`tiles.fake_quantize_rows`)."""
     xfs = tuple(_np(x.to(torch.float32)) for x in xs)
     outs = tuple(np.empty(xf.shape, dtype=np.float32) for xf in xfs)
-    chunks = _chunks(max(len(xf) for xf in xfs))
+    chunks = tiles.row_chunks(max(len(xf) for xf in xfs))
     tiles.fake_quantize_rows(xfs, bits, symmetric, np.float32(clip_ratio), chunks, outs)
     return tuple(torch.from_numpy(out) for out in outs)

@@ -35,12 +35,20 @@ from dllm_kernels.reference.gemm import _extract  # one value of a packed row (a
 __all__ = [
     "dequantize_f32",
     "dequantize_stack_bf16",
+    "fake_quantize_row",
     "fake_quantize_rows",
     "grid_params",
     "quantize_rows",
+    "row_chunks",
     "scale_accumulate",
     "unpack_stack_int8",
 ]
+
+
+def row_chunks(rows: int) -> int:
+    """Parallel row ranges of a tile kernel: enough to balance up to 16 Numba threads, each at least one row
+    (a fixed count: asking Numba for its thread count costs more than the split saves)."""
+    return max(1, min(rows, 16))
 
 
 @numba.njit(cache=True, inline="always")
@@ -324,6 +332,23 @@ def _quantize_row(
     return s, z
 
 
+@numba.njit(cache=True, inline="always")
+def fake_quantize_row(
+    flat_x: np.ndarray,
+    base: np.uint64,
+    k_cols: int,
+    bits: int,
+    symmetric: bool,
+    clip_ratio: np.float32,
+    flat_o: np.ndarray,
+) -> None:
+    """The row ``flat_x[base : base + K]`` quantized (`_quantize_row`) and dequantized, ``float32(code -
+    zero) * scale``, into ``flat_o`` at the same offsets (``flat_o`` may be ``flat_x``: in place)."""
+    s, z = _quantize_row(flat_x, base, k_cols, bits, symmetric, clip_ratio, flat_o)
+    for k in range(np.uint64(k_cols)):
+        flat_o[base + k] = (flat_o[base + k] - z) * s
+
+
 @numba.njit(cache=True, parallel=True)
 def quantize_rows(
     x: np.ndarray,
@@ -371,10 +396,9 @@ def fake_quantize_rows(
         flat_x = x.reshape(x.size)
         flat_o = out.reshape(out.size)
         for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            base = np.uint64(r) * np.uint64(k_cols)
-            s, z = _quantize_row(flat_x, base, k_cols, bits, symmetric, clip_ratio, flat_o)
-            for k in range(np.uint64(k_cols)):
-                flat_o[base + k] = (flat_o[base + k] - z) * s
+            fake_quantize_row(
+                flat_x, np.uint64(r) * np.uint64(k_cols), k_cols, bits, symmetric, clip_ratio, flat_o
+            )
 
 
 @numba.njit(cache=True, parallel=True)

@@ -38,6 +38,7 @@ __all__ = [
     "init_weights",
     "linears_on",
     "position_ids",
+    "rope_and_qk_site",
     "rope_cos_sin",
     "rope_tables",
     "runner_applies",
@@ -125,7 +126,8 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class QKSite(nn.Module):
-    """The attention's query/key site after RoPE: ``forward(q [B, H, L, Dh], k [B, K, L, Dh]) -> (q, k)``.
+    """The attention's query/key site after RoPE: ``forward(q [B, H, L, Dh], k [B, K, L, Dh]) -> (q, k)``
+    (`rope_and_qk_site` calls it).
 
     The identity in a float model. It exists so that transforms and quantizers can act on the rotated
     queries and keys (QuaRot's R3 Hadamard, K and Q quantization) by wrapping it, the way linear inputs are
@@ -143,6 +145,23 @@ class AttentionContext:
     cos: Tensor
     sin: Tensor
     key_mask: Tensor | None
+
+
+def rope_and_qk_site(
+    q: Tensor, k: Tensor, ctx: AttentionContext, qk_site: nn.Module | None
+) -> tuple[Tensor, Tensor]:
+    """RoPE on ``q [B, H, L, Dh]`` and ``k [B, K, L, Dh]``, then ``qk_site`` (if any).
+
+    A site that carries a ``rope_runner`` (a q/k quantizer with a fused CPU kernel,
+    ``dllm_actquant.QKQuant``) may do both in one pass, with the same numbers; it returns None when it
+    cannot serve the call, and the two steps then run as written."""
+    runner = getattr(qk_site, "rope_runner", None)
+    if runner is not None:
+        out = runner(q, k, ctx.cos, ctx.sin)
+        if out is not None:
+            return out
+    q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+    return (q, k) if qk_site is None else qk_site(q, k)
 
 
 def attention_context(
@@ -194,9 +213,7 @@ def self_attention(
     q = q.view(b, n, dims.num_heads, hd).transpose(1, 2)
     k = k.view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
     v = v.view(b, n, dims.num_kv_heads, hd).transpose(1, 2)
-    q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
-    if qk_site is not None:
-        q, k = qk_site(q, k)
+    q, k = rope_and_qk_site(q, k, ctx, qk_site)
     if dims.gqa_groups > 1:
         k = k.repeat_interleave(dims.gqa_groups, dim=1)
         v = v.repeat_interleave(dims.gqa_groups, dim=1)
