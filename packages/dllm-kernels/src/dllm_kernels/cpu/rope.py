@@ -17,7 +17,7 @@ import numba
 import numpy as np
 import torch
 
-from dllm_kernels.cpu.tiles import fake_quantize_row, row_chunks
+from dllm_kernels.cpu.tiles import fake_quantize_row, job_rows, row_chunks
 
 __all__ = ["rope_fake_quantize_heads", "rope_fake_quantize_rows"]
 
@@ -42,14 +42,9 @@ def rope_fake_quantize_rows(
     half = np.uint64(head_dim // 2)
     dh = np.uint64(head_dim)
     for job in numba.prange(len(xs) * chunks):
-        x = xs[job // chunks]
-        out = outs[job // chunks]
-        c = job % chunks
-        tokens, width = x.shape
-        flat_x = x.reshape(x.size)
-        flat_o = out.reshape(out.size)
+        flat_x, flat_o, width, t0, t1 = job_rows(xs, outs, job, chunks)
         heads = np.uint64(width) // dh
-        for t in range(c * tokens // chunks, (c + 1) * tokens // chunks):
+        for t in range(t0, t1):
             base = np.uint64(t) * np.uint64(width)
             ct = cos[t]
             st = sin[t]

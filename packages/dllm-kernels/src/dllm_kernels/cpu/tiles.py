@@ -38,6 +38,7 @@ __all__ = [
     "fake_quantize_row",
     "fake_quantize_rows",
     "grid_params",
+    "job_rows",
     "quantize_rows",
     "row_chunks",
     "scale_accumulate",
@@ -375,6 +376,19 @@ def quantize_rows(
             zero[r] = np.int32(z)
 
 
+@numba.njit(cache=True, inline="always")
+def job_rows(
+    xs: tuple[np.ndarray, ...], outs: tuple[np.ndarray, ...], job: int, chunks: int
+) -> tuple[np.ndarray, np.ndarray, int, int, int]:
+    """Parallel job ``job`` of ``len(xs) * chunks`` over the 2-D arrays ``xs`` (each cut into ``chunks`` row
+    ranges) and their outputs ``outs``: ``(flat x, flat out, columns, first row, end row)``."""
+    x = xs[job // chunks]
+    out = outs[job // chunks]
+    c = job % chunks
+    rows, cols = x.shape
+    return x.reshape(x.size), out.reshape(out.size), cols, c * rows // chunks, (c + 1) * rows // chunks
+
+
 @numba.njit(cache=True, parallel=True)
 def fake_quantize_rows(
     xs: tuple[np.ndarray, ...],
@@ -389,13 +403,8 @@ def fake_quantize_rows(
     computes them (`_quantize_row`, written into the output as floats), then ``float32(code - zero) *
     scale`` in place, the values ``dllm_kernels.torch_grid.decode`` gives."""
     for job in numba.prange(len(xs) * chunks):
-        x = xs[job // chunks]
-        out = outs[job // chunks]
-        c = job % chunks
-        rows, k_cols = x.shape
-        flat_x = x.reshape(x.size)
-        flat_o = out.reshape(out.size)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
+        flat_x, flat_o, k_cols, r0, r1 = job_rows(xs, outs, job, chunks)
+        for r in range(r0, r1):
             fake_quantize_row(
                 flat_x, np.uint64(r) * np.uint64(k_cols), k_cols, bits, symmetric, clip_ratio, flat_o
             )
