@@ -12,6 +12,11 @@ quantized model are timed in interleaved rounds against the float32 model (80-to
 * ``bf16 kept + empty launch``: as above plus one empty parallel Numba launch per call: what starting a
   tile kernel costs.
 
+A second test does the same for the attention sites of an int8 model (RTN W8A8ch: per-channel weights,
+per-token activations, Q/K/V quantized), as loaded (RoPE and the Q/K quantization in one Numba launch,
+``QKQuant.rope_runner``), with that runner switched off (torch RoPE, then the Q/K quantization), and the
+same weights with Q/K/V in float (``W8A8KV16ch``).
+
 The printed ratios are medians over rounds of (variant ms / float32 ms in the same round). Nothing is
 asserted about speed.
 """
@@ -28,6 +33,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from dllm_actquant import QKQuant
 from dllm_bench.cli import main
 from dllm_bench.loading import load_any
 from dllm_kernels.cpu.ops import WeightStack
@@ -99,28 +105,58 @@ def _ratios(models: dict[str, Callable[[], object]]) -> dict[str, float]:
     return {name: statistics.median(a / b for a, b in zip(t, base, strict=True)) for name, t in times.items()}
 
 
-@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
-def test_packed_layer_cost_breakdown(benchmark, tmp_path: Path, name: str) -> None:
-    if name not in available_models():
-        pytest.skip(f"{name} is not shipped")
+def _without_rope_runner(dlm: DiffusionLM) -> DiffusionLM:
+    """``dlm`` with every Q/K quantizer's fused RoPE runner switched off (RoPE in torch, then the site)."""
+    for module in dlm.model.modules():
+        if isinstance(module, QKQuant):
+            module.rope_runner = None
+    return dlm
+
+
+def _quantized(name: str, scheme: str, tmp_path: Path) -> Path:
+    folder = tmp_path / scheme
+    argv = ["quantize", "--model", name, "--recipe", "rtn", "--scheme", scheme, "--out", str(folder)]
+    assert main([*argv, "--no-progress"]) == 0
+    return folder
+
+
+def _breakdown(benchmark, name: str, variants: dict[str, DiffusionLM]) -> None:
+    """Time ``variants`` against ``name`` in float32 (80-token forwards) and print the ratios."""
     ids = torch.randint(5, 100, (1, TOKENS), generator=torch.Generator().manual_seed(0))
     float32 = load_any(name, dtype=torch.float32)
     models: dict[str, Callable[[], object]] = {"float32": lambda: float32.logits(ids)}
-    for scheme in ("W8A16", "W4A16"):
-        folder = tmp_path / scheme
-        argv = ["quantize", "--model", name, "--recipe", "rtn", "--scheme", scheme, "--out", str(folder)]
-        assert main([*argv, "--no-progress"]) == 0
-        for label, variant in (
-            ("packed", load_any(folder)),
-            ("bf16 kept", _keep_weights(load_any(folder), launch=False)),
-            ("bf16 kept + empty launch", _keep_weights(load_any(folder), launch=True)),
-        ):
-            models[f"{scheme} {label}"] = lambda variant=variant: variant.logits(ids)
+    models.update({label: lambda dlm=dlm: dlm.logits(ids) for label, dlm in variants.items()})
     ratios = benchmark.pedantic(_ratios, args=(models,), rounds=1, iterations=1)
     if ratios is None:  # --benchmark-disable
         return
     print(f"\n{name}: ms per {TOKENS}-token forward / float32's, median of {ROUNDS} interleaved rounds")
     for label, ratio in ratios.items():
-        print(f"  {label:32s} {ratio:.3f}")
+        print(f"  {label:40s} {ratio:.3f}")
     benchmark.extra_info.update({label: round(r, 4) for label, r in ratios.items()})
     assert all(r > 0 for r in ratios.values())
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_packed_layer_cost_breakdown(benchmark, tmp_path: Path, name: str) -> None:
+    if name not in available_models():
+        pytest.skip(f"{name} is not shipped")
+    variants = {}
+    for scheme in ("W8A16", "W4A16"):
+        folder = _quantized(name, scheme, tmp_path)
+        variants[f"{scheme} packed"] = load_any(folder)
+        variants[f"{scheme} bf16 kept"] = _keep_weights(load_any(folder), launch=False)
+        variants[f"{scheme} bf16 kept + empty launch"] = _keep_weights(load_any(folder), launch=True)
+    _breakdown(benchmark, name, variants)
+
+
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_attention_site_cost_breakdown(benchmark, tmp_path: Path, name: str) -> None:
+    if name not in available_models():
+        pytest.skip(f"{name} is not shipped")
+    w8a8 = _quantized(name, "W8A8ch", tmp_path)
+    variants = {
+        "W8A8ch (RoPE + Q/K quantization fused)": load_any(w8a8),
+        "W8A8ch (torch RoPE, then Q/K quantization)": _without_rope_runner(load_any(w8a8)),
+        "W8A8KV16ch (Q/K/V float)": load_any(_quantized(name, "W8A8KV16ch", tmp_path)),
+    }
+    _breakdown(benchmark, name, variants)
