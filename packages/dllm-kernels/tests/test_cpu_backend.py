@@ -240,6 +240,16 @@ def test_cpu_backend_refuses_cuda_tensors_and_auto_honours_the_env(monkeypatch: 
     assert isinstance(native_bf16(), bool)
 
 
+@pytest.mark.parametrize("cap", ["AVX2", "avx512_core_vnni", "SSE41"])
+def test_an_isa_cap_below_bf16_means_no_native_bf16(monkeypatch: pytest.MonkeyPatch, cap: str) -> None:
+    """``ONEDNN_MAX_CPU_ISA`` below AVX512-BF16: oneDNN emulates bf16, so the float32 tiles are chosen."""
+    uncapped = native_bf16.__wrapped__()
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+    assert native_bf16.__wrapped__() is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core_amx")
+    assert native_bf16.__wrapped__() is uncapped
+
+
 @given(
     st.lists(st.integers(1, 23), min_size=1, max_size=3),
     st.integers(1, 9),

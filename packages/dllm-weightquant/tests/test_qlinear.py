@@ -74,6 +74,15 @@ def test_compute_dtype_default_and_set_compute_dtype(layer: Layer) -> None:
     with pytest.raises(ValueError, match="compute_dtype"):
         set_compute_dtype(model, torch.float16)
 
+    class Loaded:  # what load_any returns: the module under .model
+        def __init__(self, module: nn.Module) -> None:
+            self.model = module
+
+    assert set_compute_dtype(Loaded(model), None) == 1
+    assert model[0].gemm_dtype(x) == want
+    with pytest.raises(TypeError, match=r"nn\.Module or a DiffusionLM"):
+        set_compute_dtype(object(), None)
+
 
 def test_quantized_weight_round_trips_codes(layer: Layer) -> None:
     w, _, h = layer(12, 64, 0)

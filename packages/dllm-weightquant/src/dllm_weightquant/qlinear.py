@@ -318,12 +318,16 @@ class QuantLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, {fmt}"
 
 
-def set_compute_dtype(model: nn.Module, dtype: torch.dtype | None) -> int:
-    """Set ``compute_dtype`` of every kernel-mode `QuantLinear` in ``model`` (None: automatic,
-    ``torch.float32``: exact float32 GEMMs, ``torch.bfloat16``); returns how many layers were set."""
+def set_compute_dtype(model: nn.Module | Any, dtype: torch.dtype | None) -> int:
+    """Set ``compute_dtype`` of every kernel-mode `QuantLinear` in ``model`` (an ``nn.Module``, or a
+    ``DiffusionLM`` as ``load_any`` returns it) (None: automatic, ``torch.float32``: exact float32 GEMMs,
+    ``torch.bfloat16``); returns how many layers were set."""
     if dtype not in (None, torch.float32, torch.bfloat16):
         raise ValueError(f"compute_dtype must be None, torch.float32 or torch.bfloat16, got {dtype!r}")
-    layers = [m for m in model.modules() if isinstance(m, QuantLinear) and m.mode == "kernel"]
+    module = model if isinstance(model, nn.Module) else getattr(model, "model", None)
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"set_compute_dtype needs an nn.Module or a DiffusionLM, got {type(model).__name__}")
+    layers = [m for m in module.modules() if isinstance(m, QuantLinear) and m.mode == "kernel"]
     for layer in layers:
         layer.compute_dtype = dtype
     return len(layers)
