@@ -374,16 +374,16 @@ def _grouped_int_mm(
     xq: torch.Tensor, xs: np.ndarray, weight: torch.Tensor, scale: np.ndarray, group: int, out: np.ndarray
 ) -> None:
     """``out [M, N] = sum_g (float32(xq[:, g] @ weight[:, g]^T) * xs[m]) * scale[n, g]``, groups in order: an
-    exact ``torch._int_mm`` per column group of int8 codes ``weight [N, K]``, the float32 epilogue in
-    Numba."""
+    exact ``torch._int_mm`` per column group of int8 codes ``weight [N, K]`` into one int32 ``[G, M, N]``,
+    then the float32 epilogue of all groups in one Numba launch."""
     k = weight.shape[1]
-    for g0 in range(0, k, group):
-        if group == k:
-            acc = torch._int_mm(xq, weight.t())
-        else:
-            acc = torch._int_mm(xq[:, g0 : g0 + group], weight[:, g0 : g0 + group].t())
-        g = g0 // group
-        tiles.scale_accumulate(acc.numpy(), xs, scale, g, g == 0, tiles.row_chunks(len(out)), out)
+    if group == k:
+        acc = torch._int_mm(xq, weight.t())[None]
+    else:
+        acc = torch.empty(k // group, xq.shape[0], weight.shape[0], dtype=torch.int32)
+        for g, g0 in enumerate(range(0, k, group)):
+            torch._int_mm(xq[:, g0 : g0 + group], weight[:, g0 : g0 + group].t(), out=acc[g])
+    tiles.scale_accumulate(acc.numpy(), xs, scale, tiles.row_chunks(len(out)), out)
 
 
 def stacked_int_matmul(

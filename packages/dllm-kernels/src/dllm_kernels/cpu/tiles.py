@@ -470,24 +470,26 @@ def scale_accumulate(
     acc: np.ndarray,
     x_scale: np.ndarray,
     w_scale: np.ndarray,
-    g: int,
-    first: bool,
     chunks: int,
     out: np.ndarray,
 ) -> None:
-    """``out[m, n] (+)= (float32(acc[m, n]) * x_scale[m]) * w_scale[n, g]`` in float32 for int32
-    ``acc [M, N]`` (assigned when ``first``, else added): the epilogue of one column group."""
-    rows, cols = out.shape
+    """``out[m, n] = sum_g (float32(acc[g, m, n]) * x_scale[m]) * w_scale[n, g]`` in float32, the groups
+    added in order (the first assigned): the epilogue of the integer GEMMs of int32 ``acc [G, M, N]``, one
+    per column group, in one launch."""
+    groups, rows, cols = acc.shape
     flat_acc = acc.reshape(acc.size)
     flat_out = out.reshape(out.size)
-    ws = np.ascontiguousarray(w_scale[:, g])
+    ws = np.ascontiguousarray(w_scale.T)
+    plane = np.uint64(rows) * np.uint64(cols)
     for c in numba.prange(chunks):
         for m in range(c * rows // chunks, (c + 1) * rows // chunks):
             base = np.uint64(m) * np.uint64(cols)
             xs = x_scale[m]
-            if first:
+            w0 = ws[0]
+            for n in range(np.uint64(cols)):
+                flat_out[base + n] = (np.float32(flat_acc[base + n]) * xs) * w0[n]
+            for g in range(1, groups):
+                wg = ws[g]
+                src = np.uint64(g) * plane + base
                 for n in range(np.uint64(cols)):
-                    flat_out[base + n] = (np.float32(flat_acc[base + n]) * xs) * ws[n]
-            else:
-                for n in range(np.uint64(cols)):
-                    flat_out[base + n] += (np.float32(flat_acc[base + n]) * xs) * ws[n]
+                    flat_out[base + n] += (np.float32(flat_acc[src + n]) * xs) * wg[n]
