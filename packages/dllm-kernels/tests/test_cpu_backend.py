@@ -22,7 +22,7 @@ import pytest
 import torch
 from dllm_kernels import QuantSpec
 from dllm_kernels import reference as ref
-from dllm_kernels.cpu import native_bf16, ops, tiles
+from dllm_kernels.cpu import native_bf16, ops
 from dllm_kernels.cpu.ops import PackedWeight
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -60,7 +60,7 @@ def test_dequantize_tiles_equal_the_reference_weights(shape, bits, symmetric, gr
     want = dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba")
     pw = PackedWeight.from_tensors(packed, scale, zero, bits, group, k)
     f32 = np.empty((n, k), dtype=np.float32)
-    tiles.dequantize_f32(pw.packed, pw.scale, pw.zero, pw.has_zero, bits, pw.group, 0, 3, f32)
+    pw.dequantize_into(f32)
     assert torch.equal(torch.from_numpy(f32), want)
     b16 = np.empty((n, k), dtype=np.uint16)
     pw.dequantize_into(b16)

@@ -249,27 +249,8 @@ class WeightStack:
     def dequantize_into(self, tile: np.ndarray, n0: int = 0) -> None:
         """Stacked rows ``n0 .. n0 + len(tile)`` into ``tile [rows, K]``: bf16 bit patterns for a uint16
         tile, exact float32 values for a float32 tile."""
-        if tile.dtype == np.uint16:
-            tiles.dequantize_stack_bf16(
-                self.packed, self.scale, self.zero, self.meta, n0, tiles.row_chunks(len(tile)), tile
-            )
-            return
-        end = n0 + len(tile)
-        for (start, *_), w in zip(self.meta, self.weights, strict=True):
-            lo, hi = max(n0, start), min(end, start + w.out_features)
-            if lo < hi:
-                part = tile[lo - n0 : hi - n0]
-                tiles.dequantize_f32(
-                    w.packed,
-                    w.scale,
-                    w.zero,
-                    w.has_zero,
-                    w.bits,
-                    w.group,
-                    lo - start,
-                    tiles.row_chunks(len(part)),
-                    part,
-                )
+        kernel = tiles.dequantize_stack_bf16 if tile.dtype == np.uint16 else tiles.dequantize_stack_f32
+        kernel(self.packed, self.scale, self.zero, self.meta, n0, tiles.row_chunks(len(tile)), tile)
 
     def matmul(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``x [M, K]`` times every member, in one GEMM per tile of rows: ``[M, N_1 + N_2 + ...]``, column

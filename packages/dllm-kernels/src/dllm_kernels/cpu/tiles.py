@@ -5,7 +5,7 @@ The packed layout is compressed-tensors' ``pack-quantized`` (see :mod:`dllm_kern
 little-endian bit stream, stored unsigned. Each kernel fills rows ``n0 .. n0 + out.shape[0]`` of the weight
 into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba.prange``):
 
-* `dequantize_f32`: ``float32(u - z) * scale[n, k // group]``, bit-identical to the reference GEMM's
+* `dequantize_stack_f32`: ``float32(u - z) * scale[n, k // group]``, bit-identical to the reference GEMM's
   dequantization (:func:`dllm_kernels.reference.gemm.wna16_gemm`);
 * `dequantize_stack_bf16`: the same float32 value rounded to the nearest bfloat16 (ties to even), written as
   the bf16 bit pattern into a uint16 tile (NumPy has no bfloat16; torch views the tile as ``torch.bfloat16``),
@@ -33,8 +33,8 @@ from numba.extending import intrinsic
 from dllm_kernels.reference.gemm import _extract  # one value of a packed row (any width)
 
 __all__ = [
-    "dequantize_f32",
     "dequantize_stack_bf16",
+    "dequantize_stack_f32",
     "fake_quantize_row",
     "fake_quantize_rows",
     "grid_params",
@@ -89,51 +89,6 @@ def _unpack_row(packed: np.ndarray, row_bytes: np.ndarray, n: int, bits: int, co
                 codes[8 * i + j] = (v >> np.uint32(3 * j)) & np.uint32(7)
     for k in range(done, k_cols):
         codes[k] = _extract(packed, n, k, bits)
-
-
-@numba.njit(cache=True, inline="always")
-def _dequantize_row(
-    packed: np.ndarray,
-    row_bytes: np.ndarray,
-    scale: np.ndarray,
-    zero: np.ndarray,
-    has_zero: bool,
-    bits: int,
-    group: int,
-    n: int,
-    codes: np.ndarray,
-    values: np.ndarray,
-) -> None:
-    """float32 values of weight row ``n`` into ``values [K]`` (``codes`` is an int32 scratch row)."""
-    _unpack_row(packed, row_bytes, n, bits, codes)
-    offset = 1 << (bits - 1)
-    for g in range(values.shape[0] // group):
-        s = scale[n, g]
-        z = zero[n, g] if has_zero else offset
-        g0 = np.uint64(g * group)
-        for k in range(np.uint64(group)):
-            values[g0 + k] = np.float32(codes[g0 + k] - z) * s
-
-
-@numba.njit(cache=True, parallel=True)
-def dequantize_f32(
-    packed: np.ndarray,
-    scale: np.ndarray,
-    zero: np.ndarray,
-    has_zero: bool,
-    bits: int,
-    group: int,
-    n0: int,
-    chunks: int,
-    out: np.ndarray,
-) -> None:
-    """Rows ``n0 ..`` of the dequantized weight into ``out [rows, K]`` float32."""
-    rows, k_cols = out.shape
-    row_bytes = packed.reshape(packed.size).view(np.uint8)
-    for c in numba.prange(chunks):
-        codes = np.empty(k_cols, dtype=np.int32)
-        for r in range(c * rows // chunks, (c + 1) * rows // chunks):
-            _dequantize_row(packed, row_bytes, scale, zero, has_zero, bits, group, n0 + r, codes, out[r])
 
 
 @intrinsic
@@ -212,6 +167,55 @@ def _bf16_row(
 
 
 @numba.njit(cache=True, inline="always")
+def _f32_row(
+    packed: np.ndarray,
+    row_bytes: np.ndarray,
+    scale: np.ndarray,
+    zero: np.ndarray,
+    has_zero: bool,
+    bits: int,
+    group: int,
+    n: int,
+    codes: np.ndarray,
+    out: np.ndarray,
+    base: np.uint64,
+) -> None:
+    """Weight row ``n`` as float32 values ``float32(u - z) * scale`` into ``out[base : base + K]`` (the
+    reference GEMM's dequantization, bit for bit): 8-bit codes straight from their bytes, 4-bit pairs from
+    one byte (even group sizes), other widths unpacked into ``codes`` (an int32 scratch row of K) first."""
+    k_cols = codes.shape[0]
+    src = np.uint64(n) * np.uint64(packed.shape[1] * 4)
+    offset = np.float32(1 << (bits - 1))
+    n_groups = k_cols // group
+    if bits == 8:
+        for g in range(n_groups):
+            s = scale[n, g]
+            z = np.float32(zero[n, g]) if has_zero else offset
+            g0 = np.uint64(g * group)
+            for i in range(np.uint64(group)):
+                out[base + g0 + i] = (np.float32(np.int32(row_bytes[src + g0 + i])) - z) * s
+    elif bits == 4 and group % 2 == 0:
+        half = np.uint64(group // 2)
+        for g in range(n_groups):
+            s = scale[n, g]
+            z = np.float32(zero[n, g]) if has_zero else offset
+            g0 = np.uint64(g) * half
+            at = base + np.uint64(2) * g0
+            for i in range(half):
+                b = np.uint32(row_bytes[src + g0 + i])
+                out[at + np.uint64(2) * i] = (np.float32(np.int32(b & np.uint32(15))) - z) * s
+                out[at + np.uint64(2) * i + np.uint64(1)] = (np.float32(np.int32(b >> np.uint32(4))) - z) * s
+    else:
+        _unpack_row(packed, row_bytes, n, bits, codes)
+        for g in range(n_groups):
+            s = scale[n, g]
+            z = np.float32(zero[n, g]) if has_zero else offset
+            g0 = np.uint64(g * group)
+            for i in range(np.uint64(group)):
+                out[base + g0 + i] = (np.float32(codes[g0 + i]) - z) * s
+
+
+@numba.njit(cache=True, inline="always")
 def _member_rows(meta: np.ndarray, n0: int, r: int, r_end: int) -> tuple[int, int]:
     """``(j, end)``: the stack member ``j`` holding stacked row ``n0 + r`` and the end (exclusive, at most
     ``r_end``) of the tile rows ``r ..`` it holds (``meta[:, 0]``: each member's first row, ascending). A
@@ -259,6 +263,43 @@ def dequantize_stack_bf16(
                     codes,
                     flat,
                     flat32,
+                    np.uint64(rr) * np.uint64(k_cols),
+                )
+            r = end
+
+
+@numba.njit(cache=True, parallel=True)
+def dequantize_stack_f32(
+    packed: tuple[np.ndarray, ...],
+    scale: tuple[np.ndarray, ...],
+    zero: tuple[np.ndarray, ...],
+    meta: np.ndarray,
+    n0: int,
+    chunks: int,
+    out: np.ndarray,
+) -> None:
+    """`dequantize_stack_bf16` with exact float32 values (`_f32_row`) into float32 ``out [rows, K]``."""
+    rows, k_cols = out.shape
+    flat = out.reshape(out.size)
+    for c in numba.prange(chunks):
+        codes = np.empty(k_cols, dtype=np.int32)
+        r, r_end = c * rows // chunks, (c + 1) * rows // chunks
+        while r < r_end:
+            j, end = _member_rows(meta, n0, r, r_end)
+            w = packed[j]
+            row_bytes = w.reshape(w.size).view(np.uint8)
+            for rr in range(r, end):
+                _f32_row(
+                    w,
+                    row_bytes,
+                    scale[j],
+                    zero[j],
+                    meta[j, 3] != 0,
+                    meta[j, 1],
+                    meta[j, 2],
+                    n0 + rr - meta[j, 0],
+                    codes,
+                    flat,
                     np.uint64(rr) * np.uint64(k_cols),
                 )
             r = end
