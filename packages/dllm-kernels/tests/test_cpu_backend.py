@@ -286,21 +286,25 @@ def test_stacked_gemms_give_each_weights_own_numbers(outs, m, bits, group, seed)
     st.integers(0, 2**16),
 )
 def test_a_stack_dequantizes_every_members_rows(members, n0, rows, seed) -> None:
-    """`tiles.dequantize_stack_bf16` on any row range of weights of mixed widths, zero points and group
-    sizes stacked along N: each row is its own weight's reference value rounded to bf16 (torch's rounding);
-    4-bit rows start at even and odd offsets into the tile."""
+    """`tiles.dequantize_stack` on any row range of weights of mixed widths, zero points and group sizes
+    stacked along N: each row of a float32 tile is its own weight's reference value, each row of a bf16
+    tile that value rounded to bf16 (torch's rounding); 4-bit rows start at even and odd offsets."""
     k = 48  # a multiple of both group sizes
     weights, rows_want = [], []
     for i, (n, bits, symmetric, group) in enumerate(members):
         codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed + i)
         weights.append(PackedWeight.from_tensors(packed, scale, zero, bits, group, k))
-        rows_want.append(dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba").bfloat16())
+        rows_want.append(dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba"))
     want = torch.cat(rows_want)
     n0 = min(n0, len(want) - 1)
     rows = min(rows, len(want) - n0)
+    stack = ops.WeightStack.of(weights)
     tile = np.empty((rows, k), dtype=np.uint16)
-    ops.WeightStack.of(weights).dequantize_into(tile, n0)
-    assert torch.equal(torch.from_numpy(tile).view(torch.bfloat16), want[n0 : n0 + rows])
+    stack.dequantize_into(tile, n0)
+    assert torch.equal(torch.from_numpy(tile).view(torch.bfloat16), want[n0 : n0 + rows].bfloat16())
+    tile32 = np.empty((rows, k), dtype=np.float32)
+    stack.dequantize_into(tile32, n0)
+    assert torch.equal(torch.from_numpy(tile32), want[n0 : n0 + rows])
 
 
 @given(

@@ -192,7 +192,7 @@ _NO_QUANT = _token_quant(torch.empty(0, 0), 8, True, 1.0)
 @dataclass(frozen=True, eq=False)
 class WeightStack:
     """Packed weights with one K stacked along N (q/k/v, gate/up, or one weight alone), held as the
-    arguments of `tiles.dequantize_stack_bf16`, built once by whoever runs the stack repeatedly.
+    arguments of `tiles.dequantize_stack`, built once by whoever runs the stack repeatedly.
 
     Attributes:
         weights: the members, in column-block order; packed, scale, zero: their arrays as tuples;
@@ -249,8 +249,9 @@ class WeightStack:
     def dequantize_into(self, tile: np.ndarray, n0: int = 0) -> None:
         """Stacked rows ``n0 .. n0 + len(tile)`` into ``tile [rows, K]``: bf16 bit patterns for a uint16
         tile, exact float32 values for a float32 tile."""
-        kernel = tiles.dequantize_stack_bf16 if tile.dtype == np.uint16 else tiles.dequantize_stack_f32
-        kernel(self.packed, self.scale, self.zero, self.meta, n0, tiles.row_chunks(len(tile)), tile)
+        tiles.dequantize_stack(
+            self.packed, self.scale, self.zero, self.meta, n0, tiles.row_chunks(len(tile)), tile
+        )
 
     def matmul(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``x [M, K]`` times every member, in one GEMM per tile of rows: ``[M, N_1 + N_2 + ...]``, column

@@ -5,11 +5,11 @@ The packed layout is compressed-tensors' ``pack-quantized`` (see :mod:`dllm_kern
 little-endian bit stream, stored unsigned. Each kernel fills rows ``n0 .. n0 + out.shape[0]`` of the weight
 into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba.prange``):
 
-* `dequantize_stack_f32`: ``float32(u - z) * scale[n, k // group]``, bit-identical to the reference GEMM's
-  dequantization (:func:`dllm_kernels.reference.gemm.wna16_gemm`);
-* `dequantize_stack_bf16`: the same float32 value rounded to the nearest bfloat16 (ties to even), written as
-  the bf16 bit pattern into a uint16 tile (NumPy has no bfloat16; torch views the tile as ``torch.bfloat16``),
-  for several weights stacked along N in one launch;
+* `dequantize_stack`: ``float32(u - z) * scale[n, k // group]``, bit-identical to the reference GEMM's
+  dequantization (:func:`dllm_kernels.reference.gemm.wna16_gemm`), into a float32 tile, or that value
+  rounded to the nearest bfloat16 (ties to even), written as the bf16 bit pattern into a uint16 tile (NumPy
+  has no bfloat16; torch views the tile as ``torch.bfloat16``); several weights stacked along N in one
+  launch;
 * `unpack_stack_int8`: the signed code ``u - 2^(bits-1)`` as int8 for the integer GEMMs, with the per-token
   quantization of their activations in the same launch;
 * `quantize_rows`: dynamic per-token activation quantization alone; `fake_quantize_rows` the same followed
@@ -33,8 +33,7 @@ from numba.extending import intrinsic
 from dllm_kernels.reference.gemm import _extract  # one value of a packed row (any width)
 
 __all__ = [
-    "dequantize_stack_bf16",
-    "dequantize_stack_f32",
+    "dequantize_stack",
     "fake_quantize_row",
     "fake_quantize_rows",
     "grid_params",
@@ -227,7 +226,7 @@ def _member_rows(meta: np.ndarray, n0: int, r: int, r_end: int) -> tuple[int, in
 
 
 @numba.njit(cache=True, parallel=True)
-def dequantize_stack_bf16(
+def dequantize_stack(
     packed: tuple[np.ndarray, ...],
     scale: tuple[np.ndarray, ...],
     zero: tuple[np.ndarray, ...],
@@ -238,11 +237,13 @@ def dequantize_stack_bf16(
 ) -> None:
     """Rows ``n0 .. n0 + rows`` of several weights stacked along N (member ``j``: ``packed[j]``,
     ``scale[j]``, ``zero[j]``; ``meta[j] = (first stacked row, bits, group, has_zero)``, rows ascending),
-    dequantized and rounded to bfloat16 (ties to even) into ``out [rows, K]`` uint16 bit patterns: one
-    launch feeds a whole bf16 GEMM."""
+    dequantized into ``out [rows, K]``: exact float32 values for a float32 ``out`` (`_f32_row`), values
+    rounded to bfloat16 (ties to even) as uint16 bit patterns for a uint16 ``out`` (`_bf16_row`). One
+    launch feeds a whole GEMM."""
     rows, k_cols = out.shape
     flat = out.reshape(out.size)
     flat32 = flat[: out.size - out.size % 2].view(np.uint32)
+    bf16 = out.itemsize == 2
     for c in numba.prange(chunks):
         codes = np.empty(k_cols, dtype=np.int32)
         r, r_end = c * rows // chunks, (c + 1) * rows // chunks
@@ -250,58 +251,14 @@ def dequantize_stack_bf16(
             j, end = _member_rows(meta, n0, r, r_end)
             w = packed[j]
             row_bytes = w.reshape(w.size).view(np.uint8)
+            s, z, has_zero, bits, group = scale[j], zero[j], meta[j, 3] != 0, meta[j, 1], meta[j, 2]
             for rr in range(r, end):
-                _bf16_row(
-                    w,
-                    row_bytes,
-                    scale[j],
-                    zero[j],
-                    meta[j, 3] != 0,
-                    meta[j, 1],
-                    meta[j, 2],
-                    n0 + rr - meta[j, 0],
-                    codes,
-                    flat,
-                    flat32,
-                    np.uint64(rr) * np.uint64(k_cols),
-                )
-            r = end
-
-
-@numba.njit(cache=True, parallel=True)
-def dequantize_stack_f32(
-    packed: tuple[np.ndarray, ...],
-    scale: tuple[np.ndarray, ...],
-    zero: tuple[np.ndarray, ...],
-    meta: np.ndarray,
-    n0: int,
-    chunks: int,
-    out: np.ndarray,
-) -> None:
-    """`dequantize_stack_bf16` with exact float32 values (`_f32_row`) into float32 ``out [rows, K]``."""
-    rows, k_cols = out.shape
-    flat = out.reshape(out.size)
-    for c in numba.prange(chunks):
-        codes = np.empty(k_cols, dtype=np.int32)
-        r, r_end = c * rows // chunks, (c + 1) * rows // chunks
-        while r < r_end:
-            j, end = _member_rows(meta, n0, r, r_end)
-            w = packed[j]
-            row_bytes = w.reshape(w.size).view(np.uint8)
-            for rr in range(r, end):
-                _f32_row(
-                    w,
-                    row_bytes,
-                    scale[j],
-                    zero[j],
-                    meta[j, 3] != 0,
-                    meta[j, 1],
-                    meta[j, 2],
-                    n0 + rr - meta[j, 0],
-                    codes,
-                    flat,
-                    np.uint64(rr) * np.uint64(k_cols),
-                )
+                n = n0 + rr - meta[j, 0]
+                base = np.uint64(rr) * np.uint64(k_cols)
+                if bf16:
+                    _bf16_row(w, row_bytes, s, z, has_zero, bits, group, n, codes, flat, flat32, base)
+                else:
+                    _f32_row(w, row_bytes, s, z, has_zero, bits, group, n, codes, flat, base)
             r = end
 
 
@@ -467,7 +424,7 @@ def unpack_stack_int8(
     out: np.ndarray,
 ) -> None:
     """Rows ``n0 .. n0 + rows`` of the signed codes ``u - 2^(bits_j - 1)`` of symmetric weights stacked along
-    N (``packed[j]``, ``meta[j] = (first stacked row, bits_j, ...)`` as in `dequantize_stack_bf16`) into int8
+    N (``packed[j]``, ``meta[j] = (first stacked row, bits_j, ...)`` as in `dequantize_stack`) into int8
     ``out [rows, K]``; in the same parallel pass, float32 activations ``x [M, K]`` quantized per token as
     `quantize_rows` does (into ``x_codes``, ``x_scale``, ``x_zero``; ``M = 0`` quantizes nothing). One
     launch feeds a whole integer GEMM."""
