@@ -31,7 +31,7 @@ from dllm_calib import MethodConfig, check_bool, check_range
 from dllm_kernels.cpu.rope import rope_fake_quantize_heads
 from dllm_kernels.dispatch import fast_cpu_gemms
 from dllm_sampler import DiffusionLM, Topology
-from dllm_sampler.models.layers import QKSite
+from dllm_sampler.models.layers import QKSite, hooked
 from torch import Tensor, nn
 
 from dllm_actquant.act_quant import ACT_BITS, ActQuantConfig
@@ -190,7 +190,7 @@ class QKQuant(nn.Module):
             "q" in self.config.sites
             and "k" in self.config.sites
             and type(self.inner) is QKSite
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in (self, self.inner))
+            and not hooked((self, self.inner))
             and fast_cpu_gemms()
             and all(
                 t.dtype == torch.float32 and t.device.type == "cpu" and not t.requires_grad for t in tensors

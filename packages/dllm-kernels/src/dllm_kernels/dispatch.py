@@ -390,6 +390,13 @@ def quantize_per_token(
     which, (x,), bits, symmetric, clip_ratio = _per_token_args(
         {"x": x}, bits, symmetric, clip_ratio, backend, "quantize_per_token"
     )
+    return _quantize_per_token_on(which, x, bits, symmetric, clip_ratio)
+
+
+def _quantize_per_token_on(
+    which: Concrete, x: torch.Tensor, bits: int, symmetric: bool, clip_ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`quantize_per_token` of checked arguments on the backend ``which``."""
     if which == "numba":
         return ops_cpu.quantize_per_token(x, bits, symmetric, clip_ratio)
     if which == "cpu":
@@ -443,7 +450,7 @@ def _fake_quantize_per_token(
         return cpu_ops.fake_quantize_per_token(checked, bits, symmetric, clip_ratio)
     outs = []
     for x in checked:
-        codes, scale, zero = quantize_per_token(x, bits, symmetric, clip_ratio, backend=which)
+        codes, scale, zero = _quantize_per_token_on(which, x, bits, symmetric, clip_ratio)
         outs.append(torch_grid.decode(codes, scale[:, None], None if zero is None else zero[:, None]))
     return tuple(outs)
 

@@ -35,6 +35,7 @@ __all__ = [
     "decoder_forward",
     "embedding",
     "gated_mlp",
+    "hooked",
     "init_weights",
     "linears_on",
     "position_ids",
@@ -237,8 +238,14 @@ def runner_applies(
         len(linears) == len(layers)
         and all(a is b for a, b in zip(linears, layers, strict=True))
         and h.device.type == "cpu"
-        and not any(m._forward_hooks or m._forward_pre_hooks for m in watched)
+        and not hooked(watched)
     )
+
+
+def hooked(modules: Sequence[nn.Module]) -> bool:
+    """True when any of ``modules`` has a forward (pre-)hook: a fused runner that would bypass their
+    calls must then step aside."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 def add_bias(y: Tensor, bias: Tensor | None, dtype: torch.dtype) -> Tensor:
