@@ -44,7 +44,7 @@ from dllm_weightquant.checkpoint import (
     read_provenance,
 )
 from dllm_weightquant.daq import DAQConfig, check_daq_spec, daq_quantize, dor_weights, fit_multibinary
-from dllm_weightquant.fuse import fuse_shared_inputs
+from dllm_weightquant.fuse import fuse_experts, fuse_shared_inputs
 from dllm_weightquant.gptq import GPTQConfig, gptq_quantize
 from dllm_weightquant.grid import ClipSearch
 from dllm_weightquant.hessian import hessian_from_inputs, layer_objective
@@ -89,6 +89,7 @@ __all__ = [
     "export_quantized",
     "fake_quantize_weight",
     "fit_multibinary",
+    "fuse_experts",
     "fuse_shared_inputs",
     "gptq_quantize",
     "hessian_from_inputs",

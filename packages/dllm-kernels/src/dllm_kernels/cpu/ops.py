@@ -253,6 +253,14 @@ class WeightStack:
             self.packed, self.scale, self.zero, self.meta, n0, tiles.row_chunks(len(tile)), tile
         )
 
+    def dequantized(self, n0: int, rows: int, dtype: torch.dtype) -> torch.Tensor:
+        """Stacked rows ``n0 .. n0 + rows`` dequantized into this thread's scratch tile, as the GEMM operand
+        ``[rows, K]`` in ``dtype`` (bfloat16 or float32; see `dequantize_into`). The tile is overwritten by
+        the next call on this thread: use it before asking for another."""
+        tile, weight = _tile_views(rows, self.in_features, dtype)
+        self.dequantize_into(tile, n0)
+        return weight
+
     def matmul(self, x: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
         """``x [M, K]`` times every member, in one GEMM per tile of rows: ``[M, N_1 + N_2 + ...]``, column
         blocks in member order. ``dtype`` is the GEMM's precision (default: bfloat16 for bfloat16 ``x``,
@@ -266,11 +274,7 @@ class WeightStack:
         n, k = self.out_features, self.in_features
         x = x.to(dtype).contiguous()
         step = _tile_rows(n, k, 2 if dtype == torch.bfloat16 else 4)
-        parts = []
-        for n0 in range(0, n, step):
-            tile, weight = _tile_views(min(step, n - n0), k, dtype)
-            self.dequantize_into(tile, n0)
-            parts.append(F.linear(x, weight))
+        parts = [F.linear(x, self.dequantized(n0, min(step, n - n0), dtype)) for n0 in range(0, n, step)]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @functools.cached_property

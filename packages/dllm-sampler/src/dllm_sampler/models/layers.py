@@ -34,6 +34,7 @@ __all__ = [
     "block_forward",
     "decoder_forward",
     "embedding",
+    "experts_on",
     "gated_mlp",
     "hooked",
     "init_weights",
@@ -44,6 +45,7 @@ __all__ = [
     "rope_tables",
     "runner_applies",
     "self_attention",
+    "swiglu",
 ]
 
 RopeRounding = Literal["float32", "reference"]
@@ -224,8 +226,12 @@ def self_attention(
 
 def gated_mlp(h: Tensor, gate: nn.Linear, up: nn.Linear, down: nn.Linear) -> Tensor:
     """down(silu(gate(h)) * up(h)): [B, L, D] -> [B, L, D]."""
-    g, u = linears_on(h, (gate, up))
-    return down(F.silu(g) * u)
+    return down(swiglu(*linears_on(h, (gate, up))))
+
+
+def swiglu(g: Tensor, u: Tensor) -> Tensor:
+    """``silu(g) * u``: the gated activation between a gated MLP's gate/up and down projections."""
+    return F.silu(g) * u
 
 
 def runner_applies(
@@ -292,6 +298,22 @@ def linears_on(h: Tensor, linears: tuple[nn.Module, ...]) -> tuple[Tensor, ...]:
         if outs is not None:
             return outs
     return tuple(m(h) for m in linears)
+
+
+def experts_on(xs: Sequence[Tensor], experts: nn.ModuleList, ids: Sequence[int]) -> list[Tensor]:
+    """``[experts[e](x) for e, x in zip(ids, xs)]``: routed experts (ascending ``ids``) applied to their
+    tokens ``xs[i] [M_i, D]``.
+
+    A mixture-of-experts layer whose experts are quantized on the CPU carries an ``experts_gemm`` runner
+    (attached by `dllm_weightquant.fuse_experts` through `dllm_sampler.models.spec.attach_experts_runners`);
+    it computes all the outputs with one weight dequantization per chunk of experts, or returns None when it
+    cannot serve the call, and the experts then run one by one."""
+    runner = getattr(experts, "experts_gemm", None)
+    if runner is not None:
+        outs = runner(xs, ids)
+        if outs is not None:
+            return outs
+    return [experts[e](x) for e, x in zip(ids, xs, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ Routing (``LLaDA2Router``), for hidden states h [N, D] with E experts in ``n_gro
    ``norm_topk_prob`` and top_k > 1, times ``routed_scaling_factor``.
 
 Each expert is its own `GatedMLP` with ``gate_proj``/``up_proj``/``down_proj`` linears, so quantizers see
-every expert's linears by name (``mlp.experts.{e}.gate_proj``); the forward loops over the experts that
-received tokens. The shared expert (if any) sees every token and is added unweighted.
+every expert's linears by name (``mlp.experts.{e}.gate_proj``); the forward runs the experts that received
+tokens (`dllm_sampler.models.layers.experts_on`: one by one, or through the runner a quantized model
+attaches). The shared expert (if any) sees every token and is added unweighted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dllm_sampler.config_llada2 import MoEDims
-from dllm_sampler.models.layers import gated_mlp
+from dllm_sampler.models.layers import experts_on, gated_mlp
 
 __all__ = ["GatedMLP", "LLaDA2Router", "LLaDA2SparseMoe", "Routing"]
 
@@ -116,11 +117,10 @@ class LLaDA2SparseMoe(nn.Module):
         experts, weights = self.routing(*self.gate(h))
         out = torch.zeros(h.shape, dtype=torch.float32, device=h.device)
         hit = torch.bincount(experts.flatten(), minlength=len(self.experts)).tolist()
-        for e, count in enumerate(hit):
-            if count == 0:
-                continue
-            token, slot = torch.nonzero(experts == e, as_tuple=True)
-            y = self.experts[e](h[token])
+        ids = [e for e, count in enumerate(hit) if count]
+        picks = [torch.nonzero(experts == e, as_tuple=True) for e in ids]
+        ys = experts_on([h[token] for token, _ in picks], self.experts, ids)
+        for (token, slot), y in zip(picks, ys, strict=True):
             out.index_add_(0, token, y.float() * weights[token, slot, None])
         y = out.to(x.dtype).view(shape)
         if self.shared_experts is not None:

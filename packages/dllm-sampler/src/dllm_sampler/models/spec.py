@@ -29,7 +29,9 @@ __all__ = [
     "MoETopologyNames",
     "TopologyNames",
     "arch_spec",
+    "attach_experts_runners",
     "attach_shared_input_runners",
+    "routed_experts",
     "shared_input_groups",
     "spec_for_config",
     "spec_for_model",
@@ -343,6 +345,43 @@ def attach_shared_input_runners(model: nn.Module, runner: Callable[[tuple[nn.Mod
         except ValueError:
             continue
         layers[0].shared_input_gemm = made
+        attached += 1
+    return attached
+
+
+def routed_experts(model: nn.Module) -> list[tuple[str, tuple[tuple[str, str, str], ...]]]:
+    """The routed experts of each mixture-of-experts layer of ``model``, from its `ArchSpec` names: per layer
+    the qualified name of its experts' ``ModuleList`` and, per expert, the names of its gate, up and down
+    linears relative to that list (``"0.gate_proj"``). Empty for dense models."""
+    names = spec_for_model(model).names
+    if not isinstance(names, MoETopologyNames):
+        return []
+    layers = []
+    for i, block in enumerate(model.get_submodule(names.blocks)):
+        if not _has(block, names.experts):
+            continue
+        count = len(block.get_submodule(names.experts))
+        roles = (names.expert_gate, names.expert_up, names.expert_down)
+        per_expert = tuple(tuple(f"{e}.{r}" for r in roles) for e in range(count))
+        layers.append((f"{names.blocks}.{i}.{names.experts}", per_expert))
+    return layers
+
+
+def attach_experts_runners(
+    model: nn.Module, runner: Callable[[nn.ModuleList, tuple[tuple[str, str, str], ...]], Any]
+) -> int:
+    """For each layer of `routed_experts`, ``runner(experts, roles)`` (``roles``: per expert the names of its
+    gate, up and down linears relative to the list) and set the result as the experts list's
+    ``experts_gemm`` (`dllm_sampler.models.layers.experts_on` calls it); a ``ValueError`` from ``runner``
+    leaves that layer alone. Returns how many layers got a runner."""
+    attached = 0
+    for path, roles in routed_experts(model):
+        experts = model.get_submodule(path)
+        try:
+            made = runner(experts, roles)
+        except ValueError:
+            continue
+        experts.experts_gemm = made
         attached += 1
     return attached
 

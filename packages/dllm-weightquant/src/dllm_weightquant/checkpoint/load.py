@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from dllm_weightquant.checkpoint.export import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILE
 from dllm_weightquant.checkpoint.qconfig import declared_online, module_formats
 from dllm_weightquant.checkpoint.tensors import multibinary_from_disk, uniform_from_disk
-from dllm_weightquant.fuse import fuse_shared_inputs
+from dllm_weightquant.fuse import fuse_experts, fuse_shared_inputs
 from dllm_weightquant.qlinear import QuantLinear, replace_linear
 
 __all__ = ["LOAD_MODES", "load_quantized"]
@@ -139,5 +139,6 @@ def load_quantized(
     model.load_state_dict(state, strict=False, assign=True)
     model.to(device).eval().requires_grad_(False)
     fuse_shared_inputs(model)  # q/k/v and gate/up share one GEMM on the CPU (dllm_weightquant.fuse)
+    fuse_experts(model)  # a run of routed experts shares one dequantization launch
     tokenizer, files = _tokenizer(folder)
     return DiffusionLM(model, tokenizer, files)
