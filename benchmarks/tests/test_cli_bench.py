@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 from dllm_bench.cli import main
+from dllm_bench.evaluation.machine import cpu_name
+from dllm_kernels.cpu import native_bf16
 from dllm_sampler import load
 
 TINY = ["--gen-length", "2", "--steps", "2", "--prompt-len", "3", "--warmup", "0", "--repeats", "1"]
@@ -41,6 +44,9 @@ def test_tiny_llada_prints_a_row_and_writes_json(tmp_path: Path, capsys: pytest.
     data = json.loads(report.read_text())
     assert data["settings"]["gen_length"] == 2 and data["settings"]["device"] == "cpu"
     assert data["settings"]["dtype"] == "float32"  # the CPU default, though the model is stored in bf16
+    info = data["settings"]["machine"]
+    assert info["torch"] == torch.__version__ and info["cpus"] == os.cpu_count() and info["cpu"]
+    assert info["weight_only_gemm"] == ("bfloat16" if native_bf16() else "float32")
     (entry,) = data["rows"]
     assert entry["model"] == "tiny-llada"
     float32 = load("tiny-llada", dtype=torch.float32)
@@ -227,3 +233,29 @@ def test_threads_hold_in_a_fresh_process(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(report.read_text())["settings"]["threads"] == 1
+
+
+def test_the_report_says_which_gemm_the_weight_only_kinds_ran(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cap of oneDNN below AVX512-BF16 (or a CPU without bf16 dot products) sends the weight-only kinds to
+    float32 tiles: the printed machine line and the JSON say so, with the cap."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    native_bf16.cache_clear()
+    try:
+        report = tmp_path / "bench.json"
+        assert _bench("--model", "tiny-llada", "--json", str(report)) == 0
+    finally:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+        native_bf16.cache_clear()
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("machine: "))
+    assert "CPU weight-only GEMMs in float32 (no native bf16, ONEDNN_MAX_CPU_ISA=AVX2)" in line
+    info = json.loads(report.read_text())["settings"]["machine"]
+    assert info["weight_only_gemm"] == "float32" and info["onednn_max_cpu_isa"] == "AVX2"
+
+
+def test_cpu_name_reads_proc_cpuinfo_and_falls_back(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000\nflags\t: fpu\n")
+    assert cpu_name(cpuinfo) == "Test CPU 9000"
+    assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine() or "unknown")

@@ -19,6 +19,7 @@ from dllm_sampler.atomic import atomic_file
 
 from dllm_bench.commands.bench import DEFAULT_MODEL, float_dtypes, quantize_kinds
 from dllm_bench.devices import compute_dtype, parse_device
+from dllm_bench.evaluation.machine import machine
 from dllm_bench.evaluation.memory import WeightMemory, weight_memory
 from dllm_bench.evaluation.rounds import interleaved_speeds
 from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, sampler_speed
@@ -240,7 +241,20 @@ def _settings(args: argparse.Namespace, device: torch.device, dtype: torch.dtype
         **_speed_settings(args),
         "rounds": args.rounds,
         "threads": torch.get_num_threads(),
+        "machine": machine(device),
     }
+
+
+def _machine_line(info: dict[str, Any]) -> str:
+    """One line saying what ran the rows: CPU (and GPU), versions, the weight-only kinds' GEMM precision."""
+    parts = [f"machine: {info['cpu']} ({info['cpus']} CPUs)"]
+    if "gpu" in info:
+        parts.append(info["gpu"])
+    parts.append(f"torch {info['torch']}, numba {info['numba']}")
+    cap = f", ONEDNN_MAX_CPU_ISA={info['onednn_max_cpu_isa']}" if "onednn_max_cpu_isa" in info else ""
+    why = "native bf16 dot products" if info["weight_only_gemm"] == "bfloat16" else "no native bf16"
+    parts.append(f"CPU weight-only GEMMs in {info['weight_only_gemm']} ({why}{cap})")
+    return "; ".join(parts)
 
 
 def report(rows: list[BenchRow], settings: dict[str, Any]) -> dict[str, Any]:
@@ -310,7 +324,9 @@ def run(args: argparse.Namespace) -> int:
             rows += _llama_rows(name, args)
     settings = _settings(args, device, dtypes[0])
     sources = sorted({PEAK_SOURCES[r.speed.peak_memory_source] for r in rows})
-    print(", ".join(f"{k} {v}" for k, v in settings.items()) + f"; peak memory: {'; '.join(sources)}")
+    shown = {k: v for k, v in settings.items() if k != "machine"}
+    print(_machine_line(settings["machine"]))
+    print(", ".join(f"{k} {v}" for k, v in shown.items()) + f"; peak memory: {'; '.join(sources)}")
     print(format_table(rows))
     if args.json is not None:
         with atomic_file(args.json) as fh:

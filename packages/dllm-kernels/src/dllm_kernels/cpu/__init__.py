@@ -15,7 +15,7 @@ import os
 import numba
 import torch
 
-__all__ = ["native_bf16"]
+__all__ = ["ONEDNN_ISA_ENV", "native_bf16"]
 
 
 def _start_numba_threads() -> None:
