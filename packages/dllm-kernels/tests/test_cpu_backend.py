@@ -22,7 +22,7 @@ import pytest
 import torch
 from dllm_kernels import QuantSpec
 from dllm_kernels import reference as ref
-from dllm_kernels.cpu import native_bf16, ops
+from dllm_kernels.cpu import native_bf16, ops, tiles
 from dllm_kernels.cpu.ops import PackedWeight
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -221,6 +221,16 @@ def test_large_layers_are_cut_into_tiles(monkeypatch: pytest.MonkeyPatch) -> Non
     assert torch.equal(
         PackedWeight.from_tensors(packed, scale, None, 4, 32, 64).int_matmul(xq, xs), whole_int
     )
+
+
+@given(st.tuples(st.integers(1, 200), st.integers(1, 90)), st.integers(1, 20), st.integers(0, 2**16))
+def test_the_transposition_of_float32_gemm_results_is_exact(shape, chunks, seed) -> None:
+    """`tiles.transpose` (the float32 path's ``tile @ x^T`` result turned into ``[M, N]``) equals torch's
+    transposition for ragged shapes, block edges (64 rows) and any split."""
+    src = torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+    dst = np.full(shape[::-1], np.nan, dtype=np.float32)
+    tiles.transpose(src.numpy(), min(chunks, shape[0]), dst)
+    assert torch.equal(torch.from_numpy(dst), src.t())
 
 
 def test_int_matmul_refuses_zero_points() -> None:

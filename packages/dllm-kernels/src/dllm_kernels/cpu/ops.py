@@ -274,8 +274,19 @@ class WeightStack:
         n, k = self.out_features, self.in_features
         x = x.to(dtype).contiguous()
         step = _tile_rows(n, k, 2 if dtype == torch.bfloat16 else 4)
-        parts = [F.linear(x, self.dequantized(n0, min(step, n - n0), dtype)) for n0 in range(0, n, step)]
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        if dtype == torch.bfloat16:
+            parts = [F.linear(x, self.dequantized(n0, min(step, n - n0), dtype)) for n0 in range(0, n, step)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        # float32: tile @ x^T, whose GEMM gives each thread the tile rows the same thread dequantized (the
+        # launch and the GEMM split rows alike); x @ tile^T read half of a fresh tile from the other core's
+        # cache and took up to 2x as long (docs/benchmarks/cpu.md). One transposition gives [M, N].
+        yt = torch.empty(n, x.shape[0])
+        for n0 in range(0, n, step):
+            rows = min(step, n - n0)
+            torch.mm(self.dequantized(n0, rows, dtype), x.t(), out=yt[n0 : n0 + rows])
+        y = torch.empty(x.shape[0], n)
+        tiles.transpose(yt.numpy(), tiles.row_chunks(n), y.numpy())
+        return y
 
     @functools.cached_property
     def _int_group(self) -> int:

@@ -14,7 +14,8 @@ into ``out`` (a reused scratch tile), ``chunks`` row ranges in parallel (``numba
   quantization of their activations in the same launch;
 * `quantize_rows`: dynamic per-token activation quantization alone; `fake_quantize_rows` the same followed
   by the dequantization, of several tensors in one launch (the attention's Q and K sites);
-  `scale_accumulate`: the integer GEMMs' float32 epilogue.
+  `scale_accumulate`: the integer GEMMs' float32 epilogue; `transpose`: a float32 GEMM result computed
+  as ``tile @ x^T`` turned into ``[M, N]``.
 
 ``z`` is ``zero[n, k // group]`` when ``has_zero`` else ``2^(bits-1)``. Values are read a byte at a time
 (three bytes, eight values at 3 bits; little-endian hosts: x86, Arm), a row's ragged tail one by one.
@@ -41,6 +42,7 @@ __all__ = [
     "quantize_rows",
     "row_chunks",
     "scale_accumulate",
+    "transpose",
     "unpack_stack_int8",
 ]
 
@@ -491,3 +493,18 @@ def scale_accumulate(
                 src = np.uint64(g) * plane + base
                 for n in range(np.uint64(cols)):
                     flat_out[base + n] += (np.float32(flat_acc[src + n]) * xs) * wg[n]
+
+
+@numba.njit(cache=True, parallel=True)
+def transpose(src: np.ndarray, chunks: int, dst: np.ndarray) -> None:
+    """``dst [M, N] = src [N, M]^T`` (float32), ``chunks`` ranges of ``src`` rows in parallel, 64 rows at a
+    time (their ``M`` columns stay in L1 while ``dst`` is written in runs of 64)."""
+    rows, cols = src.shape
+    for c in numba.prange(chunks):
+        hi = (c + 1) * rows // chunks
+        for b0 in range(c * rows // chunks, hi, 64):
+            b1 = min(hi, b0 + 64)
+            for i in range(cols):
+                out = dst[i]
+                for j in range(b0, b1):
+                    out[j] = src[j, i]
