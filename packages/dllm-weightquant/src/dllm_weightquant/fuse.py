@@ -24,8 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
-from dllm_kernels.cpu.ops import TILE_BYTES, WeightStack
+from dllm_kernels.cpu.ops import TILE_BYTES, WeightStack, tile_matmul
 from dllm_kernels.dispatch import fast_cpu_gemms
 from dllm_sampler.models.layers import ConcatenatedBias, add_bias, hooked, runner_applies, swiglu
 from dllm_sampler.models.spec import attach_experts_runners, attach_shared_input_runners
@@ -176,12 +175,12 @@ class ExpertsGEMM:
             for e in run:
                 x = where[e]
                 rows = tile[2 * width * (e - e0) : 2 * width * (e - e0 + 1)]
-                g, u = add_bias(F.linear(x.to(dtype), rows), None, x.dtype).split(width, dim=-1)
+                g, u = add_bias(tile_matmul(x.to(dtype), rows), None, x.dtype).split(width, dim=-1)
                 acts.append(swiglu(g, u))
             tile = down.dequantized(hidden * e0, hidden * len(run), dtype)
             for e, a in zip(run, acts, strict=True):
                 rows = tile[hidden * (e - e0) : hidden * (e - e0 + 1)]
-                outs.append(add_bias(F.linear(a.to(dtype), rows), None, a.dtype))
+                outs.append(add_bias(tile_matmul(a.to(dtype), rows), None, a.dtype))
         return outs
 
     def __repr__(self) -> str:

@@ -39,6 +39,7 @@ __all__ = [
     "quantize_per_token",
     "stacked_int_matmul",
     "stacked_matmul",
+    "tile_matmul",
     "w4a4_gemm",
     "w4a8_gemm",
     "wna16_gemm",
@@ -274,19 +275,8 @@ class WeightStack:
         n, k = self.out_features, self.in_features
         x = x.to(dtype).contiguous()
         step = _tile_rows(n, k, 2 if dtype == torch.bfloat16 else 4)
-        if dtype == torch.bfloat16:
-            parts = [F.linear(x, self.dequantized(n0, min(step, n - n0), dtype)) for n0 in range(0, n, step)]
-            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        # float32: tile @ x^T, whose GEMM gives each thread the tile rows the same thread dequantized (the
-        # launch and the GEMM split rows alike); x @ tile^T read half of a fresh tile from the other core's
-        # cache and took up to 2x as long (docs/benchmarks/cpu.md). One transposition gives [M, N].
-        yt = torch.empty(n, x.shape[0])
-        for n0 in range(0, n, step):
-            rows = min(step, n - n0)
-            torch.mm(self.dequantized(n0, rows, dtype), x.t(), out=yt[n0 : n0 + rows])
-        y = torch.empty(x.shape[0], n)
-        tiles.transpose(yt.numpy(), tiles.row_chunks(n), y.numpy())
-        return y
+        parts = [tile_matmul(x, self.dequantized(n0, min(step, n - n0), dtype)) for n0 in range(0, n, step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
     @functools.cached_property
     def _int_group(self) -> int:
@@ -355,6 +345,21 @@ class WeightStack:
             if part is not out:
                 out[:, n0 : n0 + rows] = part
         return torch.from_numpy(out)
+
+
+def tile_matmul(x: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:
+    """``x [M, K] @ tile [R, K]^T`` -> ``[M, R]``, ``x`` and the result in the tile's dtype: bf16 by
+    ``F.linear``; float32 as ``tile @ x^T`` and one parallel transposition. On a 2-core machine that GEMM
+    gives each thread the tile rows the same thread's share of the dequantization launch wrote; ``x @
+    tile^T`` splits the work differently, read half of a freshly written tile from the other core's cache
+    and took up to twice as long (docs/benchmarks/cpu.md). oneDNN's bf16 GEMM splits rows as the launch
+    does."""
+    if tile.dtype == torch.bfloat16:
+        return F.linear(x, tile)
+    yt = torch.mm(tile, x.t())
+    y = torch.empty(x.shape[0], tile.shape[0])
+    tiles.transpose(yt.numpy(), tiles.row_chunks(tile.shape[0]), y.numpy())
+    return y
 
 
 def stacked_matmul(
