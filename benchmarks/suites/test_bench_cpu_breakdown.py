@@ -17,8 +17,13 @@ per-token activations, Q/K/V quantized), as loaded (RoPE and the Q/K quantizatio
 ``QKQuant.rope_runner``), with that runner switched off (torch RoPE, then the Q/K quantization), and the
 same weights with Q/K/V in float (``W8A8KV16ch``).
 
-The printed ratios are medians over rounds of (variant ms / float32 ms in the same round). Nothing is
-asserted about speed.
+A third test times the float32 tile path's GEMM order at tiny-dream's layer shapes (80 tokens): a float32
+``F.linear`` on a kept weight, and after each call's dequantization ``F.linear(x, tile)`` (the order used
+before) against ``ops.tile_matmul`` (``tile @ x^T`` and a transposition, the order in use), plus the
+dequantization alone. A fourth times tiny-llada2's routed experts with and without their `ExpertsGEMM`.
+
+The printed ratios are medians over rounds of (variant ms / first variant's ms in the same round). Nothing
+is asserted about speed.
 """
 
 from __future__ import annotations
@@ -36,9 +41,11 @@ import torch.nn.functional as F
 from dllm_actquant import QKQuant
 from dllm_bench.cli import main
 from dllm_bench.loading import load_any
-from dllm_kernels.cpu.ops import WeightStack
+from dllm_kernels import dispatch
+from dllm_kernels.cpu.ops import PackedWeight, WeightStack, tile_matmul
 from dllm_sampler import DiffusionLM, available_models
 from dllm_sampler.models.layers import ConcatenatedBias, add_bias
+from dllm_sampler.models.spec import routed_experts
 from dllm_weightquant.qlinear import QuantLinear
 from torch import Tensor
 
@@ -160,3 +167,55 @@ def test_attention_site_cost_breakdown(benchmark, tmp_path: Path, name: str) -> 
         "W8A8KV16ch (Q/K/V float)": load_any(_quantized(name, "W8A8KV16ch", tmp_path)),
     }
     _breakdown(benchmark, name, variants)
+
+
+def _print(benchmark, title: str, ratios: dict[str, float] | None) -> None:
+    if ratios is None:  # --benchmark-disable
+        return
+    print(f"\n{title}")
+    for label, ratio in ratios.items():
+        print(f"  {label:52s} {ratio:.3f}")
+    benchmark.extra_info.update({label: round(r, 4) for label, r in ratios.items()})
+    assert all(r > 0 for r in ratios.values())
+
+
+@pytest.mark.parametrize(("n", "k"), [(512, 256), (1536, 256), (256, 768)])
+def test_float32_tile_gemm_order(benchmark, n: int, k: int) -> None:
+    """q/k/v, gate/up and down of tiny-dream at 4 bits, g128, float32 tiles."""
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 16, (n, k), dtype=torch.uint8, generator=gen)
+    weight = PackedWeight.from_tensors(
+        dispatch.pack(codes, 4), torch.rand(n, k // 128, generator=gen) + 0.5, None, 4, 128, k
+    ).stack
+    x, kept = torch.randn(TOKENS, k, generator=gen), torch.randn(n, k, generator=gen)
+    calls = {
+        "float32 F.linear, kept weight": lambda: F.linear(x, kept),
+        "dequantize + F.linear(x, tile) (before)": lambda: F.linear(
+            x, weight.dequantized(0, n, torch.float32)
+        ),
+        "dequantize + tile_matmul (tile @ x^T, in use)": lambda: tile_matmul(
+            x, weight.dequantized(0, n, torch.float32)
+        ),
+        "dequantize alone": lambda: weight.dequantized(0, n, torch.float32),
+    }
+    ratios = benchmark.pedantic(_ratios, args=(calls,), rounds=1, iterations=1)
+    _print(benchmark, f"[{TOKENS}, {k}] x [{n}, {k}]^T: ms / float32 F.linear's, {ROUNDS} rounds", ratios)
+
+
+@pytest.mark.parametrize("scheme", ["W8A16", "W4A16"])
+def test_routed_experts_runner(benchmark, tmp_path: Path, scheme: str) -> None:
+    if "tiny-llada2" not in available_models():
+        pytest.skip("tiny-llada2 is not shipped")
+    fused = load_any(_quantized("tiny-llada2", scheme, tmp_path))
+    alone = load_any(tmp_path / scheme)
+    for path, _ in routed_experts(alone.model):
+        del alone.model.get_submodule(path).experts_gemm
+    ids = torch.randint(5, 100, (1, TOKENS), generator=torch.Generator().manual_seed(0))
+    float32 = load_any("tiny-llada2", dtype=torch.float32)
+    models = {
+        "float32": lambda: float32.logits(ids),
+        f"{scheme} experts one by one": lambda: alone.logits(ids),
+        f"{scheme} ExpertsGEMM (as loaded)": lambda: fused.logits(ids),
+    }
+    ratios = benchmark.pedantic(_ratios, args=(models,), rounds=1, iterations=1)
+    _print(benchmark, f"tiny-llada2: ms per {TOKENS}-token forward / float32's, {ROUNDS} rounds", ratios)
