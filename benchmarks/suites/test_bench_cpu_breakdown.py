@@ -134,11 +134,16 @@ def _breakdown(benchmark, name: str, variants: dict[str, DiffusionLM]) -> None:
     models: dict[str, Callable[[], object]] = {"float32": lambda: float32.logits(ids)}
     models.update({label: lambda dlm=dlm: dlm.logits(ids) for label, dlm in variants.items()})
     ratios = benchmark.pedantic(_ratios, args=(models,), rounds=1, iterations=1)
+    _print(benchmark, f"{name}: ms per {TOKENS}-token forward / float32's, median of {ROUNDS} rounds", ratios)
+
+
+def _print(benchmark, title: str, ratios: dict[str, float] | None) -> None:
+    """Print ``ratios`` under ``title`` and record them in the benchmark's extra info."""
     if ratios is None:  # --benchmark-disable
         return
-    print(f"\n{name}: ms per {TOKENS}-token forward / float32's, median of {ROUNDS} interleaved rounds")
+    print(f"\n{title}")
     for label, ratio in ratios.items():
-        print(f"  {label:40s} {ratio:.3f}")
+        print(f"  {label:52s} {ratio:.3f}")
     benchmark.extra_info.update({label: round(r, 4) for label, r in ratios.items()})
     assert all(r > 0 for r in ratios.values())
 
@@ -167,16 +172,6 @@ def test_attention_site_cost_breakdown(benchmark, tmp_path: Path, name: str) -> 
         "W8A8KV16ch (Q/K/V float)": load_any(_quantized(name, "W8A8KV16ch", tmp_path)),
     }
     _breakdown(benchmark, name, variants)
-
-
-def _print(benchmark, title: str, ratios: dict[str, float] | None) -> None:
-    if ratios is None:  # --benchmark-disable
-        return
-    print(f"\n{title}")
-    for label, ratio in ratios.items():
-        print(f"  {label:52s} {ratio:.3f}")
-    benchmark.extra_info.update({label: round(r, 4) for label, r in ratios.items()})
-    assert all(r > 0 for r in ratios.values())
 
 
 @pytest.mark.parametrize(("n", "k"), [(512, 256), (1536, 256), (256, 768)])
@@ -210,12 +205,8 @@ def test_routed_experts_runner(benchmark, tmp_path: Path, scheme: str) -> None:
     alone = load_any(tmp_path / scheme)
     for path, _ in routed_experts(alone.model):
         del alone.model.get_submodule(path).experts_gemm
-    ids = torch.randint(5, 100, (1, TOKENS), generator=torch.Generator().manual_seed(0))
-    float32 = load_any("tiny-llada2", dtype=torch.float32)
-    models = {
-        "float32": lambda: float32.logits(ids),
-        f"{scheme} experts one by one": lambda: alone.logits(ids),
-        f"{scheme} ExpertsGEMM (as loaded)": lambda: fused.logits(ids),
-    }
-    ratios = benchmark.pedantic(_ratios, args=(models,), rounds=1, iterations=1)
-    _print(benchmark, f"tiny-llada2: ms per {TOKENS}-token forward / float32's, {ROUNDS} rounds", ratios)
+    _breakdown(
+        benchmark,
+        "tiny-llada2",
+        {f"{scheme} experts one by one": alone, f"{scheme} ExpertsGEMM (as loaded)": fused},
+    )
