@@ -35,6 +35,15 @@ from dllm_weightquant.qlinear import QuantLinear
 __all__ = ["ExpertsGEMM", "SharedInputGEMM", "fuse_experts", "fuse_shared_inputs"]
 
 
+def _check_fusable(layer: nn.Module) -> None:
+    """Raises ``ValueError`` unless ``layer`` is a kernel-mode uniform `QuantLinear` without an input
+    permutation: what the fused runners of this module can serve (others run alone)."""
+    if not isinstance(layer, QuantLinear) or layer.mode != "kernel" or layer.spec is None:
+        raise ValueError(f"only kernel-mode uniform QuantLinears run fused, got {layer!r}")
+    if layer.kernel_perm is not None:
+        raise ValueError(f"act-order layers (a kernel_perm) run alone: {layer!r}")
+
+
 class SharedInputGEMM:
     """Runs ``layers`` (kernel-mode `QuantLinear`s with the same ``in_features`` and no input permutation)
     as one GEMM: ``runner(h [..., K], linears) -> (y_1 [..., N_1], y_2, ...)``, or None when it cannot serve
@@ -46,10 +55,7 @@ class SharedInputGEMM:
         if len(layers) < 2:
             raise ValueError(f"a shared-input group needs at least two layers, got {len(layers)}")
         for layer in layers:
-            if not isinstance(layer, QuantLinear) or layer.mode != "kernel" or layer.spec is None:
-                raise ValueError(f"only kernel-mode uniform QuantLinears share a GEMM, got {layer!r}")
-            if layer.kernel_perm is not None:
-                raise ValueError(f"act-order layers (a kernel_perm) run alone: {layer!r}")
+            _check_fusable(layer)
             if layer.in_features != layers[0].in_features:
                 raise ValueError(
                     f"shared-input layers must have one in_features, got {[m.in_features for m in layers]}"
@@ -103,10 +109,9 @@ class ExpertsGEMM:
         linears = self._current(range(len(roles)))
         layers = [m for triple in linears for m in triple]
         for layer in layers:
-            if not isinstance(layer, QuantLinear) or layer.mode != "kernel" or layer.spec is None:
-                raise ValueError(f"only kernel-mode uniform QuantLinears run as experts, got {layer!r}")
-            if layer.kernel_perm is not None or layer.bias is not None:
-                raise ValueError(f"experts with act-order weights or biases run one by one: {layer!r}")
+            _check_fusable(layer)
+            if layer.bias is not None:
+                raise ValueError(f"experts with biases run one by one: {layer!r}")
         gate = linears[0][0]
         self.hidden, self.width = gate.in_features, gate.out_features
         shape = ((self.width, self.hidden),) * 2 + ((self.hidden, self.width),)
