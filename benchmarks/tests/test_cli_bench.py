@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from dllm_bench.cli import main
-from dllm_bench.evaluation.machine import cpu_name
+from dllm_bench.machine import cpu_name
 from dllm_kernels.cpu import native_bf16
 from dllm_sampler import load
 
@@ -258,4 +258,4 @@ def test_cpu_name_reads_proc_cpuinfo_and_falls_back(tmp_path: Path) -> None:
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: X\nmodel name\t: Test CPU 9000\nflags\t: fpu\n")
     assert cpu_name(cpuinfo) == "Test CPU 9000"
-    assert cpu_name(tmp_path / "missing") == (platform.processor() or platform.machine() or "unknown")
+    assert cpu_name(tmp_path / "missing") == (platform.processor() or "unknown CPU")

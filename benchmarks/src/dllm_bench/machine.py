@@ -11,23 +11,24 @@ from __future__ import annotations
 import os
 import platform
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["cpu_name", "machine"]
 
 
 def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows, else ``"unknown"``."""
+    """The CPU's model name (the first ``model name`` of Linux ``/proc/cpuinfo``), else what ``platform``
+    knows, else ``"unknown CPU"``. Imports nothing heavy (the llama.cpp driver's reports use it too)."""
     try:
         for line in cpuinfo.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and value.strip():
-                return value.strip()
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    return platform.processor() or "unknown CPU"
 
 
 def machine(device: torch.device) -> dict[str, Any]:
@@ -36,6 +37,7 @@ def machine(device: torch.device) -> dict[str, Any]:
     CPU (``"bfloat16"`` or ``"float32"``), oneDNN's instruction-set cap when one is set, and the GPU's name
     when ``device`` is a CUDA device."""
     import numba
+    import torch
     from dllm_kernels.cpu import ONEDNN_ISA_ENV, native_bf16
 
     info: dict[str, Any] = {

@@ -24,6 +24,7 @@ from tokenizers import Tokenizer
 
 from dllm_bench.llamacpp.command import SamplerSettings, diffusion_command
 from dllm_bench.llamacpp.output import DiffusionOutput, parse_diffusion_output
+from dllm_bench.machine import cpu_name
 
 __all__ = ["Row", "load_results", "machine", "prompt_token_count", "run_cli", "run_row", "save_results"]
 
@@ -47,17 +48,9 @@ def prompt_token_count(tokenizer: Tokenizer, problem: Problem) -> int:
 
 def machine() -> str:
     """CPU model and core count of this machine, for the report."""
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import os
 
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
+    return f"{cpu_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.release()}"
 
 
 def load_results(path: Path) -> dict[str, Any]:

@@ -19,11 +19,11 @@ from dllm_sampler.atomic import atomic_file
 
 from dllm_bench.commands.bench import DEFAULT_MODEL, float_dtypes, quantize_kinds
 from dllm_bench.devices import compute_dtype, parse_device
-from dllm_bench.evaluation.machine import machine
 from dllm_bench.evaluation.memory import WeightMemory, weight_memory
 from dllm_bench.evaluation.rounds import interleaved_speeds
 from dllm_bench.evaluation.speed import PEAK_SOURCES, SpeedResult, sampler_speed
 from dllm_bench.loading import load_any
+from dllm_bench.machine import machine
 from dllm_bench.pipeline import export_model, quantize_model
 from dllm_bench.pipeline.targets import check_fits, ignored_linears
 from dllm_bench.recipes import Recipe, load_recipe
