@@ -9,9 +9,11 @@ multiplied by torch's CPU GEMMs (MKL / oneDNN, multi-threaded):
   float32 (or fp16 / float64, computed in float32) activations meet the exact float32 weights of the
   reference. Only the accumulation order differs from :func:`dllm_kernels.reference.gemm.wna16_gemm`.
 * `quantize_per_token` quantizes activations per token in one fused pass, bit-identical to the reference;
-* `int8_gemm`, `w4a8_gemm`, `w4a4_gemm` run ``torch._int_mm`` (int8 x int8 -> int32, exact) and the
-  reference's float32 epilogue ``(float32(acc) * x_scale[m]) * w_scale[n]``: bit-identical to the Numba
-  references.
+* `int8_gemm` runs ``torch._int_mm`` (int8 x int8 -> int32, exact) and the reference's float32 epilogue
+  ``(float32(acc) * x_scale[m]) * w_scale[n]``; `w4a8_gemm`, `w4a4_gemm` and the integer GEMMs of packed
+  weights (`WeightStack.int_matmul`, per channel or group-wise) run :mod:`dllm_kernels.cpu.vnni` on CPUs
+  with AVX512-VNNI (unpacking, int8 dot products and the epilogue of every group in one launch), elsewhere
+  ``torch._int_mm`` per column group and the epilogue: bit-identical to the Numba references either way.
 
 The weight is never materialised whole: tiles hold at most `TILE_BYTES` (all of a small layer), so the
 resident weight stays packed. Call these through :mod:`dllm_kernels.dispatch`, which validates arguments.
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dllm_kernels.cpu import tiles
+from dllm_kernels.cpu import tiles, vnni
 
 __all__ = [
     "TILE_BYTES",
@@ -190,6 +192,13 @@ _NO_QUANT = _token_quant(torch.empty(0, 0), 8, True, 1.0)
 """No quantization: zero rows."""
 
 
+def _quantize(quant: _TokenQuant) -> None:
+    """Run ``quant`` in a launch of its own (`tiles.quantize_rows`; nothing for `_NO_QUANT`)."""
+    xf, bits, symmetric, clip, codes, scale, zero = quant
+    if len(xf):
+        tiles.quantize_rows(xf, bits, symmetric, clip, tiles.row_chunks(len(xf)), codes, scale, zero)
+
+
 @dataclass(frozen=True, eq=False)
 class WeightStack:
     """Packed weights with one K stacked along N (q/k/v, gate/up, or one weight alone), held as the
@@ -328,10 +337,22 @@ class WeightStack:
         codes, scale, zero = _token_quant_result(quant)
         return self._int_product(codes, quant[5], quant), scale, zero
 
+    @functools.cached_property
+    def _vnni(self) -> bool:
+        """True if the integer GEMMs run as `vnni.grouped_int_gemm` (AVX512-VNNI, one width, 8 or 4 bits,
+        groups of a multiple of 64 columns), else per group through ``torch._int_mm``."""
+        return vnni.supported(tuple(w.bits for w in self.weights), self._int_group)
+
     def _int_product(self, xq: torch.Tensor, xs: np.ndarray, quant: _TokenQuant) -> torch.Tensor:
-        """The integer GEMM over tiles of at most `TILE_BYTES` codes; ``quant`` (if any) fills ``xq`` and
-        ``xs`` in the first tile's launch."""
+        """The integer GEMM: `vnni.grouped_int_gemm` where it runs (``quant``, if any, first fills ``xq`` and
+        ``xs`` in its own launch), else over tiles of at most `TILE_BYTES` codes, ``quant`` done in the first
+        tile's unpacking launch."""
         group = self._int_group
+        if self._vnni:
+            _quantize(quant)
+            return torch.from_numpy(
+                vnni.grouped_int_gemm(self.packed, self.meta, self._int_scale, _np(xq), xs, group)
+            )
         n, k = self.out_features, self.in_features
         out = np.empty((xq.shape[0], n), dtype=np.float32)
         step = _tile_rows(n, k, 1)
@@ -442,8 +463,7 @@ def quantize_per_token(
     """``x [M, K]`` -> ``(codes int8 [M, K], scale float32 [M], zero int32 [M] or None)``, the bits of the
     Numba reference in one fused parallel pass (`tiles.quantize_rows`)."""
     quant = _token_quant(x, bits, symmetric, clip_ratio)
-    xf, _, _, clip, codes, scale, zero = quant
-    tiles.quantize_rows(xf, bits, symmetric, clip, tiles.row_chunks(len(xf)), codes, scale, zero)
+    _quantize(quant)
     return _token_quant_result(quant)
 
 
