@@ -22,6 +22,11 @@ A third test times the float32 tile path's GEMM order at tiny-dream's layer shap
 before) against ``ops.tile_matmul`` (``tile @ x^T`` and a transposition, the order in use), plus the
 dequantization alone. A fourth times tiny-llada2's routed experts with and without their `ExpertsGEMM`.
 
+Two more time the integer GEMMs (on CPUs with AVX512-VNNI; skipped elsewhere): at tiny-dream's layer
+shapes, `WeightStack.int_matmul` through the VNNI kernel (`dllm_kernels.cpu.vnni`, in use) and through
+the fallback (``torch._int_mm`` per group and a separate epilogue), against a float32 ``F.linear``; and
+whole int8 models (RTN W8A8 g128, W4A4 g128, W8A8ch) with and without the kernel against float32.
+
 The printed ratios are medians over rounds of (variant ms / first variant's ms in the same round). Nothing
 is asserted about speed.
 """
@@ -42,6 +47,7 @@ from dllm_actquant import QKQuant
 from dllm_bench.cli import main
 from dllm_bench.loading import load_any
 from dllm_kernels import dispatch
+from dllm_kernels.cpu import vnni
 from dllm_kernels.cpu.ops import PackedWeight, WeightStack, tile_matmul
 from dllm_sampler import DiffusionLM, available_models
 from dllm_sampler.models.layers import ConcatenatedBias, add_bias
@@ -210,3 +216,52 @@ def test_routed_experts_runner(benchmark, tmp_path: Path, scheme: str) -> None:
         "tiny-llada2",
         {f"{scheme} experts one by one": alone, f"{scheme} ExpertsGEMM (as loaded)": fused},
     )
+
+
+needs_vnni = pytest.mark.skipif(not vnni.available(), reason="no AVX512-VNNI on this CPU (or Numba's target)")
+
+
+def _without_vnni(run: Callable[[], object]) -> None:
+    """Call ``run`` once with the VNNI kernel reported unavailable: the weight stacks it builds (each caches
+    its choice on first use) keep the ``torch._int_mm`` fallback."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(vnni, "available", lambda: False)
+        run()
+
+
+@needs_vnni
+@pytest.mark.parametrize("group", [128, None])
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(("n", "k"), [(512, 256), (1536, 256), (256, 768)])
+def test_integer_gemm_kernels(benchmark, n: int, k: int, bits: int, group: int | None) -> None:
+    """q/k/v, gate/up and down of tiny-dream: the integer GEMM with and without the VNNI kernel."""
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.randint(0, 1 << bits, (n, k), dtype=torch.uint8, generator=gen)
+    scale = torch.rand(n, k // (group or k), generator=gen) + 0.5
+    weight = PackedWeight.from_tensors(dispatch.pack(codes, bits), scale, None, bits, group, k)
+    kernel, fallback = WeightStack.of([weight]), WeightStack.of([weight])
+    x, kept = torch.randn(TOKENS, k, generator=gen), torch.randn(n, k, generator=gen)
+    xq, xs, _ = dispatch.quantize_per_token(x, 8)
+    _without_vnni(lambda: fallback.int_matmul(xq, xs))
+    calls = {
+        "float32 F.linear, kept weight": lambda: F.linear(x, kept),
+        "VNNI kernel (in use)": lambda: kernel.int_matmul(xq, xs),
+        "torch._int_mm per group + epilogue (fallback)": lambda: fallback.int_matmul(xq, xs),
+    }
+    ratios = benchmark.pedantic(_ratios, args=(calls,), rounds=1, iterations=1)
+    shape = f"W{bits}A8 {'g' + str(group) if group else 'per-channel'} [{TOKENS}, {k}] x [{n}, {k}]^T"
+    _print(benchmark, f"{shape}: ms / float32 F.linear's, {ROUNDS} rounds", ratios)
+
+
+@needs_vnni
+@pytest.mark.parametrize("name", ["tiny-llada", "tiny-dream"])
+def test_integer_models_with_and_without_vnni(benchmark, tmp_path: Path, name: str) -> None:
+    ids = torch.randint(5, 100, (1, TOKENS), generator=torch.Generator().manual_seed(0))
+    variants = {}
+    for scheme in ("W8A8", "W4A4", "W8A8ch"):
+        folder = _quantized(name, scheme, tmp_path)
+        fallback = load_any(folder)
+        _without_vnni(lambda dlm=fallback: dlm.logits(ids))
+        variants[f"{scheme} VNNI kernel (in use)"] = load_any(folder)
+        variants[f"{scheme} torch._int_mm per group (fallback)"] = fallback
+    _breakdown(benchmark, name, variants)
