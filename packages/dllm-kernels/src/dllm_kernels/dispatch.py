@@ -5,8 +5,9 @@ it has (``docs/architecture.md`` tabulates them):
 
 * ``numba``: the CPU references (:mod:`dllm_kernels.ops_cpu` over :mod:`dllm_kernels.reference`);
 * ``cpu``: the fast CPU GEMMs (:mod:`dllm_kernels.cpu`): packed weights unpacked tile by tile by parallel
-  Numba kernels into torch's CPU GEMMs (bf16 or float32 for ``wna16_gemm``, ``torch._int_mm`` for the
-  integer GEMMs, bit-identical to the references);
+  Numba kernels into torch's CPU GEMMs (bf16 or float32 for ``wna16_gemm``); the integer GEMMs of packed
+  weights in one Numba launch on AVX512-VNNI CPUs (:mod:`dllm_kernels.cpu.vnni`), ``torch._int_mm``
+  elsewhere, bit-identical to the references;
 * ``triton``: the GPU kernels (:mod:`dllm_kernels.triton`), for CUDA tensors, or CPU tensors under
   ``TRITON_INTERPRET=1`` set before triton is first imported (how the CPU test suite checks the kernels);
 * ``torch``: plain torch ops on any device (:mod:`dllm_kernels.ops_torch`), for the quantize and pack

@@ -321,9 +321,10 @@ class WeightStack:
 
     def int_matmul(self, xq: torch.Tensor, x_scale: torch.Tensor) -> torch.Tensor:
         """Integer activations ``xq [M, K]`` (int8 codes, per-token float32 ``x_scale [M]``) times every
-        member's symmetric codes -> float32 ``[M, N_1 + N_2 + ...]``: per column group an exact
-        ``torch._int_mm`` and the epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]``, summed over groups
-        in order (one group, per-channel scales: the `int8_gemm` computation). Bit-identical to
+        member's symmetric codes -> float32 ``[M, N_1 + N_2 + ...]``: per column group the exact int32 dot
+        products and the epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]``, summed over groups in order
+        (one group, per-channel scales: the `int8_gemm` computation), in one `vnni.grouped_int_gemm` launch
+        where it runs, else one ``torch._int_mm`` per group and an epilogue launch. Bit-identical to
         :func:`dllm_kernels.reference.gemm.grouped_int_gemm` of each member."""
         return self._int_product(xq.contiguous(), _np(x_scale.to(torch.float32)), _NO_QUANT)
 

@@ -372,7 +372,8 @@ def grouped_int_gemm(
     Args:
         packed: the members' pack-quantized int32 codes ``[N_j, words]``; meta: int64 ``[members, >=2]``
             rows of (first stacked row, bits); scale: float32 ``[N, K/group]``, the members' scales stacked;
-        group: columns per scale, a multiple of 4 dividing K (`supported`).
+        group: columns per scale, a multiple of 64 dividing K; every member 8- or 4-bit, one width
+            (`supported`).
     """
     m_rows, k_cols = xq.shape
     n_rows = scale.shape[0]
