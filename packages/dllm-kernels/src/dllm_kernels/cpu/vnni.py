@@ -12,7 +12,9 @@ Each parallel job owns a panel of 64 output columns and a range of tokens:
 
 1. The panel's codes are unpacked into ``[K/4][64]`` 32-bit words, word ``(i, c)`` the four codes
    ``4i .. 4i + 3`` of column ``c`` as signed bytes (a 64-byte row of words is what ``vpdpbusd`` multiplies
-   for 16 columns), and the float32 scales into ``[G][64]``.
+   for 16 columns), and the float32 scales into ``[G][64]``. A second intrinsic (`_panel_block`) loads 16
+   columns x 64 codes as 16 vectors (4-bit codes widened from 32 bytes), transposes them in registers and
+   sums each column's codes.
 2. Per block of 4 tokens (single tokens for the ragged tail) and per group, a micro-kernel written in LLVM IR
    (`_tile`, a Numba intrinsic) keeps 4 x 4 vectors of 16 int32 sums in registers; per four columns of
    K it broadcasts four activation bytes of each token and multiplies them with the panel's four weight
@@ -22,8 +24,9 @@ Each parallel job owns a panel of 64 output columns and a range of tokens:
 3. The group's epilogue ``(float32(acc) * x_scale[m]) * scale[n, g]`` goes straight into the output tile in
    memory (assigned for the first group, added for the others): the int32 sums never leave registers.
 
-The columns are padded to a multiple of 64 (zero codes, zero scales) and K must be a multiple of 4 in each
-group (`supported`); `available` says whether this CPU and Numba's target can run it.
+The columns are padded to a multiple of 64 (zero codes, zero scales). `supported` says which weights it
+takes (one code width, 8 or 4 bits; groups of a multiple of 64 columns, so g64, g128 and per-channel
+weights with K a multiple of 64) and `available` whether this CPU and Numba's target can run it.
 """
 
 from __future__ import annotations
