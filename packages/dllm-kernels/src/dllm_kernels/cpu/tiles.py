@@ -39,6 +39,7 @@ __all__ = [
     "fake_quantize_rows",
     "grid_params",
     "job_rows",
+    "member_rows",
     "quantize_rows",
     "row_chunks",
     "scale_accumulate",
@@ -217,7 +218,7 @@ def _f32_row(
 
 
 @numba.njit(cache=True, inline="always")
-def _member_rows(meta: np.ndarray, n0: int, r: int, r_end: int) -> tuple[int, int]:
+def member_rows(meta: np.ndarray, n0: int, r: int, r_end: int) -> tuple[int, int]:
     """``(j, end)``: the stack member ``j`` holding stacked row ``n0 + r`` and the end (exclusive, at most
     ``r_end``) of the tile rows ``r ..`` it holds (``meta[:, 0]``: each member's first row, ascending). A
     kernel walks its rows one member at a time, looking the member's arrays up once."""
@@ -250,7 +251,7 @@ def dequantize_stack(
         codes = np.empty(k_cols, dtype=np.int32)
         r, r_end = c * rows // chunks, (c + 1) * rows // chunks
         while r < r_end:
-            j, end = _member_rows(meta, n0, r, r_end)
+            j, end = member_rows(meta, n0, r, r_end)
             w = packed[j]
             row_bytes = w.reshape(w.size).view(np.uint8)
             s, z, has_zero, bits, group = scale[j], zero[j], meta[j, 3] != 0, meta[j, 1], meta[j, 2]
@@ -439,7 +440,7 @@ def unpack_stack_int8(
         codes = np.empty(k_cols, dtype=np.int32)
         r, r_end = c * rows // chunks, (c + 1) * rows // chunks
         while r < r_end:
-            j, end = _member_rows(meta, n0, r, r_end)
+            j, end = member_rows(meta, n0, r, r_end)
             w = packed[j]
             w_bits = meta[j, 1]
             offset = 1 << (w_bits - 1)

@@ -40,7 +40,7 @@ from llvmlite import ir
 from numba.core import types
 from numba.extending import intrinsic
 
-from dllm_kernels.cpu.tiles import _member_rows
+from dllm_kernels.cpu.tiles import member_rows
 
 __all__ = ["PANEL", "available", "grouped_int_gemm", "supported"]
 
@@ -305,7 +305,7 @@ def _unpack_panel(
         for r in range(16):
             n = n0 + c0 + r
             if n < rows:
-                j, _ = _member_rows(meta, n, 0, 1)
+                j, _ = member_rows(meta, n, 0, 1)
                 w = packed[j]
                 addresses[r] = w.ctypes.data + (n - meta[j, 0]) * w.shape[1] * 4
             else:
