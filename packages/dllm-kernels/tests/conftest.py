@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+import torch
+from dllm_kernels import QuantSpec, dispatch
 from hypothesis import settings
 
 settings.register_profile("ci", max_examples=20, deadline=None, derandomize=True)
@@ -67,8 +69,6 @@ def make_matrix() -> Callable[..., np.ndarray]:
 # The repository-root conftest.py sets TRITON_INTERPRET=1 on machines without CUDA (before triton is
 # imported) and skips `gpu`-marked tests there; these fixtures pick the device the kernels run on.
 
-import torch  # noqa: E402
-
 
 @pytest.fixture(scope="session")
 def triton_device() -> str:
@@ -90,3 +90,19 @@ def triton_device() -> str:
 def token_counts() -> tuple[int, ...]:
     """Token counts M for kernel tests: ragged (1, 33) everywhere, plus 257 when compiled on a GPU."""
     return (1, 33, 257) if torch.cuda.is_available() else (1, 33)
+
+
+@pytest.fixture(scope="session")
+def quantized_weight() -> Callable[..., tuple]:
+    """``quantized_weight(n, k, bits, symmetric, group, seed)`` -> ``(codes, scale, zero, packed, spec)``: a
+    random ``[n, k]`` weight (Gaussian rows of random magnitudes) quantized by the Numba reference with
+    ``group`` columns per scale (None: per channel), and its codes packed."""
+
+    def _weight(n: int, k: int, bits: int, symmetric: bool, group: int | None, seed: int) -> tuple:
+        g = torch.Generator().manual_seed(seed)
+        w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g)
+        spec = QuantSpec(bits, symmetric, "group" if group else "channel", group)
+        codes, scale, zero = dispatch.quantize(w, spec, backend="numba")
+        return codes, scale, zero, dispatch.pack(codes, bits, backend="numba"), spec
+
+    return _weight

@@ -20,7 +20,6 @@ import dllm_kernels
 import numpy as np
 import pytest
 import torch
-from dllm_kernels import QuantSpec
 from dllm_kernels import reference as ref
 from dllm_kernels.cpu import native_bf16, ops, tiles
 from dllm_kernels.cpu.ops import PackedWeight
@@ -29,14 +28,6 @@ from hypothesis import strategies as st
 
 shapes = st.tuples(st.integers(1, 19), st.integers(1, 37), st.integers(1, 5))
 """(M, N, K groups)."""
-
-
-def _weight(n: int, k: int, bits: int, symmetric: bool, group: int | None, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g)
-    spec = QuantSpec(bits, symmetric, "group" if group else "channel", group)
-    codes, scale, zero = dllm_kernels.quantize(w, spec, backend="numba")
-    return codes, scale, zero, dllm_kernels.pack(codes, bits, backend="numba"), spec
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -53,10 +44,12 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     st.integers(0, 2**16),
     st.integers(1, 9),
 )
-def test_dequantize_tiles_equal_the_reference_weights(shape, bits, symmetric, group, seed, k_extra) -> None:
+def test_dequantize_tiles_equal_the_reference_weights(
+    quantized_weight, shape, bits, symmetric, group, seed, k_extra
+) -> None:
     _, n, k_groups = shape
     k = (group or k_extra) * k_groups  # per-channel K is ragged: not a multiple of the values per word
-    codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed)
+    codes, scale, zero, packed, spec = quantized_weight(n, k, bits, symmetric, group, seed)
     want = dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba")
     pw = PackedWeight.from_tensors(packed, scale, zero, bits, group, k)
     f32 = np.empty((n, k), dtype=np.float32)
@@ -78,10 +71,10 @@ def test_dequantize_tiles_equal_the_reference_weights(shape, bits, symmetric, gr
     st.sampled_from([8, 32, None]),
     st.integers(0, 2**16),
 )
-def test_wna16_gemm_matches_the_reference(shape, bits, symmetric, group, seed) -> None:
+def test_wna16_gemm_matches_the_reference(quantized_weight, shape, bits, symmetric, group, seed) -> None:
     m, n, k_groups = shape
     k = (group or 12) * k_groups
-    codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed)
+    codes, scale, zero, packed, spec = quantized_weight(n, k, bits, symmetric, group, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1))
     want = dllm_kernels.wna16_gemm(x, packed, scale, zero, bits, group, backend="numba")
     got = dllm_kernels.wna16_gemm(x, packed, scale, zero, bits, group, backend="cpu")
@@ -95,10 +88,12 @@ def test_wna16_gemm_matches_the_reference(shape, bits, symmetric, group, seed) -
 
 
 @given(shapes, st.sampled_from([4, 8]), st.sampled_from([8, 16, 32, None]), st.integers(0, 2**16))
-def test_int_matmul_is_bit_identical_to_the_grouped_reference(shape, bits, group, seed) -> None:
+def test_int_matmul_is_bit_identical_to_the_grouped_reference(
+    quantized_weight, shape, bits, group, seed
+) -> None:
     m, n, k_groups = shape
     k = (group or 24) * k_groups
-    codes, scale, _, packed, _ = _weight(n, k, bits, True, group, seed)
+    codes, scale, _, packed, _ = quantized_weight(n, k, bits, True, group, seed)
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed + 1)) * 3
     xq, xs, _ = dllm_kernels.quantize_per_token(x, 8, backend="numba")
     pw = PackedWeight.from_tensors(packed, scale, None, bits, group, k)
@@ -205,10 +200,10 @@ def test_several_tensors_are_checked_one_by_one(xs, message) -> None:
         dllm_kernels.fake_quantize_per_token_each(xs, 8)
 
 
-def test_large_layers_are_cut_into_tiles(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_large_layers_are_cut_into_tiles(quantized_weight, monkeypatch: pytest.MonkeyPatch) -> None:
     """A weight bigger than one tile gives the result of one tile (the tile loop is exercised): the same bits
     for the integer GEMM, the same up to the float GEMM's accumulation order (which depends on N)."""
-    _, scale, zero, packed, _ = _weight(50, 64, 4, True, 32, 0)
+    _, scale, zero, packed, _ = quantized_weight(50, 64, 4, True, 32, 0)
     x = torch.randn(7, 64)
     whole = ops.wna16_gemm(x, packed, scale, zero, 4, 32)
     whole16 = ops.wna16_gemm(x.bfloat16(), packed, scale, zero, 4, 32)
@@ -233,8 +228,8 @@ def test_the_transposition_of_float32_gemm_results_is_exact(shape, chunks, seed)
     assert torch.equal(torch.from_numpy(dst), src.t())
 
 
-def test_int_matmul_refuses_zero_points() -> None:
-    _, scale, zero, packed, _ = _weight(4, 32, 4, False, 16, 0)
+def test_int_matmul_refuses_zero_points(quantized_weight) -> None:
+    _, scale, zero, packed, _ = quantized_weight(4, 32, 4, False, 16, 0)
     with pytest.raises(ValueError, match="symmetric"):
         PackedWeight.from_tensors(packed, scale, zero, 4, 16, 32).int_matmul(
             torch.zeros(2, 32, dtype=torch.int8), torch.ones(2)
@@ -267,13 +262,13 @@ def test_an_isa_cap_below_bf16_means_no_native_bf16(monkeypatch: pytest.MonkeyPa
     st.sampled_from([16, None]),
     st.integers(0, 2**16),
 )
-def test_stacked_gemms_give_each_weights_own_numbers(outs, m, bits, group, seed) -> None:
+def test_stacked_gemms_give_each_weights_own_numbers(quantized_weight, outs, m, bits, group, seed) -> None:
     """Weights stacked along N (q/k/v, gate/up sharing an input): the integer GEMM gives each weight's own
     bits, the float GEMM each weight's own numbers up to the accumulation order."""
     k = (group or 40) * 2
     weights = []
     for i, n in enumerate(outs):
-        _, scale, _, packed, _ = _weight(n, k, bits, True, group, seed + i)
+        _, scale, _, packed, _ = quantized_weight(n, k, bits, True, group, seed + i)
         weights.append(PackedWeight.from_tensors(packed, scale, None, bits, group, k))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
     assert _rel(ops.stacked_matmul(weights, x), torch.cat([w.matmul(x) for w in weights], 1)) <= 1e-6
@@ -295,14 +290,14 @@ def test_stacked_gemms_give_each_weights_own_numbers(outs, m, bits, group, seed)
     st.integers(1, 20),
     st.integers(0, 2**16),
 )
-def test_a_stack_dequantizes_every_members_rows(members, n0, rows, seed) -> None:
+def test_a_stack_dequantizes_every_members_rows(quantized_weight, members, n0, rows, seed) -> None:
     """`tiles.dequantize_stack` on any row range of weights of mixed widths, zero points and group sizes
     stacked along N: each row of a float32 tile is its own weight's reference value, each row of a bf16
     tile that value rounded to bf16 (torch's rounding); 4-bit rows start at even and odd offsets."""
     k = 48  # a multiple of both group sizes
     weights, rows_want = [], []
     for i, (n, bits, symmetric, group) in enumerate(members):
-        codes, scale, zero, packed, spec = _weight(n, k, bits, symmetric, group, seed + i)
+        codes, scale, zero, packed, spec = quantized_weight(n, k, bits, symmetric, group, seed + i)
         weights.append(PackedWeight.from_tensors(packed, scale, zero, bits, group, k))
         rows_want.append(dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba"))
     want = torch.cat(rows_want)
@@ -328,7 +323,7 @@ def test_a_stack_dequantizes_every_members_rows(members, n0, rows, seed) -> None
     st.integers(0, 2**16),
 )
 def test_quantizing_in_the_unpacking_launch_gives_the_bits_of_quantizing_first(
-    members, m, x_bits, symmetric, clip, group, small_tiles, seed
+    quantized_weight, members, m, x_bits, symmetric, clip, group, small_tiles, seed
 ) -> None:
     """`WeightStack.quantized_int_matmul` (per-token quantization inside the launch that unpacks the first
     tile of codes; stacked 4- and 8-bit weights; one or several tiles) gives the bits of
@@ -336,7 +331,7 @@ def test_quantizing_in_the_unpacking_launch_gives_the_bits_of_quantizing_first(
     k = (group or 24) * 2
     weights = []
     for i, (n, bits) in enumerate(members):
-        _, scale, _, packed, _ = _weight(n, k, bits, True, group, seed + i)
+        _, scale, _, packed, _ = quantized_weight(n, k, bits, True, group, seed + i)
         weights.append(PackedWeight.from_tensors(packed, scale, None, bits, group, k))
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
     stack = ops.WeightStack.of(weights)
@@ -349,9 +344,9 @@ def test_quantizing_in_the_unpacking_launch_gives_the_bits_of_quantizing_first(
     assert torch.equal(y, torch.cat([w.int_matmul(xq, xs) for w in weights], 1))
 
 
-def test_stacked_gemms_refuse_weights_of_another_shape() -> None:
-    _, scale, _, packed, _ = _weight(4, 32, 4, True, 16, 0)
-    _, scale2, _, packed2, _ = _weight(4, 64, 4, True, 16, 1)
+def test_stacked_gemms_refuse_weights_of_another_shape(quantized_weight) -> None:
+    _, scale, _, packed, _ = quantized_weight(4, 32, 4, True, 16, 0)
+    _, scale2, _, packed2, _ = quantized_weight(4, 64, 4, True, 16, 1)
     a = PackedWeight.from_tensors(packed, scale, None, 4, 16, 32)
     b = PackedWeight.from_tensors(packed2, scale2, None, 4, 16, 64)
     with pytest.raises(ValueError, match="in_features"):
@@ -374,12 +369,12 @@ def test_numba_kernels_keep_torchs_thread_count_in_a_fresh_process() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_weights_of_one_shape_share_the_scratch_tile_without_stale_results(dtype) -> None:
+def test_weights_of_one_shape_share_the_scratch_tile_without_stale_results(quantized_weight, dtype) -> None:
     """Layers of one shape reuse one scratch tile and its torch view; each call must see its own weight
     (a GEMM that cached anything keyed by the view would return the previous layer's product)."""
     weights = []
     for seed in (1, 2):
-        codes, scale, zero, packed, spec = _weight(24, 32, 4, False, 16, seed)
+        codes, scale, zero, packed, spec = quantized_weight(24, 32, 4, False, 16, seed)
         want_w = dllm_kernels.dequantize(codes, scale, zero, spec, backend="numba").to(dtype)
         weights.append((PackedWeight.from_tensors(packed, scale, zero, 4, 16, 32), want_w))
     x = torch.randn(5, 32).to(dtype)

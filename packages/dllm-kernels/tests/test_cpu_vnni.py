@@ -9,11 +9,12 @@ AVX512-VNNI, where the fallback's own tests in test_cpu_backend.py run.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import dllm_kernels
 import numpy as np
 import pytest
 import torch
-from dllm_kernels import QuantSpec
 from dllm_kernels import reference as ref
 from dllm_kernels.cpu import ops, vnni
 from dllm_kernels.cpu.ops import PackedWeight, WeightStack
@@ -25,13 +26,11 @@ needs_vnni = pytest.mark.skipif(
 )
 
 
-def _member(n: int, k: int, bits: int, group: int | None, seed: int) -> tuple[PackedWeight, np.ndarray]:
-    """A symmetric weight of random codes: (its PackedWeight, its signed int8 codes [n, k])."""
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g) * torch.rand(n, 1, generator=g)
-    spec = QuantSpec(bits, True, "group" if group else "channel", group)
-    codes, scale, _ = dllm_kernels.quantize(w, spec, backend="numba")
-    packed = dllm_kernels.pack(codes, bits, backend="numba")
+def _member(
+    quantized_weight: Callable[..., tuple], n: int, k: int, bits: int, group: int | None, seed: int
+) -> tuple[PackedWeight, np.ndarray]:
+    """A symmetric weight (conftest's ``quantized_weight``): its PackedWeight and signed int8 codes [n, k]."""
+    codes, scale, _, packed, _ = quantized_weight(n, k, bits, True, group, seed)
     return PackedWeight.from_tensors(packed, scale, None, bits, group, k), codes.numpy()
 
 
@@ -61,9 +60,11 @@ def _reference(
     st.integers(1, 3),
     st.integers(0, 2**16),
 )
-def test_vnni_int_matmul_is_bit_identical_to_the_reference(outs, m, bits, group, k_groups, seed) -> None:
+def test_vnni_int_matmul_is_bit_identical_to_the_reference(
+    quantized_weight, outs, m, bits, group, k_groups, seed
+) -> None:
     k = (group or 64) * k_groups
-    members = [_member(n, k, bits, group, seed + i) for i, n in enumerate(outs)]
+    members = [_member(quantized_weight, n, k, bits, group, seed + i) for i, n in enumerate(outs)]
     stack = WeightStack.of([w for w, _ in members])
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(seed)) * 3
     xq, xs, _ = dllm_kernels.quantize_per_token(x, 8, backend="numba")
@@ -97,9 +98,11 @@ def test_extreme_codes_stay_exact(monkeypatch: pytest.MonkeyPatch, bits: int) ->
 
 @needs_vnni
 @given(st.integers(1, 19), st.sampled_from([4, 8]), st.booleans(), st.integers(0, 2**16))
-def test_quantize_then_vnni_gives_the_bits_of_quantizing_first(m, x_bits, symmetric, seed) -> None:
+def test_quantize_then_vnni_gives_the_bits_of_quantizing_first(
+    quantized_weight, m, x_bits, symmetric, seed
+) -> None:
     """`WeightStack.quantized_int_matmul` on the VNNI path: its own quantization launch, then the GEMM."""
-    members = [_member(n, 256, 4, 128, seed + i) for i, n in enumerate((40, 24))]
+    members = [_member(quantized_weight, n, 256, 4, 128, seed + i) for i, n in enumerate((40, 24))]
     stack = WeightStack.of([w for w, _ in members])
     x = torch.randn(m, 256, generator=torch.Generator().manual_seed(seed)) * 3
     with pytest.MonkeyPatch.context() as patch:
@@ -110,9 +113,9 @@ def test_quantize_then_vnni_gives_the_bits_of_quantizing_first(m, x_bits, symmet
     assert torch.equal(y, _reference(stack, [c for _, c in members], xq, xs))
 
 
-def test_the_fallback_gives_the_same_bits(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_fallback_gives_the_same_bits(quantized_weight, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without VNNI (``available`` False) the same weights run ``torch._int_mm`` per group: the same bits."""
-    weight, codes = _member(90, 256, 4, 128, 0)
+    weight, codes = _member(quantized_weight, 90, 256, 4, 128, 0)
     xq, xs, _ = dllm_kernels.quantize_per_token(torch.randn(9, 256) * 3, 8)
     monkeypatch.setattr(vnni, "available", lambda: False)
     fallback = WeightStack.of([weight])
