@@ -53,6 +53,8 @@ _WORD_STRIDE = PANEL * 4
 _I8, _I32, _I64, _F32 = ir.IntType(8), ir.IntType(32), ir.IntType(64), ir.FloatType()
 _VI32, _VF32 = ir.VectorType(_I32, 16), ir.VectorType(_F32, 16)
 _VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+_SIGN_BITS = -0x7F7F7F80
+"""0x80808080 as an i32: the sign bit of each of four bytes (xor: a signed byte code + 128 as unsigned)."""
 
 
 @functools.cache
@@ -86,7 +88,7 @@ def _splat(builder, scalar, vector_type):  # type: ignore[no-untyped-def]
     """``scalar`` in every lane of ``vector_type``."""
     lanes = ir.Constant(vector_type, None)
     one = builder.insert_element(lanes, scalar, ir.Constant(_I32, 0))
-    return builder.shuffle_vector(one, lanes, ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
+    return builder.shuffle_vector(one, lanes, ir.Constant(_VI32, [0] * 16))
 
 
 def _dot(builder):  # type: ignore[no-untyped-def]
@@ -112,7 +114,7 @@ def _emit_tile(builder, rows, pointers, ldx, steps, ldo, first):  # type: ignore
     sums = [[builder.phi(_VI32) for _ in range(4)] for _ in range(rows)]
     row = builder.mul(step, ir.Constant(_I64, _WORD_STRIDE))
     w = [_load(builder, weights, builder.add(row, ir.Constant(_I64, 64 * b)), _VI32, 1) for b in range(4)]
-    flip = ir.Constant(_I32, -0x7F7F7F80)  # 0x80808080: code + 128 in every byte
+    flip = ir.Constant(_I32, _SIGN_BITS)
     at = builder.mul(step, ir.Constant(_I64, 4))
     new = []
     for r in range(rows):
@@ -206,8 +208,8 @@ def _transpose16(builder, rows):  # type: ignore[no-untyped-def]
         for r in range(16):
             if not r & h:
                 low, high = rows[r], rows[r | h]
-                swapped[r] = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 16), keep))
-                swapped[r | h] = builder.shuffle_vector(low, high, ir.Constant(ir.VectorType(_I32, 16), take))
+                swapped[r] = builder.shuffle_vector(low, high, ir.Constant(_VI32, keep))
+                swapped[r | h] = builder.shuffle_vector(low, high, ir.Constant(_VI32, take))
         rows = swapped
     return rows
 
@@ -252,7 +254,7 @@ def _panel_block(bits: int):  # type: ignore[no-untyped-def]
                         ir.Constant(pairs.type, [8] * 32),
                     )
                     v = builder.bitcast(builder.or_(low, high), _VI32)
-                rows.append(builder.xor(builder.add(v, add), ir.Constant(_VI32, [-0x7F7F7F80] * 16)))
+                rows.append(builder.xor(builder.add(v, add), ir.Constant(_VI32, [_SIGN_BITS] * 16)))
             words = _transpose16(builder, rows)
             out = _byte_pointer(context, builder, kinds[3], panel, p_off)
             total = ir.Constant(_VI32, [0] * 16)
